@@ -1,0 +1,26 @@
+"""kcnn: convolutional networks for Keras 3 on the TensorFlow, PyTorch and JAX backends.
+
+    import kcnn
+    model = kcnn.build("resnet50", num_classes=10)   # outputs logits by default
+    kcnn.summary("lenet5")                           # torchsummary-style table with MACs
+    [m.name for m in kcnn.list_models("resnet*")]
+"""
+
+from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
+from kcnn.registry import ModelInfo, build, get_model_info, list_models, register_model
+from kcnn.summary import ModelSummary, summary
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "build",
+    "list_models",
+    "get_model_info",
+    "summary",
+    "register_model",
+    "ModelInfo",
+    "ModelSummary",
+    "KcnnError",
+    "UnknownModelError",
+    "InvalidArgumentError",
+]

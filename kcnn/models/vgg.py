@@ -1,0 +1,86 @@
+"""VGG (Simonyan & Zisserman, 2014), in keras.applications' layout.
+
+Layer names and order (`block1_conv1` ... `fc1`, `fc2`, `predictions`) match
+`keras.applications.VGG16/VGG19`, so the official Keras ImageNet files load.
+The `_bn` variants put BatchNormalization after every convolution, as
+torchvision's `vgg*_bn` do (their counts exclude the BN running statistics).
+"""
+
+import keras
+from keras import layers
+
+from kcnn.layers import channel_axis, flatten_head, image_input
+from kcnn.registry import TORCH_COUNT, register_model
+
+WIDTHS = (64, 128, 256, 512, 512)
+CONVS_PER_BLOCK = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
+
+
+def _build_vgg(depth, *, batch_norm, num_classes, input_shape, include_top, pooling,
+               classifier_activation, name, dropout):
+    inputs = image_input(input_shape)
+    x = inputs
+    for block, (width, convs) in enumerate(zip(WIDTHS, CONVS_PER_BLOCK[depth]), start=1):
+        for i in range(1, convs + 1):
+            conv_name = f"block{block}_conv{i}"
+            if batch_norm:
+                x = layers.Conv2D(width, 3, padding="same", name=conv_name)(x)
+                x = layers.BatchNormalization(axis=channel_axis(), epsilon=1e-5, name=f"{conv_name}_bn")(x)
+                x = layers.Activation("relu", name=f"{conv_name}_relu")(x)
+            else:
+                x = layers.Conv2D(width, 3, padding="same", activation="relu", name=conv_name)(x)
+        x = layers.MaxPooling2D(2, strides=2, name=f"block{block}_pool")(x)
+    x = flatten_head(x, include_top=include_top, num_classes=num_classes, pooling=pooling,
+                     classifier_activation=classifier_activation, hidden=(4096, 4096), dropout=dropout)
+    return keras.Model(inputs, x, name=name)
+
+
+_VGG = dict(input_shape=(224, 224, 3), min_size=32, test_input_shape=(32, 32, 3))
+
+
+@register_model(params=132_863_336, source="torchvision vgg11", **_VGG)
+def vgg11(*, dropout=0.0, **kwargs):
+    """VGG-11 (configuration A)."""
+    return _build_vgg(11, batch_norm=False, dropout=dropout, **kwargs)
+
+
+@register_model(params=133_047_848, source="torchvision vgg13", **_VGG)
+def vgg13(*, dropout=0.0, **kwargs):
+    """VGG-13 (configuration B)."""
+    return _build_vgg(13, batch_norm=False, dropout=dropout, **kwargs)
+
+
+@register_model(params=138_357_544, source="keras.applications.VGG16", **_VGG)
+def vgg16(*, dropout=0.0, **kwargs):
+    """VGG-16 (configuration D), keras.applications layout."""
+    return _build_vgg(16, batch_norm=False, dropout=dropout, **kwargs)
+
+
+@register_model(params=143_667_240, source="keras.applications.VGG19", **_VGG)
+def vgg19(*, dropout=0.0, **kwargs):
+    """VGG-19 (configuration E), keras.applications layout."""
+    return _build_vgg(19, batch_norm=False, dropout=dropout, **kwargs)
+
+
+@register_model(params=132_868_840, counted=TORCH_COUNT, source="torchvision vgg11_bn", **_VGG)
+def vgg11_bn(*, dropout=0.0, **kwargs):
+    """VGG-11 with batch normalisation."""
+    return _build_vgg(11, batch_norm=True, dropout=dropout, **kwargs)
+
+
+@register_model(params=133_053_736, counted=TORCH_COUNT, source="torchvision vgg13_bn", **_VGG)
+def vgg13_bn(*, dropout=0.0, **kwargs):
+    """VGG-13 with batch normalisation."""
+    return _build_vgg(13, batch_norm=True, dropout=dropout, **kwargs)
+
+
+@register_model(params=138_365_992, counted=TORCH_COUNT, source="torchvision vgg16_bn", **_VGG)
+def vgg16_bn(*, dropout=0.0, **kwargs):
+    """VGG-16 with batch normalisation."""
+    return _build_vgg(16, batch_norm=True, dropout=dropout, **kwargs)
+
+
+@register_model(params=143_678_248, counted=TORCH_COUNT, source="torchvision vgg19_bn", **_VGG)
+def vgg19_bn(*, dropout=0.0, **kwargs):
+    """VGG-19 with batch normalisation."""
+    return _build_vgg(19, batch_norm=True, dropout=dropout, **kwargs)

@@ -1,0 +1,331 @@
+"""The model registry: `register_model`, `build`, `list_models`.
+
+Each architecture family registers its variants with `@register_model(...)`
+(the timm habit: the function name is the registry key). The decorator wraps
+the family function so that every variant, called through `kcnn.build` or
+directly, shares one keyword-only signature and one set of argument checks,
+all of which run before any layer or weight is made.
+"""
+
+import dataclasses
+import difflib
+import fnmatch
+import functools
+import inspect
+import os
+from typing import Callable, Optional
+
+import keras
+
+from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
+
+# How a reference parameter count was counted.
+KERAS_COUNT = "keras"  # every weight, batch-norm moving statistics included
+TORCH_COUNT = "torch"  # trainable parameters only, as torchvision and timm count
+
+_POOLING = (None, "avg", "max")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    """What the registry knows of one architecture.
+
+    Attributes:
+        name: registry key, e.g. `"resnet50"`.
+        family: module the builder lives in, e.g. `"resnet"`.
+        default_input_shape: `(height, width, channels)` the reference count is for.
+        default_num_classes: classes of the reference head (1000 for ImageNet).
+        reference_params: the published parameter count at the default input.
+        params_counted: `"keras"` (all weights, as `model.count_params()`) or
+            `"torch"` (trainable only: torchvision does not count batch-norm
+            running statistics, which are buffers, not parameters).
+        reference_source: where the reference count comes from.
+        min_input_size: smallest height/width for which every downsampling step
+            still sees real pixels: the hard limit of networks with "valid"
+            convolutions and pooling (AlexNet, VGG), the total stride of those
+            with "same" padding (ResNet: 32), which would otherwise shrink any
+            input to 1x1 of padding.
+        test_input_shape: a small input the test suite builds it at.
+        description: one line for `kcnn list`.
+    """
+
+    name: str
+    family: str
+    default_input_shape: tuple
+    default_num_classes: int
+    reference_params: int
+    params_counted: str
+    reference_source: str
+    min_input_size: int
+    test_input_shape: tuple
+    description: str
+    builder: Callable = dataclasses.field(repr=False, compare=False)
+
+    def count_params(self, model):
+        """The count of `model` that is comparable with `reference_params`."""
+        if self.params_counted == TORCH_COUNT:
+            return sum(_size(w) for w in model.trainable_weights)
+        return sum(_size(w) for w in model.weights)
+
+
+def _size(variable):
+    size = 1
+    for dim in variable.shape:
+        size *= int(dim)
+    return size
+
+
+_REGISTRY: dict = {}
+
+
+def register_model(
+    *,
+    input_shape,
+    params,
+    source,
+    min_size,
+    counted=KERAS_COUNT,
+    num_classes=1000,
+    test_input_shape=None,
+):
+    """Register a builder `fn(*, num_classes, input_shape, include_top, pooling,
+    classifier_activation, name, **family_kwargs)` under its function name.
+
+    `input_shape` is `(height, width, channels)`; the builder receives it in
+    the active image data format, already checked.
+    """
+
+    def decorator(fn):
+        model_name = fn.__name__
+        extra_kwargs = [
+            p.name
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind is p.KEYWORD_ONLY
+            and p.name not in _COMMON_ARGS
+        ]
+        info = None  # bound below, after `builder` exists
+
+        @functools.wraps(fn)
+        def builder(
+            *,
+            num_classes=None,
+            input_shape=None,
+            weights=None,
+            include_top=True,
+            pooling=None,
+            classifier_activation=None,
+            name=None,
+            **kwargs,
+        ):
+            unknown = sorted(set(kwargs) - set(extra_kwargs))
+            if unknown:
+                valid = ", ".join(_COMMON_ARGS + extra_kwargs)
+                raise InvalidArgumentError(
+                    f"{model_name} does not take the argument(s) {', '.join(unknown)}; "
+                    f"it takes: {valid}. Received: {unknown[0]}={kwargs[unknown[0]]!r}"
+                )
+            num_classes = _check_num_classes(info, num_classes)
+            input_shape = _check_input_shape(info, input_shape)
+            _check_head(include_top, pooling, classifier_activation)
+            weights = _check_weights(weights, model_name)
+            model = fn(
+                num_classes=num_classes,
+                input_shape=input_shape,
+                include_top=include_top,
+                pooling=pooling,
+                classifier_activation=classifier_activation,
+                name=name or model_name,
+                **kwargs,
+            )
+            if weights is not None:
+                _load_weights_file(model, weights, model_name)
+            return model
+
+        info = ModelInfo(
+            name=model_name,
+            family=fn.__module__.rsplit(".", 1)[-1],
+            default_input_shape=tuple(input_shape),
+            default_num_classes=num_classes,
+            reference_params=params,
+            params_counted=counted,
+            reference_source=source,
+            min_input_size=min_size,
+            test_input_shape=tuple(test_input_shape or input_shape),
+            description=(inspect.getdoc(fn) or "").split("\n")[0],
+            builder=builder,
+        )
+        if model_name in _REGISTRY:
+            raise RuntimeError(f"Model {model_name!r} is registered twice.")
+        _REGISTRY[model_name] = info
+        return builder
+
+    return decorator
+
+
+_COMMON_ARGS = [
+    "num_classes",
+    "input_shape",
+    "weights",
+    "include_top",
+    "pooling",
+    "classifier_activation",
+    "name",
+]
+
+
+def get_model_info(name) -> ModelInfo:
+    """The `ModelInfo` of a registered name; unknown names raise with close matches."""
+    _ensure_models_imported()
+    if not isinstance(name, str):
+        raise UnknownModelError(
+            f"A model name must be a string such as 'resnet50'. Received: name={name!r}"
+        )
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    close = difflib.get_close_matches(name.lower(), _REGISTRY, n=3, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise UnknownModelError(
+        f"Unknown model {name!r}.{hint} See kcnn.list_models() for the "
+        f"{len(_REGISTRY)} names. Received: name={name!r}"
+    )
+
+
+def build(name, **kwargs) -> keras.Model:
+    """Build a registered architecture as a functional `keras.Model`.
+
+    Every architecture takes the same keyword-only arguments:
+
+    Args:
+        name: registry key, see `kcnn.list_models()`.
+        num_classes: classes of the head; `None` means the model's own default
+            (1000 for ImageNet architectures, 10 for the MNIST/CIFAR ones).
+        input_shape: in the active image data format, `(H, W, C)` for
+            `channels_last`; `None` means the architecture's default.
+        weights: `None` (random initialisation) or the path of a
+            `.weights.h5` file saved from the same architecture.
+        include_top: whether to include the classification head.
+        pooling: `None`, `"avg"` or `"max"`: global pooling of the features
+            when `include_top=False`.
+        classifier_activation: activation of the last layer. The default,
+            `None`, returns **logits** (as torchvision, timm and keras-hub
+            do); pass `"softmax"` for probabilities.
+        name: name of the Keras model; defaults to the registry key.
+        **kwargs: family-specific options, e.g. `aux_logits=True` for
+            `googlenet` or `dropout=0.5`; `kcnn.get_model_info(name).builder`
+            documents them.
+    """
+    return get_model_info(name).builder(**kwargs)
+
+
+def list_models(pattern="*") -> list:
+    """`ModelInfo` of every registered model whose name matches the wildcard
+    `pattern` (fnmatch: `"resnet*"`, `"*net*"`, `"vgg1?"`), sorted by name."""
+    _ensure_models_imported()
+    if not isinstance(pattern, str):
+        raise InvalidArgumentError(
+            f"pattern must be a wildcard string such as 'resnet*'. Received: pattern={pattern!r}"
+        )
+    return [info for name, info in sorted(_REGISTRY.items()) if fnmatch.fnmatchcase(name, pattern)]
+
+
+def _ensure_models_imported():
+    # The families register themselves on import; importing here (not at the
+    # top) avoids a cycle, since every family imports this module.
+    import kcnn.models  # noqa: F401
+
+
+# ---------------------------------------------------------------------------
+# Argument checks: they all run before any layer is created.
+
+
+def _check_num_classes(info, num_classes):
+    if num_classes is None:
+        return info.default_num_classes
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise InvalidArgumentError(
+            f"num_classes must be a whole number of at least 1 for {info.name}. "
+            f"Received: num_classes={num_classes!r}"
+        )
+    return num_classes
+
+
+def to_data_format(shape_hwc):
+    """`(H, W, C)` in the active image data format."""
+    h, w, c = shape_hwc
+    if keras.config.image_data_format() == "channels_first":
+        return (c, h, w)
+    return (h, w, c)
+
+
+def _check_input_shape(info, input_shape):
+    if input_shape is None:
+        return to_data_format(info.default_input_shape)
+    channels_first = keras.config.image_data_format() == "channels_first"
+    layout = "(channels, height, width)" if channels_first else "(height, width, channels)"
+    valid = isinstance(input_shape, (tuple, list)) and len(input_shape) == 3
+    valid = valid and all(isinstance(d, int) and not isinstance(d, bool) for d in input_shape)
+    if not valid or min(input_shape) < 1:
+        raise InvalidArgumentError(
+            f"input_shape must be three positive whole numbers {layout} for {info.name}, "
+            f"e.g. {to_data_format(info.default_input_shape)}. Received: input_shape={input_shape!r}"
+        )
+    input_shape = tuple(input_shape)
+    height, width = input_shape[1:] if channels_first else input_shape[:2]
+    if min(height, width) < info.min_input_size:
+        raise InvalidArgumentError(
+            f"{info.name} needs inputs of at least {info.min_input_size}x{info.min_input_size} "
+            f"pixels for its downsampling; use a larger input_shape or a model made for "
+            f"small images (e.g. lenet5, cifar_resnet20). Received: input_shape={input_shape}"
+        )
+    return input_shape
+
+
+def _check_head(include_top, pooling, classifier_activation):
+    if not isinstance(include_top, bool):
+        raise InvalidArgumentError(
+            f"include_top must be True or False. Received: include_top={include_top!r}"
+        )
+    if pooling not in _POOLING:
+        raise InvalidArgumentError(
+            f"pooling must be None, 'avg' or 'max'. Received: pooling={pooling!r}"
+        )
+    if include_top and pooling is not None:
+        raise InvalidArgumentError(
+            "pooling only applies to the features of a model built with include_top=False; "
+            f"drop it or pass include_top=False. Received: pooling={pooling!r}"
+        )
+    if classifier_activation is not None and not callable(classifier_activation):
+        try:
+            keras.activations.get(classifier_activation)
+        except (ValueError, TypeError):
+            raise InvalidArgumentError(
+                "classifier_activation must be None (logits), 'softmax', another Keras "
+                f"activation name or a callable. Received: classifier_activation={classifier_activation!r}"
+            ) from None
+
+
+def _check_weights(weights, model_name) -> Optional[str]:
+    if weights is None:
+        return None
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
+    if not isinstance(weights, str):
+        raise InvalidArgumentError(
+            f"weights must be None or the path of a .weights.h5 file. Received: weights={weights!r}"
+        )
+    if not os.path.isfile(weights):
+        raise InvalidArgumentError(
+            f"No weights file at {weights!r}, and {model_name} has no named pretrained "
+            f"weights; pass None or the path of a .weights.h5 file. Received: weights={weights!r}"
+        )
+    return weights
+
+
+def _load_weights_file(model, path, model_name):
+    try:
+        model.load_weights(path)
+    except Exception as error:  # h5py, shape and layout errors all mean one thing here
+        raise KcnnError(
+            f"The weights file {path!r} does not fit {model_name} as built "
+            f"(check the architecture, num_classes and include_top it was saved with): {error}"
+        ) from None
