@@ -61,6 +61,10 @@ class ModelInfo:
     description: str
     builder: Callable = dataclasses.field(repr=False, compare=False)
 
+    def __repr__(self):
+        return (f"ModelInfo({self.name!r}, input_shape={self.default_input_shape}, "
+                f"params={self.reference_params:,} ({self.params_counted} count))")
+
     def count_params(self, model):
         """The count of `model` that is comparable with `reference_params`."""
         if self.params_counted == TORCH_COUNT:

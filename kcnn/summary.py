@@ -16,6 +16,8 @@ import math
 import keras
 from keras import layers
 
+from kcnn.utils import weightless_scope
+
 MB = 1024**2  # torchsummary's "MB"
 
 
@@ -79,22 +81,28 @@ def summary(model_or_name, input_shape=None, *, print_fn=print) -> ModelSummary:
         input_shape: for a name, the input to build it at (default: its own).
         print_fn: where the table goes; `None` to only return it.
 
-    A name is built in a `keras.StatelessScope`: on the JAX backend no
+    A name is built in a `weightless_scope()`: on the JAX backend no
     weights are allocated, so even the 1.5-billion-parameter `mlp` is counted
     in a moment.
     """
     if isinstance(model_or_name, keras.Model):
-        model = model_or_name
+        result = _summarize(model_or_name)
     else:
         from kcnn.registry import build
 
         kwargs = {} if input_shape is None else {"input_shape": input_shape}
-        with keras.StatelessScope():
-            model = build(model_or_name, **kwargs)
+        with weightless_scope():
+            result = _summarize(build(model_or_name, **kwargs))
+    if print_fn is not None:
+        print_fn(str(result))
+    return result
+
+
+def _summarize(model):
     rows = tuple(_rows(model, prefix=""))
     trainable = sum(_size(w.shape) for w in model.trainable_weights)
     total = sum(_size(w.shape) for w in model.weights)
-    result = ModelSummary(
+    return ModelSummary(
         model_name=model.name,
         rows=rows,
         total_params=total,
@@ -105,9 +113,6 @@ def summary(model_or_name, input_shape=None, *, print_fn=print) -> ModelSummary:
         input_bytes=sum(_size(t.shape[1:]) * _itemsize(t.dtype) for t in model.inputs),
         activation_bytes=_activation_bytes(model),
     )
-    if print_fn is not None:
-        print_fn(str(result))
-    return result
 
 
 def _rows(model, prefix):

@@ -54,12 +54,12 @@ def _build_convvit(config, *, num_classes, input_shape, include_top, pooling, cl
                               name=f"block{i}")
     x = layers.LayerNormalization(epsilon=1e-6, name="norm")(x)
     if include_top:
-        x = layers.GlobalAveragePooling1D(name="avg_pool")(x)
+        x = layers.GlobalAveragePooling1D(data_format="channels_last", name="avg_pool")(x)
         x = layers.Dense(num_classes, activation=classifier_activation, name="predictions")(x)
     elif pooling == "avg":
-        x = layers.GlobalAveragePooling1D(name="avg_pool")(x)
+        x = layers.GlobalAveragePooling1D(data_format="channels_last", name="avg_pool")(x)
     elif pooling == "max":
-        x = layers.GlobalMaxPooling1D(name="max_pool")(x)
+        x = layers.GlobalMaxPooling1D(data_format="channels_last", name="max_pool")(x)
     return keras.Model(inputs, x, name=name)
 
 

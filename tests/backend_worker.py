@@ -1,0 +1,86 @@
+"""Build every registered model on the backend in KERAS_BACKEND, give it the
+same deterministic weights on every backend, and record its outputs.
+
+    KERAS_BACKEND=torch python tests/backend_worker.py OUT_DIR [PATTERN]
+
+Writes OUT_DIR/outputs.npz (logits per model), OUT_DIR/report.json (output
+shapes, errors, seconds) and OUT_DIR/models/NAME.keras. The test suite runs
+one worker per backend (Keras picks its backend once per process) and
+compares what they wrote.
+"""
+
+import json
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+
+NUM_CLASSES = 7  # not a default of any model, so the head is really rebuilt
+BATCH = 2
+
+
+def deterministic_weights(model):
+    """The same weights on every backend, from NumPy, scaled so that deep
+    networks keep their activations in range (He-normal kernels, BN
+    statistics near identity)."""
+    values = []
+    for index, variable in enumerate(model.weights):
+        rng = np.random.default_rng(1000 + index)
+        shape = tuple(variable.shape)
+        path = variable.path
+        if path.endswith("moving_variance"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif path.endswith("gamma"):
+            value = rng.uniform(0.8, 1.2, shape)
+        elif len(shape) <= 1:  # biases, betas, moving means
+            value = rng.normal(0.0, 0.05, shape)
+        else:
+            if "depthwise" in path or "pos_conv" in path:
+                fan_in = shape[0] * shape[1]
+            elif any(part in path for part in ("query", "key", "value")) and len(shape) == 3:
+                fan_in = shape[0]
+            else:
+                fan_in = int(np.prod(shape[:-1]))
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        values.append(value.astype("float32"))
+    model.set_weights(values)
+
+
+def test_images(input_shape):
+    rng = np.random.default_rng(7)
+    return rng.uniform(0.0, 1.0, (BATCH,) + tuple(input_shape)).astype("float32")
+
+
+def main(out_dir, pattern="*"):
+    import keras
+
+    import kcnn
+
+    os.makedirs(os.path.join(out_dir, "models"), exist_ok=True)
+    outputs, report = {}, {"backend": keras.backend.backend(), "models": {}}
+    for info in kcnn.list_models(pattern):
+        started = time.perf_counter()
+        entry = report["models"][info.name] = {}
+        try:
+            input_shape = info.test_input_shape
+            model = kcnn.build(info.name, num_classes=NUM_CLASSES, input_shape=input_shape)
+            deterministic_weights(model)
+            images = test_images(input_shape)
+            logits = np.asarray(keras.ops.convert_to_numpy(model(images, training=False)))
+            outputs[info.name] = logits
+            np.save(os.path.join(out_dir, "models", f"{info.name}_input.npy"), images)
+            model.save(os.path.join(out_dir, "models", f"{info.name}.keras"))
+            entry["output_shape"] = list(logits.shape)
+        except Exception:
+            entry["error"] = traceback.format_exc()
+        entry["seconds"] = round(time.perf_counter() - started, 2)
+        print(f"{info.name}: {entry.get('output_shape', 'ERROR')} {entry['seconds']}s", flush=True)
+    np.savez(os.path.join(out_dir, "outputs.npz"), **outputs)
+    with open(os.path.join(out_dir, "report.json"), "w") as f:
+        json.dump(report, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

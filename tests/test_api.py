@@ -1,0 +1,139 @@
+"""The public API: build, list_models, argument checks, data formats."""
+
+import keras
+import numpy as np
+import pytest
+
+import kcnn
+from kcnn.utils import weightless_scope
+
+
+def test_list_models_wildcards_and_entries():
+    assert [m.name for m in kcnn.list_models("resnet*")] == ["resnet101", "resnet152", "resnet18", "resnet34",
+                                                             "resnet50"]
+    assert [m.name for m in kcnn.list_models("vgg1?")] == ["vgg11", "vgg13", "vgg16", "vgg19"]
+    assert kcnn.list_models("no-such-*") == []
+    info = kcnn.get_model_info("lenet5")
+    assert info.default_input_shape == (32, 32, 1)
+    assert info.reference_params == 61_706
+    assert len(kcnn.list_models()) >= 39
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(kcnn.UnknownModelError, match=r"Unknown model 'resnt50'.*Did you mean: resnet50"):
+        kcnn.build("resnt50")
+    with pytest.raises(kcnn.KcnnError):
+        kcnn.build(50)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, True, "10"])
+def test_num_classes_must_be_a_positive_whole_number(value):
+    with pytest.raises(kcnn.InvalidArgumentError, match=rf"num_classes.*Received: num_classes={value!r}"):
+        kcnn.build("lenet5", num_classes=value)
+
+
+@pytest.mark.parametrize("shape", [(32, 32), (32, 32, 0), (32.0, 32, 1), "32x32", (32, 32, 1, 1)])
+def test_input_shape_must_be_three_positive_integers(shape):
+    with pytest.raises(kcnn.InvalidArgumentError, match="input_shape must be three positive whole numbers"):
+        kcnn.build("lenet5", input_shape=shape)
+
+
+def test_conflicting_and_unknown_arguments_raise():
+    with pytest.raises(kcnn.InvalidArgumentError, match="pooling only applies.*include_top=False"):
+        kcnn.build("resnet18", pooling="avg")
+    with pytest.raises(kcnn.InvalidArgumentError, match="pooling must be None, 'avg' or 'max'"):
+        kcnn.build("resnet18", include_top=False, pooling="mean")
+    with pytest.raises(kcnn.InvalidArgumentError, match="does not take.*Received: dropuot=0.3"):
+        kcnn.build("vgg16", dropuot=0.3)
+    with pytest.raises(kcnn.InvalidArgumentError, match="classifier_activation"):
+        kcnn.build("lenet5", classifier_activation="softmaxx")
+    with pytest.raises(kcnn.InvalidArgumentError, match="shortcut must be"):
+        kcnn.build("cifar_resnet20", shortcut="B")
+    with pytest.raises(kcnn.InvalidArgumentError, match="No weights file"):
+        kcnn.build("lenet5", weights="/no/such/file.weights.h5")
+
+
+def test_default_output_is_logits_and_softmax_is_one_argument_away():
+    images = np.random.default_rng(0).uniform(0, 1, (3, 28, 28, 1)).astype("float32")
+    logits_model = kcnn.build("lenet5", input_shape=(28, 28, 1))
+    assert logits_model.get_layer("predictions").activation is keras.activations.linear
+    probabilities_model = kcnn.build("lenet5", input_shape=(28, 28, 1), classifier_activation="softmax")
+    probabilities_model.set_weights(logits_model.get_weights())
+    logits = keras.ops.convert_to_numpy(logits_model(images))
+    probabilities = keras.ops.convert_to_numpy(probabilities_model(images))
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(probabilities, keras.ops.convert_to_numpy(keras.ops.softmax(logits)), rtol=1e-5)
+
+
+def test_features_with_and_without_pooling():
+    features = kcnn.build("resnet18", include_top=False, input_shape=(64, 64, 3))
+    assert features.output_shape == (None, 2, 2, 512)
+    pooled = kcnn.build("resnet18", include_top=False, pooling="max", input_shape=(64, 64, 3))
+    assert pooled.output_shape == (None, 512)
+    tokens = kcnn.build("convvit_cifar", include_top=False, pooling="avg")
+    assert tokens.output_shape == (None, 192)
+
+
+def test_grayscale_and_other_channel_counts():
+    assert kcnn.build("resnet50", input_shape=(32, 32, 1), num_classes=10).output_shape == (None, 10)
+    assert kcnn.build("mobilenet_v2", input_shape=(32, 32, 4), num_classes=3).output_shape == (None, 3)
+
+
+def test_lenet5_pads_mnist_digits_and_keeps_its_count():
+    model = kcnn.build("lenet5", input_shape=(28, 28, 1))
+    assert model.count_params() == 61_706
+    assert model.get_layer("pad").output.shape[1:3] == (32, 32)
+
+
+def test_googlenet_auxiliary_heads_for_training():
+    with weightless_scope():
+        model = kcnn.build("googlenet", aux_logits=True)
+    assert [tuple(o.shape) for o in model.outputs] == [(None, 1000)] * 3
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    # 6,624,904 + two heads of conv 1x1 (512 or 528 -> 128) + BN + 2048->1024 + 1024->1000
+    assert trainable == 13_004_888
+
+
+def test_cifar_counts_round_to_the_papers_table():
+    millions = {d: round(kcnn.get_model_info(f"cifar_resnet{d}").reference_params / 1e6, 2) for d in (20, 56, 110)}
+    assert millions == {20: 0.27, 56: 0.85, 110: 1.73}  # the paper: 0.27M, 0.85M, 1.7M
+    for depth in (20, 32, 44, 56, 110):
+        assert (kcnn.get_model_info(f"plain{depth}").reference_params
+                == kcnn.get_model_info(f"cifar_resnet{depth}").reference_params)
+    with weightless_scope():
+        assert "add" not in {type(l).__name__.lower() for l in kcnn.build("plain20").layers}
+
+
+def test_weights_file_round_trip(tmp_path):
+    model = kcnn.build("cifar_resnet20", num_classes=5)
+    path = str(tmp_path / "resnet20.weights.h5")
+    model.save_weights(path)
+    again = kcnn.build("cifar_resnet20", num_classes=5, weights=path)
+    images = np.random.default_rng(1).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model(images)),
+                                  keras.ops.convert_to_numpy(again(images)))
+    with pytest.raises(kcnn.KcnnError, match="does not fit cifar_resnet20"):
+        kcnn.build("cifar_resnet20", num_classes=10, weights=path)
+
+
+# Families with data-format-sensitive parts: BN and concat axes, channel
+# padding, Flatten order, the transformer's token reshape.
+CHANNELS_FIRST_MODELS = ["lenet5", "alexnet", "resnet18", "cifar_resnet20", "googlenet", "squeezenet1_1",
+                         "mobilenet_v2", "convvit_cifar"]
+
+
+@pytest.mark.parametrize("name", CHANNELS_FIRST_MODELS)
+def test_channels_first_gives_the_same_outputs(name):
+    info = kcnn.get_model_info(name)
+    shape = info.test_input_shape
+    images = np.random.default_rng(2).uniform(0, 1, (2,) + shape).astype("float32")
+    last = kcnn.build(name, input_shape=shape)
+    keras.config.set_image_data_format("channels_first")
+    try:
+        first = kcnn.build(name, input_shape=(shape[2], shape[0], shape[1]))
+    finally:
+        keras.config.set_image_data_format("channels_last")
+    first.set_weights(last.get_weights())  # kernels have the same layout in both formats
+    expected = keras.ops.convert_to_numpy(last(images))
+    actual = keras.ops.convert_to_numpy(first(np.transpose(images, (0, 3, 1, 2))))
+    np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())

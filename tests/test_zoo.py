@@ -1,0 +1,98 @@
+"""Registry-driven tests: every registered model, on every backend. A new
+model is tested by registering it; nobody has to add a test."""
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import kcnn
+from kcnn.utils import weightless_scope
+from conftest import BACKENDS
+from backend_worker import NUM_CLASSES, BATCH
+
+MODEL_NAMES = [info.name for info in kcnn.list_models()]
+
+_COUNT_SCRIPT = """
+import json, sys, keras, kcnn
+from kcnn.utils import weightless_scope
+counts = {}
+for info in kcnn.list_models():
+    with weightless_scope():
+        counts[info.name] = info.count_params(kcnn.build(info.name))
+print(json.dumps(counts))
+"""
+
+
+@pytest.fixture(scope="session")
+def default_input_counts():
+    """Comparable parameter count of every model at its default input."""
+    if keras.backend.backend() == "jax":
+        counts = {}
+        for info in kcnn.list_models():
+            with weightless_scope():  # JAX: no weight is allocated
+                counts[info.name] = info.count_params(kcnn.build(info.name))
+        return counts
+    # Other backends would allocate every weight (6 GB for mlp): count on JAX.
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    result = subprocess.run([sys.executable, "-c", _COUNT_SCRIPT], env=env, capture_output=True, text=True,
+                            check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_parameter_count_matches_reference(name, default_input_counts):
+    info = kcnn.get_model_info(name)
+    assert default_input_counts[name] == info.reference_params, (
+        f"{name}: {default_input_counts[name]:,} parameters ({info.params_counted} count), "
+        f"reference {info.reference_params:,} from {info.reference_source}"
+    )
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_min_input_size_builds_and_smaller_is_refused(name, monkeypatch):
+    info = kcnn.get_model_info(name)
+    channels = info.default_input_shape[2]
+    size = info.min_input_size
+    with weightless_scope():
+        model = kcnn.build(name, input_shape=(size, size, channels))
+    assert model.output_shape[-1] == info.default_num_classes
+    if size > 1:
+        # The check must come before any layer is made.
+        monkeypatch.setattr(keras, "Input", _no_layers_please)
+        with pytest.raises(kcnn.InvalidArgumentError, match=rf"at least {size}x{size}.*input_shape"):
+            kcnn.build(name, input_shape=(size - 1, size, channels))
+
+
+def _no_layers_please(*args, **kwargs):
+    raise AssertionError("a layer was created before the arguments were checked")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_builds_with_expected_output_shape(name, backend, backend_runs):
+    entry = backend_runs[backend]["report"]["models"][name]
+    assert "error" not in entry, entry.get("error")
+    assert entry["output_shape"] == [BATCH, NUM_CLASSES]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_same_weights_give_same_logits_on_every_backend(name, backend_runs):
+    reference = backend_runs["tensorflow"]["outputs"][name]
+    assert np.all(np.isfinite(reference))
+    for backend in ("torch", "jax"):
+        other = backend_runs[backend]["outputs"][name]
+        relative = np.linalg.norm(other - reference) / np.linalg.norm(reference)
+        assert relative <= 1e-4, f"{name}: {backend} vs tensorflow differ by {relative:.2e} (relative)"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_keras_file_loads_without_kcnn_with_identical_outputs(name, backend, backend_runs):
+    run = backend_runs[backend]
+    assert name not in run["load_errors"], run["load_errors"].get(name)
+    np.testing.assert_array_equal(run["loaded"][name], run["outputs"][name])
