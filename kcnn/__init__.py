@@ -6,6 +6,12 @@
     [m.name for m in kcnn.list_models("resnet*")]
 """
 
+import os
+
+# TensorFlow (imported by Keras on every backend) logs several lines of C++
+# start-up noise per process; keep it quiet unless the user set a level.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
 from kcnn.registry import ModelInfo, build, get_model_info, list_models, register_model
 from kcnn.summary import ModelSummary, summary

@@ -16,6 +16,7 @@ KERAS_APPLICATIONS = {
 INPUT_SHAPE = (64, 64, 3)  # small, and odd stride-2 paddings are exercised on the way down
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(KERAS_APPLICATIONS))
 def test_keras_applications_weights_load_by_name_and_order(name):
     application = getattr(keras.applications, KERAS_APPLICATIONS[name])(

@@ -72,6 +72,7 @@ def _no_layers_please(*args, **kwargs):
     raise AssertionError("a layer was created before the arguments were checked")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_builds_with_expected_output_shape(name, backend, backend_runs):
@@ -80,6 +81,7 @@ def test_builds_with_expected_output_shape(name, backend, backend_runs):
     assert entry["output_shape"] == [BATCH, NUM_CLASSES]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_same_weights_give_same_logits_on_every_backend(name, backend_runs):
     reference = backend_runs["tensorflow"]["outputs"][name]
@@ -90,6 +92,7 @@ def test_same_weights_give_same_logits_on_every_backend(name, backend_runs):
         assert relative <= 1e-4, f"{name}: {backend} vs tensorflow differ by {relative:.2e} (relative)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_keras_file_loads_without_kcnn_with_identical_outputs(name, backend, backend_runs):

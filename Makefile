@@ -1,0 +1,31 @@
+# Two commands do all the set-up on a fresh machine (see README):
+#   make demo   builds the virtual environment, then runs the main job
+#   make test   builds the virtual environment, then runs the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# The demo counts parameters on JAX by default: it builds the 1.5-billion-parameter
+# `mlp` without allocating its weights there. Any backend works: KERAS_BACKEND=torch make demo
+DEMO_BACKEND := $(or $(KERAS_BACKEND),jax)
+export KCNN_DATA_DIR ?= $(abspath ../shared/data)
+
+.PHONY: demo test test-fast clean
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	KERAS_BACKEND=$(DEMO_BACKEND) $(PY) workflows/zoo_tour.py
+
+test: $(STAMP)
+	$(PY) -m pytest --durations=15
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) kcnn.egg-info .pytest_cache
