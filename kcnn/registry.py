@@ -194,13 +194,13 @@ def get_model_info(name) -> ModelInfo:
     )
 
 
-def build(name, **kwargs) -> keras.Model:
+def build(model_name, /, **kwargs) -> keras.Model:
     """Build a registered architecture as a functional `keras.Model`.
 
     Every architecture takes the same keyword-only arguments:
 
     Args:
-        name: registry key, see `kcnn.list_models()`.
+        model_name: registry key, see `kcnn.list_models()` (positional).
         num_classes: classes of the head; `None` means the model's own default
             (1000 for ImageNet architectures, 10 for the MNIST/CIFAR ones).
         input_shape: in the active image data format, `(H, W, C)` for
@@ -218,7 +218,7 @@ def build(name, **kwargs) -> keras.Model:
             `googlenet` or `dropout=0.5`; `kcnn.get_model_info(name).builder`
             documents them.
     """
-    return get_model_info(name).builder(**kwargs)
+    return get_model_info(model_name).builder(**kwargs)
 
 
 def list_models(pattern="*") -> list:

@@ -65,6 +65,11 @@ def test_default_output_is_logits_and_softmax_is_one_argument_away():
     np.testing.assert_allclose(probabilities, keras.ops.convert_to_numpy(keras.ops.softmax(logits)), rtol=1e-5)
 
 
+def test_keras_model_name_is_an_ordinary_argument():
+    assert kcnn.build("lenet5", name="my_lenet").name == "my_lenet"
+    assert kcnn.build("lenet5").name == "lenet5"
+
+
 def test_features_with_and_without_pooling():
     features = kcnn.build("resnet18", include_top=False, input_shape=(64, 64, 3))
     assert features.output_shape == (None, 2, 2, 512)

@@ -1,0 +1,147 @@
+"""In-memory datasets: MNIST, CIFAR-10, scikit-learn's digits, the embedded
+CIFAR-10 sample. Each `load` returns uint8 images (N, H, W, C) and int labels.
+
+CIFAR-10 splits:
+    train           batches 1-5 (50,000)
+    test            the official test batch (10,000)
+    holdout_train   batches 1-4 (40,000): train here when the test batch is missing...
+    holdout         ...and evaluate on batch 5 (10,000), never trained on
+    test_first1000  the first 1,000 official test images (a second check)
+"""
+
+import dataclasses
+import gzip
+import os
+
+import numpy as np
+
+from kcnn.data import sources
+from kcnn.data.files import ChecksumError, locate
+from kcnn.errors import InvalidArgumentError
+
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageData:
+    """Images as uint8 (N, H, W, C), labels as int64 (N,), and the class names."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple
+    name: str
+
+    def __len__(self):
+        return len(self.labels)
+
+    @property
+    def image_shape(self):
+        return tuple(self.images.shape[1:])
+
+
+def load(name, split="train", *, data_dir=None, download=True) -> ImageData:
+    """Load a dataset split into memory; see the module docstring for splits."""
+    if name not in LOADERS:
+        raise InvalidArgumentError(
+            f"Unknown dataset {name!r}; kcnn has {', '.join(sorted(LOADERS))}, or pass an image folder to "
+            f"kcnn.data.image_folder(). Received: name={name!r}"
+        )
+    loader, splits = LOADERS[name]
+    if split not in splits:
+        raise InvalidArgumentError(
+            f"{name} has the splits {', '.join(splits)}. Received: split={split!r}"
+        )
+    return loader(split, data_dir=data_dir, download=download)
+
+
+# ---- MNIST: the four official IDX files -----------------------------------
+
+
+def _load_mnist(split, data_dir, download):
+    prefix = "train" if split == "train" else "t10k"
+    images_path, labels_path = locate(sources.MNIST, data_dir, download,
+                                      names=(f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"))
+    images = _read_idx(images_path, magic=2051)
+    labels = _read_idx(labels_path, magic=2049).astype("int64")
+    return ImageData(images[..., None], labels, DIGIT_CLASSES, f"mnist/{split}")
+
+
+def _read_idx(path, magic):
+    # The IDX format (a big-endian header, then the bytes) has no loader in
+    # Keras or tf.data; reading it is two lines of NumPy.
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    header = np.frombuffer(data, ">i4", count=2)
+    dims = 3 if magic == 2051 else 1
+    shape = np.frombuffer(data, ">i4", count=1 + dims)[1:]
+    if header[0] != magic:
+        raise ChecksumError(f"{path} is not an IDX file of the expected kind (magic {header[0]}, expected {magic}).")
+    return np.frombuffer(data, np.uint8, offset=4 * (1 + dims)).reshape(shape)
+
+
+# ---- CIFAR-10: the official binary version --------------------------------
+
+CIFAR10_SPLITS = {
+    "train": ("data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"),
+    "holdout_train": ("data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin"),
+    "holdout": ("data_batch_5.bin",),
+    "test": ("test_batch.bin",),
+    "test_first1000": ("test_batch_first1000.bin",),
+}
+
+
+def _load_cifar10(split, data_dir, download):
+    source = sources.CIFAR10_PARTIAL_TEST if split == "test_first1000" else sources.CIFAR10
+    paths = locate(source, data_dir, download and source is sources.CIFAR10, names=CIFAR10_SPLITS[split])
+    images, labels = zip(*(read_cifar_batch(p) for p in paths))
+    return ImageData(np.concatenate(images), np.concatenate(labels), sources.CIFAR10_CLASSES, f"cifar10/{split}")
+
+
+def read_cifar_batch(path):
+    """Records of 1 label byte and 3,072 pixel bytes (R, G, B planes of 32x32)."""
+    records = np.fromfile(path, np.uint8).reshape(-1, 3073)
+    labels = records[:, 0].astype("int64")
+    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+# ---- scikit-learn's digits: 1,797 real 8x8 digits, for fast tests ---------
+
+
+def _load_digits(split, data_dir, download):
+    from sklearn.datasets import load_digits  # ships inside scikit-learn: no download
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    labels = digits.target.astype("int64")
+    # A fixed split: the first 1,500 digits train, the remaining 297 test.
+    part = slice(0, 1500) if split == "train" else slice(1500, None)
+    return ImageData(images[part], labels[part], DIGIT_CLASSES, f"digits/{split}")
+
+
+# ---- the embedded CIFAR-10 sample ------------------------------------------
+
+SAMPLE_PATH = os.path.join(os.path.dirname(__file__), "cifar10_sample.npz")
+SAMPLE_SHA1 = "16b015152920e37047bb1197ca261666a75408dc"  # of the arrays; see make_cifar10_sample.py
+
+
+def _load_sample(split, data_dir, download):
+    from kcnn.data.make_cifar10_sample import content_sha1
+
+    with np.load(SAMPLE_PATH, allow_pickle=False) as sample:
+        arrays = {key: sample[key] for key in sample.files}
+    if content_sha1(arrays) != SAMPLE_SHA1:
+        raise ChecksumError(
+            f"{SAMPLE_PATH} does not match its checksum ({SAMPLE_SHA1}); reinstall kcnn or regenerate it with "
+            f"python -m kcnn.data.make_cifar10_sample."
+        )
+    return ImageData(arrays[f"{split}_images"], arrays[f"{split}_labels"].astype("int64"),
+                     sources.CIFAR10_CLASSES, f"cifar10_sample/{split}")
+
+
+LOADERS = {
+    "mnist": (_load_mnist, ("train", "test")),
+    "cifar10": (_load_cifar10, tuple(CIFAR10_SPLITS)),
+    "digits": (_load_digits, ("train", "test")),
+    "cifar10_sample": (_load_sample, ("train", "test")),
+}

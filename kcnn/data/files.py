@@ -1,0 +1,152 @@
+"""Finding, downloading and verifying the official dataset files.
+
+Where files are looked for, in order: an explicit `data_dir`, then the
+`KCNN_DATA_DIR` environment variable, then the Keras cache
+(`~/.keras/datasets`). Each dataset lives in its own sub-folder there
+(`mnist/`, `cifar10/cifar-10-batches-bin/`). Missing files are downloaded
+from the official source into the Keras cache with `keras.utils.get_file`,
+which checks the published hash; every file is verified against its
+published checksum the first time a process uses it.
+"""
+
+import dataclasses
+import hashlib
+import os
+from typing import Optional
+
+from kcnn.errors import KcnnError
+
+
+class DatasetNotFoundError(KcnnError):
+    """The files of a dataset are missing and could not be downloaded."""
+
+
+class ChecksumError(KcnnError):
+    """A dataset file does not match its published checksum."""
+
+
+@dataclasses.dataclass(frozen=True)
+class OfficialFile:
+    name: str  # file name inside the dataset folder
+    sha1: str  # published checksum (see ../shared/data/SOURCES.md for where each comes from)
+    size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where one dataset's files come from."""
+
+    folder: str  # sub-folder of the data root
+    files: tuple
+    url: str  # one archive or a base URL for the individual files
+    archive_md5: Optional[str] = None  # for an archive: its published md5
+    archive_root: str = ""  # folder inside the archive that holds `files`
+
+
+_VERIFIED = set()  # (path, size, mtime) already checked in this process
+
+
+def data_roots(data_dir=None):
+    """Folders searched for dataset files, in order."""
+    roots = []
+    if data_dir is not None:
+        roots.append(os.fspath(data_dir))
+    if os.environ.get("KCNN_DATA_DIR"):
+        roots.append(os.environ["KCNN_DATA_DIR"])
+    roots.append(keras_cache_dir())
+    return roots
+
+
+def keras_cache_dir():
+    base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(base, "datasets")
+
+
+def locate(source, data_dir=None, download=True, names=None):
+    """Paths of `names` (default: every file of `source`), verified.
+
+    Looks in every root; downloads into the Keras cache when no root holds
+    them; raises `DatasetNotFoundError` naming the folders and files when
+    that fails too.
+    """
+    wanted = [f for f in source.files if names is None or f.name in names]
+    for root in data_roots(data_dir):
+        folder = os.path.join(root, source.folder)
+        if all(os.path.isfile(os.path.join(folder, f.name)) for f in wanted):
+            return [verify(os.path.join(folder, f.name), f) for f in wanted]
+    if download:
+        try:
+            folder = _download(source)
+        except Exception as error:  # offline, refused, interrupted: one message
+            reason = f"{type(error).__name__}: {error}"
+        else:
+            return [verify(os.path.join(folder, f.name), f) for f in wanted]
+    else:
+        reason = "downloading is turned off"
+    searched = ", ".join(os.path.join(root, source.folder) for root in data_roots(data_dir))
+    raise DatasetNotFoundError(
+        f"Could not find {', '.join(f.name for f in wanted)} in {searched}, and downloading from "
+        f"{source.url} failed ({reason}); put the official files in one of those folders or set "
+        f"KCNN_DATA_DIR to a folder that holds {source.folder}/."
+    )
+
+
+def verify(path, official):
+    """Check `path` against its published size and sha1 (once per process)."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return path
+    if stat.st_size != official.size or sha1_of(path) != official.sha1:
+        raise ChecksumError(
+            f"{path} does not match the published checksum of {official.name} (sha1 {official.sha1}); "
+            f"the file is corrupt or not the official one: delete it and let kcnn download it again."
+        )
+    _VERIFIED.add(key)
+    return path
+
+
+def sha1_of(path, chunk=1 << 20):
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _download(source):
+    """Download into the Keras cache; return the folder holding the files."""
+    import keras
+
+    cache = keras_cache_dir()
+    target = os.path.join(cache, source.folder)
+    # get_file silently moves to /tmp/.keras when its folder does not exist yet
+    os.makedirs(target, exist_ok=True)
+    if source.archive_md5:
+        archive = keras.utils.get_file(
+            os.path.basename(source.url), source.url, file_hash=source.archive_md5, hash_algorithm="md5",
+            cache_dir=os.path.dirname(cache), cache_subdir=os.path.basename(cache),
+        )
+        _safe_extract(archive, os.path.dirname(target) if source.archive_root else target)
+        return target
+    for f in source.files:
+        # keras.utils.get_file checks md5 and sha256 only; the published
+        # checksums are sha1, so check them here and drop a bad download.
+        path = keras.utils.get_file(
+            f.name, source.url + f.name,
+            cache_dir=os.path.dirname(cache), cache_subdir=os.path.join(os.path.basename(cache), source.folder),
+        )
+        try:
+            verify(path, f)
+        except ChecksumError:
+            os.remove(path)
+            raise
+    return os.path.dirname(path)
+
+
+def _safe_extract(archive, destination):
+    """Extract a tar archive without following paths that leave `destination`."""
+    import tarfile
+
+    with tarfile.open(archive) as tar:
+        tar.extractall(destination, filter="data")  # refuses absolute paths, '..', links out

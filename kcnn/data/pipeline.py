@@ -1,0 +1,120 @@
+"""tf.data input pipelines (they feed `fit()` on every Keras backend).
+
+Images stay uint8 until the batch is formed; conversion to float32, resizing
+to the model's input, channel conversion and Keras' augmentation layers run
+batched inside the pipeline, in parallel with training, with prefetching.
+Scaling to the model's range is not done here: kcnn training models take raw
+0-255 pixels and normalise inside (see kcnn.train), so exported models do too.
+"""
+
+import numpy as np
+
+from kcnn.errors import InvalidArgumentError
+
+AUGMENTATIONS = ("none", "flip", "crop_flip", "randaugment", "mixup", "cutmix")
+
+
+def augmentation_layers(name, image_size, seed=0):
+    """Keras' own augmentation layers for a named recipe (applied in tf.data)."""
+    import keras
+
+    height, width = image_size
+    if name == "none":
+        return []
+    if name not in AUGMENTATIONS:
+        raise InvalidArgumentError(f"augment must be one of {', '.join(AUGMENTATIONS)}. Received: augment={name!r}")
+    flip = [keras.layers.RandomFlip("horizontal", seed=seed)]
+    # Random crop of the image padded by 1/8 of its size (4 pixels on 32x32,
+    # the CIFAR standard); make_dataset pads. Keras' augmentation layers run
+    # inside tf.data on every backend, its other layers (ZeroPadding2D) do not.
+    crop = [keras.layers.RandomCrop(height, width, seed=seed)]
+    if name == "flip":
+        return flip
+    if name == "crop_flip":
+        return crop + flip
+    if name == "randaugment":
+        return crop + flip + [keras.layers.RandAugment(value_range=(0, 255), seed=seed)]
+    return crop + flip  # mixup and cutmix mix labels too: see make_dataset
+
+
+def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, augment="none", seed=0,
+                 one_hot=None):
+    """A batched, prefetched `tf.data.Dataset` of (float32 0-255 images, labels).
+
+    Args:
+        data: a `kcnn.data.ImageData`.
+        image_shape: (H, W, C) the model takes; images are resized and their
+            channels converted (grey to RGB by repetition, RGB to grey by
+            luminance) when they differ.
+        augment: one of AUGMENTATIONS (training only).
+        one_hot: labels as one-hot vectors (needed by mixup/cutmix and label
+            smoothing); default: only when augment mixes images.
+    """
+    import keras
+    import tensorflow as tf
+
+    if batch_size < 1 or not isinstance(batch_size, int):
+        raise InvalidArgumentError(f"batch_size must be a whole number of at least 1. Received: batch_size={batch_size!r}")
+    if training and batch_size > len(data):
+        raise InvalidArgumentError(
+            f"batch_size {batch_size} is larger than the {len(data)} training images of {data.name}; "
+            f"use a batch_size of at most {len(data)}."
+        )
+    image_shape = tuple(image_shape or data.image_shape)
+    mixing = augment in ("mixup", "cutmix")
+    one_hot = mixing if one_hot is None else one_hot
+    layers = augmentation_layers(augment, image_shape[:2], seed) if training else []
+    mixer = None
+    if training and mixing:
+        mixer = (keras.layers.MixUp(seed=seed) if augment == "mixup" else keras.layers.CutMix(seed=seed))
+
+    dataset = tf.data.Dataset.from_tensor_slices((data.images, data.labels))
+    if training:
+        dataset = dataset.shuffle(min(len(data), 50_000), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size, drop_remainder=training)
+
+    def prepare(images, labels):
+        images = tf.cast(images, tf.float32)
+        images = _convert_channels(images, image_shape[2])
+        if tuple(images.shape[1:3]) != image_shape[:2]:
+            images = tf.image.resize(images, image_shape[:2])
+        if any(type(layer).__name__ == "RandomCrop" for layer in layers):
+            pad = max(1, image_shape[0] // 8)
+            images = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+        for layer in layers:
+            images = layer(images, training=True) if _has_training_arg(layer) else layer(images)
+        if one_hot:
+            labels = tf.one_hot(labels, num_classes)
+        if mixer is not None:
+            mixed = mixer({"images": images, "labels": labels}, training=True)
+            images, labels = mixed["images"], mixed["labels"]
+        return images, labels
+
+    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _has_training_arg(layer):
+    import inspect
+
+    return "training" in inspect.signature(layer.call).parameters
+
+
+def _convert_channels(images, channels):
+    import tensorflow as tf
+
+    have = images.shape[-1]
+    if have == channels:
+        return images
+    if have == 1:
+        return tf.repeat(images, channels, axis=-1)
+    if channels == 1 and have == 3:
+        return tf.image.rgb_to_grayscale(images)
+    raise InvalidArgumentError(
+        f"Images with {have} channels cannot be converted to the model's {channels}; build the model with "
+        f"input_shape=(H, W, {have})."
+    )
+
+
+def class_counts(labels, num_classes):
+    return np.bincount(np.asarray(labels), minlength=num_classes)
