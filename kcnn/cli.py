@@ -3,6 +3,8 @@
     kcnn list [PATTERN]                      registered models, with their references
     kcnn info NAME                           what the registry knows of one model
     kcnn summary NAME [--input-shape H,W,C]  the per-layer table with MACs
+    kcnn train --arch lenet5 --dataset mnist  train from scratch (see `kcnn train -h`)
+    kcnn evaluate RUN_DIR                     re-evaluate a run's model.keras on its evaluation split
 
 Bad input exits with code 2 and one line on stderr, never a traceback.
 """
@@ -28,7 +30,63 @@ def _parser():
     summary = commands.add_parser("summary", help="per-layer output shapes, parameters and MACs")
     summary.add_argument("name")
     summary.add_argument("--input-shape", type=_parse_shape, default=None, help="H,W,C (default: the model's)")
+    train = commands.add_parser("train", help="train an architecture from scratch")
+    _add_train_arguments(train)
+    evaluate = commands.add_parser("evaluate", help="evaluate a run's model on its evaluation split")
+    evaluate.add_argument("run_dir")
     return parser
+
+
+def _add_train_arguments(parser):
+    from kcnn.train import OPTIMIZERS, SCHEDULES
+    from kcnn.data.pipeline import AUGMENTATIONS
+
+    parser.add_argument("--dataset", default="mnist", help="mnist, cifar10, cifar10_sample, digits")
+    parser.add_argument("--arch", default=None, help="registry name (default: the dataset's)")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--optimizer", choices=OPTIMIZERS)
+    parser.add_argument("--learning-rate", "--lr", type=float)
+    parser.add_argument("--schedule", choices=SCHEDULES)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--augment", choices=AUGMENTATIONS)
+    parser.add_argument("--image-size", type=int, help="resize images to this square size")
+    parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--no-jit", dest="jit_compile", action="store_false", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, help="train on the first N images only")
+    parser.add_argument("--output-dir")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--overwrite", action="store_true")
+
+
+def _train(args):
+    from kcnn.train import TrainConfig, train
+
+    fields = {k: v for k, v in vars(args).items() if k != "command"}
+    train(TrainConfig(**fields))
+
+
+def _evaluate(run_dir):
+    import json
+    import os
+
+    import keras
+
+    from kcnn import data as kdata
+    from kcnn.train import TrainConfig, evaluate_model
+
+    path = os.path.join(run_dir, "model.keras")
+    if not os.path.isfile(path):
+        raise __import__("kcnn").KcnnError(f"{run_dir} holds no model.keras; pass the directory of a finished run.")
+    config = TrainConfig(**{k: v for k, v in json.load(open(os.path.join(run_dir, "config.json"))).items()
+                            if k != "versions"})
+    model = keras.saving.load_model(path)
+    data = kdata.load(config.dataset, config.eval_split_name())
+    metrics = evaluate_model(model, data, tuple(model.input_shape[1:]), config.batch_size)
+    print(f"{config.eval_split_name()} accuracy {metrics['accuracy']:.4f} on {metrics['images']} images "
+          f"({keras.backend.backend()})")
 
 
 def _list(pattern):
@@ -64,6 +122,10 @@ def main(argv=None):
             _info(args.name)
         elif args.command == "summary":
             kcnn.summary(args.name, input_shape=args.input_shape)
+        elif args.command == "train":
+            _train(args)
+        elif args.command == "evaluate":
+            _evaluate(args.run_dir)
     except kcnn.KcnnError as error:
         print(f"kcnn: error: {error}", file=sys.stderr)
         return 2

@@ -38,7 +38,7 @@ def augmentation_layers(name, image_size, seed=0):
 
 
 def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, augment="none", seed=0,
-                 one_hot=None):
+                 one_hot=None, epochs=None, first_epoch=0):
     """A batched, prefetched `tf.data.Dataset` of (float32 0-255 images, labels).
 
     Args:
@@ -49,6 +49,12 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
         augment: one of AUGMENTATIONS (training only).
         one_hot: labels as one-hot vectors (needed by mixup/cutmix and label
             smoothing); default: only when augment mixes images.
+        epochs, first_epoch: for training, the dataset runs epochs
+            `first_epoch .. epochs - 1` back to back, each shuffled by a
+            permutation that depends only on (seed, epoch). A run resumed at
+            epoch k therefore sees exactly the batches an uninterrupted run
+            sees from epoch k on (tf.data's own reshuffling restarts with
+            every new iterator). Use it with `fit(steps_per_epoch=...)`.
     """
     import keras
     import tensorflow as tf
@@ -68,10 +74,22 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
     if training and mixing:
         mixer = (keras.layers.MixUp(seed=seed) if augment == "mixup" else keras.layers.CutMix(seed=seed))
 
-    dataset = tf.data.Dataset.from_tensor_slices((data.images, data.labels))
+    images, labels = tf.constant(data.images), tf.constant(data.labels)
     if training:
-        dataset = dataset.shuffle(min(len(data), 50_000), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size, drop_remainder=training)
+        count = len(data)
+        steps = count // batch_size
+
+        def epoch_order(epoch):
+            order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=tf.stack([seed, epoch]))
+            return tf.data.Dataset.from_tensor_slices(order[: steps * batch_size])
+
+        last = epochs if epochs is not None else first_epoch + 1
+        dataset = tf.data.Dataset.range(first_epoch, last).flat_map(epoch_order)
+        if epochs is None:
+            dataset = dataset.repeat()
+        dataset = dataset.batch(batch_size).map(lambda i: (tf.gather(images, i), tf.gather(labels, i)))
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
 
     def prepare(images, labels):
         images = tf.cast(images, tf.float32)

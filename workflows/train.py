@@ -1,0 +1,16 @@
+"""Train a kcnn architecture from scratch.
+
+    KERAS_BACKEND=jax python workflows/train.py --arch lenet5 --dataset mnist
+    python workflows/train.py --dataset cifar10          # cifar_resnet20, holdout protocol
+    python workflows/train.py --dataset cifar10 --resume # continue an interrupted run
+
+Defaults come per dataset from kcnn.train.DATASET_DEFAULTS, so the bare
+command trains a good model. The run lands in saved_models/ARCH_DATASET/.
+"""
+
+import sys
+
+from kcnn.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["train", *sys.argv[1:]]))
