@@ -371,10 +371,7 @@ def _save_model(model, path):
 
 
 def _write_json(path, value):
-    def plain(v):
-        return v.tolist() if isinstance(v, np.ndarray) else v
+    from kcnn.utils import atomic_open
 
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        json.dump({k: plain(v) for k, v in value.items()}, f, indent=1)
-    os.replace(temporary, path)
+    with atomic_open(path) as f:
+        json.dump(value, f, indent=1)

@@ -20,3 +20,21 @@ def weightless_scope():
     with keras.StatelessScope(initialize_variables=False):
         yield
     global_state.set_global_attribute("uninitialized_variables", before)
+
+
+@contextlib.contextmanager
+def atomic_open(path, mode="w", **kwargs):
+    """Open a temporary file beside `path` and rename it into place when the
+    block ends without an error; on an error, remove it. Readers never see a
+    half-written file, and an existing `path` stays intact until the rename."""
+    import os
+
+    root, extension = os.path.splitext(path)
+    temporary = f"{root}.tmp{extension}"
+    try:
+        with open(temporary, mode, **kwargs) as f:
+            yield f
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)

@@ -32,6 +32,8 @@ def training_curves(history, title=None):
     `history`: a Keras History, its `.history` dict, or rows of history.csv.
     """
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     logs = getattr(history, "history", history)
     epochs = np.arange(1, len(logs["loss"]) + 1)
     figure, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -41,6 +43,7 @@ def training_curves(history, title=None):
         if f"val_{metric}" in logs:
             axis.plot(epochs, logs[f"val_{metric}"], "s-", label="validation")
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(label.lower())
         axis.set_title(label)
         axis.grid(alpha=0.3)
@@ -100,10 +103,9 @@ def sample_predictions(images, true_labels, predicted_labels, class_names, colum
 
 
 def save_figure(figure, path, dpi=110):
-    plt = _pyplot()
-    root, extension = os.path.splitext(path)
-    temporary = f"{root}.tmp{extension}"
-    figure.savefig(temporary, dpi=dpi)
-    os.replace(temporary, path)
-    plt.close(figure)
+    from kcnn.utils import atomic_open
+
+    with atomic_open(path, "wb") as f:
+        figure.savefig(f, dpi=dpi, format=os.path.splitext(path)[1].lstrip(".") or "png")
+    _pyplot().close(figure)
     return path

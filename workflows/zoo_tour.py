@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 import kcnn
+from kcnn.utils import atomic_open
 
 # ---- config (all defaults in one place) -----------------------------------
 PATTERN = "*"  # which models (wildcard)
@@ -77,7 +78,7 @@ def _write(rows, output_dir, pattern, backend):
     if not rows:
         return
     fields = list(rows[0])
-    with _atomic_open(os.path.join(output_dir, "zoo.csv")) as f:
+    with atomic_open(os.path.join(output_dir, "zoo.csv"), newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
@@ -87,26 +88,8 @@ def _write(rows, output_dir, pattern, backend):
     _atomic_write(os.path.join(output_dir, "zoo.md"), "\n".join(lines) + "\n")
 
 
-class _atomic_open:
-    """Write to a temporary name and rename into place: no half-written file."""
-
-    def __init__(self, path):
-        self.path, self.temporary = path, path + ".tmp"
-
-    def __enter__(self):
-        self.file = open(self.temporary, "w", newline="")
-        return self.file
-
-    def __exit__(self, error_type, *rest):
-        self.file.close()
-        if error_type is None:
-            os.replace(self.temporary, self.path)
-        else:
-            os.remove(self.temporary)
-
-
 def _atomic_write(path, text):
-    with _atomic_open(path) as f:
+    with atomic_open(path) as f:
         f.write(text)
 
 
