@@ -130,13 +130,8 @@ def train(config: TrainConfig) -> Run:
 
     config = config.resolved()
     info = kcnn.get_model_info(config.arch)  # unknown architectures fail here, before any work
-    run_dir = _prepare_run_dir(config)
-    keras.utils.set_random_seed(config.seed)
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if keras.backend.backend() != "torch"
-                                                else "mixed_float16")
 
-    # ---- data ---------------------------------------------------------------
+    # ---- data (checked before the run directory is touched) ----------------
     train_data = kdata.load(config.dataset, config.train_split_name())
     eval_data = kdata.load(config.dataset, config.eval_split_name())
     if config.limit:
@@ -156,9 +151,15 @@ def train(config: TrainConfig) -> Run:
     one_hot = config.label_smoothing > 0 or config.augment in ("mixup", "cutmix")
     train_ds = make_dataset(train_data, batch_size=config.batch_size, training=True, num_classes=num_classes,
                             image_shape=image_shape, augment=config.augment, seed=config.seed, one_hot=one_hot,
-                            epochs=config.epochs, first_epoch=_resumed_epoch(run_dir))
+                            epochs=config.epochs,
+                            first_epoch=_resumed_epoch(config.output_dir) if config.resume else 0)
     eval_ds = make_dataset(eval_data, batch_size=config.batch_size, training=False, num_classes=num_classes,
                            image_shape=image_shape, one_hot=one_hot)
+    run_dir = _prepare_run_dir(config)
+    keras.utils.set_random_seed(config.seed)
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16" if keras.backend.backend() != "torch"
+                                                else "mixed_float16")
 
     # ---- model: raw 0-255 pixels in, normalised inside, logits out -----------
     model = normalized_model(config.arch, num_classes, image_shape, train_data.images)

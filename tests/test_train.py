@@ -94,6 +94,7 @@ def test_existing_run_is_refused_and_left_alone(tmp_path):
 def test_bad_training_input(changes, message, tmp_path):
     with pytest.raises(kcnn.KcnnError, match=message):
         training.train(TrainConfig(**dict(QUICK, **changes), output_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()  # nothing written for a run that cannot start
 
 
 def test_cli_bad_input_exits_2(tmp_path):
