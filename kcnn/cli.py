@@ -74,12 +74,13 @@ def _evaluate(run_dir):
 
     import keras
 
+    from kcnn import KcnnError
     from kcnn import data as kdata
     from kcnn.train import TrainConfig, evaluate_model
 
     path = os.path.join(run_dir, "model.keras")
     if not os.path.isfile(path):
-        raise __import__("kcnn").KcnnError(f"{run_dir} holds no model.keras; pass the directory of a finished run.")
+        raise KcnnError(f"{run_dir} holds no model.keras; pass the directory of a finished run.")
     config = TrainConfig(**{k: v for k, v in json.load(open(os.path.join(run_dir, "config.json"))).items()
                             if k != "versions"})
     model = keras.saving.load_model(path)
@@ -90,8 +91,10 @@ def _evaluate(run_dir):
 
 
 def _list(pattern):
+    import kcnn
+
     rows = [(m.name, "x".join(map(str, m.default_input_shape)), f"{m.reference_params:,}", m.params_counted,
-             m.description) for m in __import__("kcnn").list_models(pattern)]
+             m.description) for m in kcnn.list_models(pattern)]
     header = ("name", "input", "parameters", "counted", "description")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(4)]
     for row in [header] + rows:

@@ -71,12 +71,11 @@ def _read_idx(path, magic):
     # Keras or tf.data; reading it is two lines of NumPy.
     with gzip.open(path, "rb") as f:
         data = f.read()
-    header = np.frombuffer(data, ">i4", count=2)
     dims = 3 if magic == 2051 else 1
-    shape = np.frombuffer(data, ">i4", count=1 + dims)[1:]
+    header = np.frombuffer(data, ">i4", count=1 + dims)  # magic number, then the size of each dimension
     if header[0] != magic:
         raise ChecksumError(f"{path} is not an IDX file of the expected kind (magic {header[0]}, expected {magic}).")
-    return np.frombuffer(data, np.uint8, offset=4 * (1 + dims)).reshape(shape)
+    return np.frombuffer(data, np.uint8, offset=4 * (1 + dims)).reshape(header[1:])
 
 
 # ---- CIFAR-10: the official binary version --------------------------------

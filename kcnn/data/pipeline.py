@@ -7,8 +7,6 @@ Scaling to the model's range is not done here: kcnn training models take raw
 0-255 pixels and normalise inside (see kcnn.train), so exported models do too.
 """
 
-import numpy as np
-
 from kcnn.errors import InvalidArgumentError
 
 AUGMENTATIONS = ("none", "flip", "crop_flip", "randaugment", "mixup", "cutmix")
@@ -133,6 +131,3 @@ def _convert_channels(images, channels):
         f"input_shape=(H, W, {have})."
     )
 
-
-def class_counts(labels, num_classes):
-    return np.bincount(np.asarray(labels), minlength=num_classes)
