@@ -209,16 +209,22 @@ def normalized_model(arch, num_classes, image_shape, train_images):
     import keras
 
     import kcnn
+    from kcnn.models import airbench
 
     pixels = train_images.reshape(-1, train_images.shape[-1]).astype("float64")
     mean, variance = pixels.mean(axis=0), pixels.var(axis=0)
     if image_shape[-1] != train_images.shape[-1]:  # channels converted in the pipeline
         mean = np.full(image_shape[-1], mean.mean())
         variance = np.full(image_shape[-1], variance.mean())
+    variance = np.maximum(variance, 1e-6)
     backbone = kcnn.build(arch, num_classes=num_classes, input_shape=image_shape)
+    if any(layer.name == airbench.WHITEN_NAME for layer in backbone.layers):
+        # airbench's first layer is set from the data, not learned: whiten 2x2 patches of 5,000 images.
+        sample = train_images[:5000].astype("float64")
+        if image_shape[-1] == sample.shape[-1]:
+            airbench.init_whitening(backbone, (sample - mean) / np.sqrt(variance))
     inputs = keras.Input(shape=image_shape, name="image")
-    x = keras.layers.Normalization(mean=mean.tolist(), variance=np.maximum(variance, 1e-6).tolist(),
-                                   name="normalize")(inputs)
+    x = keras.layers.Normalization(mean=mean.tolist(), variance=variance.tolist(), name="normalize")(inputs)
     return keras.Model(inputs, backbone(x), name=arch)
 
 

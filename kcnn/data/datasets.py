@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from kcnn.data import sources
-from kcnn.data.files import ChecksumError, locate
+from kcnn.data.files import ChecksumError, DatasetNotFoundError, locate, verify
 from kcnn.errors import InvalidArgumentError
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
@@ -30,6 +30,7 @@ class ImageData:
     labels: np.ndarray
     class_names: tuple
     name: str
+    skipped: int = 0  # unreadable files left out (image folders)
 
     def __len__(self):
         return len(self.labels)
@@ -78,7 +79,7 @@ def _read_idx(path, magic):
     return np.frombuffer(data, np.uint8, offset=4 * (1 + dims)).reshape(header[1:])
 
 
-# ---- CIFAR-10: the official binary version --------------------------------
+# ---- CIFAR-10: the official binary version, or the python (pickle) one ----
 
 CIFAR10_SPLITS = {
     "train": ("data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"),
@@ -90,9 +91,28 @@ CIFAR10_SPLITS = {
 
 
 def _load_cifar10(split, data_dir, download):
-    source = sources.CIFAR10_PARTIAL_TEST if split == "test_first1000" else sources.CIFAR10
-    paths = locate(source, data_dir, download and source is sources.CIFAR10, names=CIFAR10_SPLITS[split])
-    images, labels = zip(*(read_cifar_batch(p) for p in paths))
+    names = CIFAR10_SPLITS[split]
+    if split == "test_first1000":
+        paths = locate(sources.CIFAR10_PARTIAL_TEST, data_dir, download=False, names=names)
+        batches = [read_cifar_batch(p) for p in paths]
+    else:
+        # The binary version when it is there, else the python version (as
+        # keras.datasets.cifar10 leaves it), else download the binary one.
+        try:
+            paths = locate(sources.CIFAR10, data_dir, download=False, names=names)
+        except DatasetNotFoundError:
+            python_names = [name[: -len(".bin")] for name in names]
+            try:
+                paths = locate(sources.CIFAR10_PYTHON, data_dir, download=False, names=python_names)
+            except DatasetNotFoundError:
+                paths = locate(sources.CIFAR10, data_dir, download, names=names)
+            else:
+                files = {f.name: f for f in sources.CIFAR10_PYTHON.files}
+                batches = [read_cifar_pickle(p, files[os.path.basename(p)]) for p in paths]
+                paths = None
+        if paths is not None:
+            batches = [read_cifar_batch(p) for p in paths]
+    images, labels = zip(*batches)
     return ImageData(np.concatenate(images), np.concatenate(labels), sources.CIFAR10_CLASSES, f"cifar10/{split}")
 
 
@@ -102,6 +122,19 @@ def read_cifar_batch(path):
     labels = records[:, 0].astype("int64")
     images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return np.ascontiguousarray(images), labels
+
+
+def read_cifar_pickle(path, official):
+    """A batch of the python version: a pickled dict of b"data" (N, 3072) and
+    b"labels". Unpickling can run code, so the file is checked against its
+    published checksum first, here, whoever calls this."""
+    import pickle
+
+    verify(path, official)
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+    images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), np.asarray(batch[b"labels"], dtype="int64")
 
 
 # ---- scikit-learn's digits: 1,797 real 8x8 digits, for fast tests ---------

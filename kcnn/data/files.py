@@ -28,8 +28,9 @@ class ChecksumError(KcnnError):
 @dataclasses.dataclass(frozen=True)
 class OfficialFile:
     name: str  # file name inside the dataset folder
-    sha1: str  # published checksum (see ../shared/data/SOURCES.md for where each comes from)
-    size: int
+    digest: str  # published checksum (see ../shared/data/SOURCES.md for where each comes from)
+    size: Optional[int] = None  # bytes, when published
+    algorithm: str = "sha1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,7 @@ class Source:
     url: str  # one archive or a base URL for the individual files
     archive_md5: Optional[str] = None  # for an archive: its published md5
     archive_root: str = ""  # folder inside the archive that holds `files`
+    also_in: tuple = ()  # other folders (relative to each root) that may hold the files
 
 
 _VERIFIED = set()  # (path, size, mtime) already checked in this process
@@ -71,9 +73,9 @@ def locate(source, data_dir=None, download=True, names=None):
     """
     wanted = [f for f in source.files if names is None or f.name in names]
     for root in data_roots(data_dir):
-        folder = os.path.join(root, source.folder)
-        if all(os.path.isfile(os.path.join(folder, f.name)) for f in wanted):
-            return [verify(os.path.join(folder, f.name), f) for f in wanted]
+        for folder in (os.path.join(root, name) for name in (source.folder,) + source.also_in):
+            if all(os.path.isfile(os.path.join(folder, f.name)) for f in wanted):
+                return [verify(os.path.join(folder, f.name), f) for f in wanted]
     if download:
         try:
             folder = _download(source)
@@ -97,17 +99,19 @@ def verify(path, official):
     key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
     if key in _VERIFIED:
         return path
-    if stat.st_size != official.size or sha1_of(path) != official.sha1:
+    if (official.size is not None and stat.st_size != official.size) or \
+            digest_of(path, official.algorithm) != official.digest:
         raise ChecksumError(
-            f"{path} does not match the published checksum of {official.name} (sha1 {official.sha1}); "
+            f"{path} does not match the published checksum of {official.name} ({official.algorithm} "
+            f"{official.digest}); "
             f"the file is corrupt or not the official one: delete it and let kcnn download it again."
         )
     _VERIFIED.add(key)
     return path
 
 
-def sha1_of(path, chunk=1 << 20):
-    digest = hashlib.sha1()
+def digest_of(path, algorithm="sha1", chunk=1 << 20):
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)

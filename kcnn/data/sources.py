@@ -39,6 +39,28 @@ CIFAR10 = Source(
     + (OfficialFile("test_batch.bin", "67eb016db431130d61cd03c7ad570b013799c88c", 30_730_000),),
 )
 
+# The official python version: pickles, opened only after their md5 (the
+# published one, also torchvision's) matches, since unpickling runs code.
+# `keras.datasets.cifar10` keeps it at ~/.keras/datasets/cifar-10-batches-py.
+CIFAR10_PYTHON = Source(
+    folder="cifar10/cifar-10-batches-py",
+    also_in=("cifar-10-batches-py",),
+    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    archive_md5="c58f30108f718f92721af3b95e74349a",
+    archive_root="cifar-10-batches-py",
+    files=tuple(
+        OfficialFile(name, md5, algorithm="md5")
+        for name, md5 in (
+            ("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+            ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+            ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+            ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+            ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"),
+            ("test_batch", "40351d587109b95175f43aff81a1287e"),
+        )
+    ),
+)
+
 # The first 1,000 official test images, in the official record format. No
 # published checksum covers a partial file: this sha1 is of the file as
 # described in ../shared/data/SOURCES.md, whose images are byte-identical to

@@ -1,6 +1,7 @@
 """The architecture zoo: importing a family registers its variants."""
 
 from kcnn.models import (  # noqa: F401
+    airbench,
     alexnet,
     baselines,
     cifar_resnet,

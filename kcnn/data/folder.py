@@ -1,0 +1,197 @@
+"""Image folders with one sub-folder per class (the notes' fish-versus-cat case).
+
+    train, val = kcnn.data.image_folder("photos/", image_size=(64, 64), validation_split=0.2)
+
+The layout is `keras.utils.image_dataset_from_directory`'s: class names are
+the sub-folder names in sorted order, and files anywhere below a class
+folder belong to it. Images are decoded once into uint8 arrays in memory
+(the same `ImageData` the built-in datasets return, so `kcnn.train` and the
+tf.data pipeline treat them alike). Keras' loader is not used for decoding
+because it stops at the first unreadable file, converts modes silently and
+has no pixel-count limit; here each file is decoded with Pillow (Keras' own
+image library) so that a bad file can be skipped and counted, or named.
+"""
+
+import concurrent.futures
+import os
+import warnings
+
+import numpy as np
+
+from kcnn.data.datasets import ImageData
+from kcnn.errors import InvalidArgumentError, KcnnError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # Keras' list, and WebP
+MAX_PIXELS = 64 * 1024 * 1024  # per image; larger ones are refused before they are decoded (decompression bombs)
+COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1)}
+ON_ERROR = ("skip", "stop")
+
+
+class EmptyDatasetError(KcnnError):
+    """A folder without enough images or classes to train on."""
+
+
+class CorruptImageError(KcnnError):
+    """An image file that cannot be decoded."""
+
+
+class ImageSizeError(KcnnError):
+    """Images of different sizes without an `image_size` to resize them to."""
+
+
+def image_folder(directory, *, image_size=None, validation_split=0.2, subset="both", seed=0, color_mode="rgb",
+                 on_error="skip", max_pixels=MAX_PIXELS, verbose=True):
+    """Load a folder of class sub-folders into memory.
+
+    Args:
+        directory: folder holding one sub-folder per class.
+        image_size: `(height, width)` (or an int) to resize every image to;
+            `None` keeps the images' own size, which must then be the same
+            for all of them.
+        validation_split: fraction of each class held out for validation
+            (stratified, chosen by `seed`); 0 puts everything in training.
+        subset: "training", "validation" or "both" (a pair).
+        color_mode: "rgb" (grey, palette and RGBA images are converted) or
+            "grayscale".
+        on_error: "skip" unreadable files and report how many, or "stop" at
+            the first one with an error naming it.
+        max_pixels: images with more pixels are treated as unreadable.
+    """
+    directory = os.fspath(directory)
+    _check_arguments(directory, image_size, validation_split, subset, color_mode, on_error)
+    class_names, files = _list_files(directory)
+    mode, channels = COLOR_MODES[color_mode]
+    size = None if image_size is None else ((image_size, image_size) if isinstance(image_size, int)
+                                            else tuple(image_size))
+
+    def decode(path):
+        try:
+            return _decode(path, mode, size, max_pixels)
+        except Exception as error:  # any decoder failure: the file is unreadable, whatever the reason
+            return f"{type(error).__name__}: {error}"
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        decoded = list(pool.map(decode, [path for path, _ in files]))
+
+    images, labels, bad = [], [], []
+    for (path, label), result in zip(files, decoded):
+        if isinstance(result, str):
+            if on_error == "stop":
+                raise CorruptImageError(
+                    f"{path} cannot be read as an image ({result}); remove or fix it, or pass on_error='skip' "
+                    f"(--on-bad-image skip) to skip unreadable files."
+                )
+            bad.append(path)
+            continue
+        images.append(result)
+        labels.append(label)
+    if bad and verbose:
+        warnings.warn(f"Skipped {len(bad)} unreadable file(s) in {directory}, e.g. {bad[0]}.", stacklevel=2)
+    labels = np.asarray(labels, dtype="int64")
+    _check_contents(directory, class_names, images, labels, files)
+    images = np.stack(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    assert images.shape[-1] == channels
+    training, validation = _split(labels, validation_split, seed)
+    name = os.path.basename(os.path.normpath(directory))
+    parts = {
+        "training": ImageData(images[training], labels[training], class_names, f"{name}/training", skipped=len(bad)),
+        "validation": ImageData(images[validation], labels[validation], class_names, f"{name}/validation",
+                                skipped=len(bad)),
+    }
+    if subset == "both":
+        return parts["training"], parts["validation"]
+    return parts[subset]
+
+
+def _check_arguments(directory, image_size, validation_split, subset, color_mode, on_error):
+    if not os.path.isdir(directory):
+        raise EmptyDatasetError(
+            f"{directory} is not a folder; pass a folder that holds one sub-folder of images per class."
+        )
+    if image_size is not None:
+        pair = (image_size, image_size) if isinstance(image_size, int) else image_size
+        if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair)):
+            raise InvalidArgumentError(
+                f"image_size must be a positive int or a (height, width) pair. Received: image_size={image_size!r}"
+            )
+    if not isinstance(validation_split, (int, float)) or not 0 <= validation_split < 1:
+        raise InvalidArgumentError(
+            f"validation_split must be in [0, 1). Received: validation_split={validation_split!r}"
+        )
+    for argument, value, valid in (("subset", subset, ("training", "validation", "both")),
+                                   ("color_mode", color_mode, tuple(COLOR_MODES)),
+                                   ("on_error", on_error, ON_ERROR)):
+        if value not in valid:
+            raise InvalidArgumentError(f"{argument} must be one of {', '.join(valid)}. Received: {argument}={value!r}")
+
+
+def _list_files(directory):
+    """Sorted class names and (path, label) pairs. Links to folders are not
+    followed (a link loop cannot hang the walk), as in Keras' default."""
+    class_names = tuple(sorted(entry.name for entry in os.scandir(directory)
+                               if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")))
+    files = []
+    for label, class_name in enumerate(class_names):
+        for root, folders, names in os.walk(os.path.join(directory, class_name)):
+            folders.sort()
+            files += [(os.path.join(root, n), label) for n in sorted(names)
+                      if n.lower().endswith(IMAGE_EXTENSIONS) and not n.startswith(".")]
+    return class_names, files
+
+
+def _decode(path, mode, size, max_pixels):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.width * image.height > max_pixels:
+            raise ValueError(f"{image.width}x{image.height} pixels is over the limit of {max_pixels:,}")
+        if image.mode in ("P", "LA", "PA") or "transparency" in image.info:
+            image = image.convert("RGBA")  # palette and transparency: composite via RGBA first
+        image = image.convert(mode)
+        if size is not None and image.size != (size[1], size[0]):
+            image = image.resize((size[1], size[0]), Image.BILINEAR)
+        return np.asarray(image, dtype=np.uint8)
+
+
+def _check_contents(directory, class_names, images, labels, files):
+    layout = f"{directory}/CLASS_NAME/IMAGE.jpg"
+    if len(class_names) < 2:
+        found = f"only the class {class_names[0]!r}" if class_names else "no class sub-folders"
+        raise EmptyDatasetError(
+            f"{directory} has {found}; a classifier needs at least two, laid out as {layout}."
+        )
+    if not images:
+        what = f"{len(files)} image file(s), none readable" if files else "no image files"
+        raise EmptyDatasetError(f"{directory} has {what} ({', '.join(IMAGE_EXTENSIONS)}); expected {layout}.")
+    empty = [name for i, name in enumerate(class_names) if not np.any(labels == i)]
+    if empty:
+        raise EmptyDatasetError(
+            f"The class folder(s) {', '.join(empty)} in {directory} hold no readable images; add images or "
+            f"remove the folder(s)."
+        )
+    shapes = {}
+    for image, label in zip(images, labels):
+        shapes.setdefault(image.shape[:2], label)
+    if len(shapes) > 1:
+        (first, _), (second, _) = list(shapes.items())[:2]
+        raise ImageSizeError(
+            f"The images in {directory} have {len(shapes)} different sizes (e.g. {first[0]}x{first[1]} and "
+            f"{second[0]}x{second[1]}); pass image_size=(height, width) (--image-size) to resize them all."
+        )
+
+
+def _split(labels, validation_split, seed):
+    """Stratified: each class gives the same fraction to validation."""
+    rng = np.random.default_rng(seed)
+    training, validation = [], []
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        count = int(round(len(members) * validation_split))
+        if validation_split > 0 and len(members) > 1:
+            count = min(max(count, 1), len(members) - 1)
+        validation.append(members[:count])
+        training.append(members[count:])
+    return np.sort(np.concatenate(training)), np.sort(np.concatenate(validation))

@@ -1,0 +1,87 @@
+"""A fast CIFAR-10 network in the style of Keller Jordan's airbench94
+(https://github.com/KellerJordan/cifar10-airbench), in built-in Keras layers.
+
+A frozen 2x2 "whitening" convolution (set from the training images by
+`init_whitening`: the eigenvectors of their 2x2 patches, each filter also
+negated), then three blocks of conv - max-pool - BN - GELU - conv - BN - GELU
+(64, 256, 256 filters), a 3x3 max-pool over what is left, and a bias-free
+Dense layer whose logits are scaled by 1/9. It is the speed recipe behind
+`bench/cifar10.py`; `widths` makes narrower variants for slow machines.
+"""
+
+import keras
+import numpy as np
+from keras import layers
+
+from kcnn.layers import channel_axis, image_input
+from kcnn.registry import TORCH_COUNT, register_model
+
+WHITEN_NAME = "whiten"
+
+
+def _block(x, filters, *, name):
+    bn = dict(axis=channel_axis(), momentum=0.4, epsilon=1e-12, scale=False)  # torch momentum 0.6, as airbench
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn1", **bn)(x)
+    x = layers.Activation("gelu", name=f"{name}_act1")(x)
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn2", **bn)(x)
+    return layers.Activation("gelu", name=f"{name}_act2")(x)
+
+
+@register_model(
+    input_shape=(32, 32, 3), num_classes=10, params=1_971_328, counted=TORCH_COUNT,
+    min_size=16, source="airbench94 (Jordan 2024) with batch-norm scale fixed at 1 (scale=False)",
+)
+def airbench(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
+             widths=(64, 256, 256)):
+    """airbench94-style CIFAR-10 speed network (1.97M parameters at default widths)."""
+    inputs = image_input(input_shape)
+    channels = input_shape[channel_axis()]
+    # Frozen: init_whitening sets it from the data (2 * channels * 4 filters).
+    x = layers.Conv2D(2 * channels * 4, 2, padding="valid", name=WHITEN_NAME, trainable=False)(inputs)
+    x = layers.Activation("gelu", name="whiten_act")(x)
+    for i, width in enumerate(widths, start=1):
+        x = _block(x, width, name=f"block{i}")
+    if include_top:
+        x = layers.GlobalMaxPooling2D(name="pool")(x)
+        x = layers.Dense(num_classes, use_bias=False, name="head")(x)
+        x = layers.Rescaling(1 / 9, name="head_scale")(x)  # airbench's logit temperature
+        if classifier_activation is not None:
+            x = layers.Activation(classifier_activation, name="predictions")(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="pool")(x)
+    return keras.Model(inputs, x, name=name)
+
+
+def init_whitening(model, images, epsilon=5e-4):
+    """Set the frozen `whiten` layer of `model` (or of a model nested in it)
+    from uint8/float images (N, H, W, C) in the 0-255 range the model sees
+    after its own normalisation; `images` should already be normalised the
+    same way. No library computes patch-whitening filters, hence NumPy."""
+    layer = _find_layer(model, WHITEN_NAME)
+    kernel, bias = layer.get_weights()
+    size, _, channels, _ = kernel.shape
+    x = np.asarray(images, dtype="float64")
+    patches = np.lib.stride_tricks.sliding_window_view(x, (size, size), axis=(1, 2))  # N, H', W', C, kh, kw
+    patches = patches.transpose(0, 1, 2, 4, 5, 3).reshape(-1, size * size * channels)  # (kh, kw, C) order
+    covariance = np.cov(patches, rowvar=False)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+    filters = eigenvectors[:, ::-1] / np.sqrt(eigenvalues[::-1] + epsilon)  # strongest first
+    filters = np.concatenate([filters, -filters], axis=1).reshape(size, size, channels, -1)
+    layer.set_weights([filters.astype(kernel.dtype), np.zeros_like(bias)])
+
+
+def _find_layer(model, name):
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if isinstance(layer, keras.Model):
+            try:
+                return _find_layer(layer, name)
+            except ValueError:
+                pass
+    raise ValueError(f"{model.name} has no layer named {name!r}.")
