@@ -5,6 +5,7 @@
     kcnn summary NAME [--input-shape H,W,C]  the per-layer table with MACs
     kcnn train --arch lenet5 --dataset mnist  train from scratch (see `kcnn train -h`)
     kcnn evaluate RUN_DIR                     re-evaluate a run's model.keras on its evaluation split
+    kcnn predict RUN_DIR IMAGE [IMAGE ...]    top classes of each image with a run's model
 
 Bad input exits with code 2 and one line on stderr, never a traceback.
 """
@@ -34,6 +35,10 @@ def _parser():
     _add_train_arguments(train)
     evaluate = commands.add_parser("evaluate", help="evaluate a run's model on its evaluation split")
     evaluate.add_argument("run_dir")
+    predict = commands.add_parser("predict", help="classify image files with a run's model")
+    predict.add_argument("run_dir", help="a run directory (or a model.keras file inside one)")
+    predict.add_argument("images", nargs="+", help="image files (png, jpg, bmp, gif, webp)")
+    predict.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
     return parser
 
 
@@ -41,7 +46,8 @@ def _add_train_arguments(parser):
     from kcnn.train import OPTIMIZERS, SCHEDULES
     from kcnn.data.pipeline import AUGMENTATIONS
 
-    parser.add_argument("--dataset", default="mnist", help="mnist, cifar10, cifar10_sample, digits")
+    parser.add_argument("--dataset", default="mnist",
+                        help="mnist, cifar10, cifar10_sample, digits, or a folder with one sub-folder per class")
     parser.add_argument("--arch", default=None, help="registry name (default: the dataset's)")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int)
@@ -52,6 +58,12 @@ def _add_train_arguments(parser):
     parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--augment", choices=AUGMENTATIONS)
     parser.add_argument("--image-size", type=int, help="resize images to this square size")
+    parser.add_argument("--validation-split", type=float, default=0.2,
+                        help="image folders: fraction of each class held out (default 0.2)")
+    parser.add_argument("--on-bad-image", choices=("skip", "stop"), default="skip",
+                        help="image folders: skip and count unreadable files (default), or stop at the first")
+    parser.add_argument("--early-stopping", type=int, metavar="PATIENCE",
+                        help="stop after PATIENCE epochs without a better validation accuracy; keep the best weights")
     parser.add_argument("--mixed-precision", action="store_true")
     parser.add_argument("--no-jit", dest="jit_compile", action="store_false", default="auto")
     parser.add_argument("--seed", type=int, default=0)
@@ -69,25 +81,25 @@ def _train(args):
 
 
 def _evaluate(run_dir):
-    import json
-    import os
-
     import keras
 
-    from kcnn import KcnnError
-    from kcnn import data as kdata
-    from kcnn.train import TrainConfig, evaluate_model
+    from kcnn.train import evaluate_model, load_run
 
-    path = os.path.join(run_dir, "model.keras")
-    if not os.path.isfile(path):
-        raise KcnnError(f"{run_dir} holds no model.keras; pass the directory of a finished run.")
-    config = TrainConfig(**{k: v for k, v in json.load(open(os.path.join(run_dir, "config.json"))).items()
-                            if k != "versions"})
-    model = keras.saving.load_model(path)
-    data = kdata.load(config.dataset, config.eval_split_name())
+    model, config, _ = load_run(run_dir)
+    data = config.load(config.eval_split_name())
     metrics = evaluate_model(model, data, tuple(model.input_shape[1:]), config.batch_size)
     print(f"{config.eval_split_name()} accuracy {metrics['accuracy']:.4f} on {metrics['images']} images "
           f"({keras.backend.backend()})")
+
+
+def _predict(run_dir, images, top):
+    from kcnn.train import load_run, predict_files
+
+    model, _, class_names = load_run(run_dir)
+    for path, ranking in zip(images, predict_files(model, images, class_names, top=top)):
+        print(path)
+        for name, probability in ranking:
+            print(f"  {probability:7.2%}  {name}")
 
 
 def _list(pattern):
@@ -129,6 +141,8 @@ def main(argv=None):
             _train(args)
         elif args.command == "evaluate":
             _evaluate(args.run_dir)
+        elif args.command == "predict":
+            _predict(args.run_dir, args.images, args.top)
     except kcnn.KcnnError as error:
         print(f"kcnn: error: {error}", file=sys.stderr)
         return 2

@@ -35,6 +35,10 @@ DATASET_DEFAULTS = {
     "cifar10_sample": dict(arch="cifar_resnet20", train_split="train", eval_split="test", extra_eval=None,
                            epochs=10, batch_size=64, optimizer="adamw", learning_rate=2e-3, schedule="onecycle",
                            weight_decay=5e-4, augment="crop_flip"),
+    # any image folder with one sub-folder per class (20% of each class held out for validation)
+    "folder": dict(arch="cifar_resnet20", train_split="training", eval_split="validation", extra_eval=None,
+                   epochs=20, batch_size=32, optimizer="adamw", learning_rate=2e-3, schedule="onecycle",
+                   weight_decay=5e-4, augment="crop_flip", image_size=64),
     "digits": dict(arch="cifar_resnet20", train_split="train", eval_split="test", extra_eval=None, epochs=15,
                    batch_size=64, optimizer="adamw", learning_rate=3e-3, schedule="onecycle", weight_decay=5e-4,
                    augment="none"),
@@ -45,7 +49,7 @@ DATASET_DEFAULTS = {
 class TrainConfig:
     """Everything a run depends on; `None` means the dataset's default."""
 
-    dataset: str = "mnist"
+    dataset: str = "mnist"  # a dataset name, or a folder with one sub-folder of images per class
     arch: Optional[str] = None
     epochs: Optional[int] = None
     batch_size: Optional[int] = None
@@ -56,6 +60,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: Optional[str] = None  # none, flip, crop_flip, randaugment, mixup, cutmix
     image_size: Optional[int] = None  # resize images to this size (square)
+    validation_split: float = 0.2  # image folders: fraction of each class held out
+    on_bad_image: str = "skip"  # image folders: skip (and count) unreadable files, or stop at the first
+    early_stopping: Optional[int] = None  # stop after this many epochs without a better val accuracy
     mixed_precision: bool = False
     jit_compile: object = "auto"
     seed: int = 0
@@ -65,29 +72,56 @@ class TrainConfig:
     overwrite: bool = False
     verbose: int = 1
 
+    @property
+    def is_folder(self):
+        return self.dataset not in DATASET_DEFAULTS
+
+    @property
+    def defaults(self):
+        return DATASET_DEFAULTS["folder" if self.is_folder else self.dataset]
+
     def resolved(self):
         """A copy with every `None` replaced by the dataset's default."""
-        if self.dataset not in DATASET_DEFAULTS:
-            raise InvalidArgumentError(
-                f"Unknown dataset {self.dataset!r}; kcnn trains on {', '.join(sorted(DATASET_DEFAULTS))}. "
-                f"Received: dataset={self.dataset!r}"
-            )
-        defaults = DATASET_DEFAULTS[self.dataset]
+        if self.is_folder:
+            if not (isinstance(self.dataset, (str, os.PathLike)) and os.path.isdir(self.dataset)):
+                names = ", ".join(sorted(k for k in DATASET_DEFAULTS if k != "folder"))
+                raise InvalidArgumentError(
+                    f"Unknown dataset {self.dataset!r}; kcnn trains on {names}, or on a folder with one "
+                    f"sub-folder of images per class. Received: dataset={self.dataset!r}"
+                )
+        defaults = self.defaults
         values = {k: (defaults[k] if v is None and k in defaults else v) for k, v in dataclasses.asdict(self).items()}
         config = TrainConfig(**values)
+        if config.is_folder:
+            config.dataset = os.path.abspath(config.dataset)  # the run records where its data came from
         if config.output_dir is None:
-            config.output_dir = os.path.join("saved_models", f"{config.arch}_{config.dataset}")
+            config.output_dir = os.path.join("saved_models", f"{config.arch}_{config.dataset_name}")
         config.check()
         return config
 
+    @property
+    def dataset_name(self):
+        return os.path.basename(os.path.normpath(self.dataset)) if self.is_folder else self.dataset
+
     def train_split_name(self):
-        return DATASET_DEFAULTS[self.dataset]["train_split"]
+        return self.defaults["train_split"]
 
     def eval_split_name(self):
-        return DATASET_DEFAULTS[self.dataset]["eval_split"]
+        return self.defaults["eval_split"]
 
     def extra_eval_name(self):
-        return DATASET_DEFAULTS[self.dataset]["extra_eval"]
+        return self.defaults["extra_eval"]
+
+    def load(self, split):
+        """One split of this run's data, as `kcnn.data.ImageData`."""
+        from kcnn import data as kdata
+
+        if self.is_folder:
+            # The split seed is fixed: runs with different seeds see the same validation images.
+            return kdata.image_folder(self.dataset, image_size=self.image_size, subset=split,
+                                      validation_split=self.validation_split, on_error=self.on_bad_image,
+                                      verbose=bool(self.verbose))
+        return kdata.load(self.dataset, split)
 
     def check(self):
         def bad(argument, value, valid):
@@ -109,6 +143,10 @@ class TrainConfig:
             bad("schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
         if self.image_size is not None and (not isinstance(self.image_size, int) or self.image_size < 1):
             bad("image_size", self.image_size, "a whole number of pixels")
+        if self.early_stopping is not None and (not isinstance(self.early_stopping, int) or self.early_stopping < 1):
+            bad("early_stopping", self.early_stopping, "a whole number of epochs of at least 1 (the patience)")
+        if not 0 < self.validation_split < 1 and self.is_folder:
+            bad("validation_split", self.validation_split, "in (0, 1) for an image folder")
         if self.resume and self.overwrite:
             raise InvalidArgumentError("resume and overwrite contradict each other; pass one of them.")
 
@@ -121,19 +159,20 @@ class Run:
     metrics: dict
 
 
-def train(config: TrainConfig) -> Run:
+def train(config: TrainConfig, callbacks=()) -> Run:
+    """Train `config.arch` on `config.dataset`; `callbacks` are extra Keras
+    callbacks, added to kcnn's own (checkpoints, logs, schedules)."""
     import keras
 
     import kcnn
-    from kcnn import data as kdata
     from kcnn.data.pipeline import make_dataset
 
     config = config.resolved()
     info = kcnn.get_model_info(config.arch)  # unknown architectures fail here, before any work
 
     # ---- data (checked before the run directory is touched) ----------------
-    train_data = kdata.load(config.dataset, config.train_split_name())
-    eval_data = kdata.load(config.dataset, config.eval_split_name())
+    train_data = config.load(config.train_split_name())
+    eval_data = config.load(config.eval_split_name())
     if config.limit:
         train_data = dataclasses.replace(train_data, images=train_data.images[: config.limit],
                                          labels=train_data.labels[: config.limit])
@@ -144,7 +183,7 @@ def train(config: TrainConfig) -> Run:
     if min(height, width) < info.min_input_size:
         raise InvalidArgumentError(
             f"{config.arch} needs inputs of at least {info.min_input_size}x{info.min_input_size}, and "
-            f"{config.dataset} images are {height}x{width}; pass image_size={max(info.min_input_size, 32)} "
+            f"{config.dataset_name} images are {height}x{width}; pass image_size={max(info.min_input_size, 32)} "
             f"(--image-size) to resize them, or pick a model for small images."
         )
     image_shape = (height, width, channels)
@@ -156,34 +195,41 @@ def train(config: TrainConfig) -> Run:
     eval_ds = make_dataset(eval_data, batch_size=config.batch_size, training=False, num_classes=num_classes,
                            image_shape=image_shape, one_hot=one_hot)
     run_dir = _prepare_run_dir(config)
-    keras.utils.set_random_seed(config.seed)
-    if config.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16" if keras.backend.backend() != "torch"
-                                                else "mixed_float16")
+    policy = keras.mixed_precision.global_policy()
+    try:
+        keras.utils.set_random_seed(config.seed)
+        if config.mixed_precision:
+            keras.mixed_precision.set_global_policy("mixed_bfloat16" if keras.backend.backend() != "torch"
+                                                    else "mixed_float16")
+        model, trainer = _models(config, num_classes, image_shape, train_data.images)
+        loss = (keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+                if one_hot else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        steps_per_epoch = len(train_data) // config.batch_size
+        if trainer is model:
+            trainer.compile(optimizer=_optimizer(config, steps_per_epoch), loss=loss, metrics=["accuracy"],
+                            jit_compile=config.jit_compile)
+        else:
+            # GoogLeNet: the paper's auxiliary heads each add 0.3 of their loss during training.
+            trainer.compile(optimizer=_optimizer(config, steps_per_epoch), loss={k: loss for k in AUX_OUTPUTS},
+                            loss_weights=AUX_OUTPUTS, metrics={"logits": ["accuracy"]},
+                            jit_compile=config.jit_compile)
+            train_ds, eval_ds = (ds.map(_labels_per_output) for ds in (train_ds, eval_ds))
 
-    # ---- model: raw 0-255 pixels in, normalised inside, logits out -----------
-    model = normalized_model(config.arch, num_classes, image_shape, train_data.images)
-    steps_per_epoch = len(train_data) // config.batch_size
-    model.compile(
-        optimizer=_optimizer(config, steps_per_epoch),
-        loss=(keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
-              if one_hot else keras.losses.SparseCategoricalCrossentropy(from_logits=True)),
-        metrics=["accuracy"],
-        jit_compile=config.jit_compile,
-    )
-
-    # ---- fit with Keras' callbacks ------------------------------------------
-    started = time.perf_counter()
-    history = model.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                        shuffle=False,  # the dataset shuffles, per epoch
-                        callbacks=_callbacks(config, run_dir), verbose=config.verbose)
-    train_seconds = time.perf_counter() - started
+        # ---- fit with Keras' callbacks --------------------------------------
+        started = time.perf_counter()
+        history = trainer.fit(train_ds, validation_data=eval_ds, epochs=config.epochs,
+                              steps_per_epoch=steps_per_epoch, shuffle=False,  # the dataset shuffles, per epoch
+                              callbacks=_callbacks(config, run_dir, model, trainer) + list(callbacks),
+                              verbose=config.verbose)
+        train_seconds = time.perf_counter() - started
+    finally:
+        keras.mixed_precision.set_global_policy(policy)  # leave the caller's process as it was
 
     # ---- evaluate, save, plot ------------------------------------------------
     metrics = evaluate_model(model, eval_data, image_shape, config.batch_size)
     predicted = metrics.pop("predicted")
     if config.extra_eval_name():
-        extra = kdata.load(config.dataset, config.extra_eval_name())
+        extra = config.load(config.extra_eval_name())
         extra_metrics = evaluate_model(model, extra, image_shape, config.batch_size)
         metrics[f"{config.extra_eval_name()}_accuracy"] = extra_metrics["accuracy"]
     metrics.update(
@@ -193,6 +239,8 @@ def train(config: TrainConfig) -> Run:
         epochs_run=len(history.epoch),
         parameters=int(model.count_params()),
         backend=keras.backend.backend(),
+        class_names=list(train_data.class_names),
+        skipped_files=int(train_data.skipped),
     )
     _save_model(model, os.path.join(run_dir, "model.keras"))
     _write_json(os.path.join(run_dir, "metrics.json"), metrics)
@@ -200,10 +248,45 @@ def train(config: TrainConfig) -> Run:
     shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
     if config.verbose:
         print(summary_table(config, metrics))
-    return Run(run_dir, model, history.history, metrics)
+    return Run(run_dir, model, _history(history.history), metrics)
 
 
-def normalized_model(arch, num_classes, image_shape, train_images):
+# GoogLeNet trains with its auxiliary heads: output name -> loss weight (Szegedy et al. 2015).
+AUX_OUTPUTS = {"logits": 1.0, "aux1": 0.3, "aux2": 0.3}
+
+
+def _models(config, num_classes, image_shape, train_images):
+    """(inference model, model to train): the same model, except for
+    GoogLeNet, whose training model adds the auxiliary heads' outputs."""
+    import keras
+
+    aux = config.arch == "googlenet"
+    model = normalized_model(config.arch, num_classes, image_shape, train_images,
+                             **({"aux_logits": True} if aux else {}))
+    if not aux:
+        return model, model
+    logits, aux1, aux2 = model.outputs
+    trainer = keras.Model(model.inputs, {"logits": logits, "aux1": aux1, "aux2": aux2}, name=f"{config.arch}_aux")
+    # The inference model reuses the trained layers on the path to the main output only.
+    backbone = model.get_layer(config.arch)
+    main = keras.Model(backbone.inputs, backbone.outputs[0], name=config.arch)
+    inputs = keras.Input(shape=image_shape, name="image")
+    inference = keras.Model(inputs, main(model.get_layer("normalize")(inputs)), name=config.arch)
+    return inference, trainer
+
+
+def _labels_per_output(images, labels):
+    return images, {name: labels for name in AUX_OUTPUTS}
+
+
+def _history(history):
+    """History keys as for a single-output model (GoogLeNet's main output is "logits")."""
+    renamed = {key.replace("logits_accuracy", "accuracy"): value for key, value in history.items()
+               if "aux" not in key and "logits_loss" not in key}
+    return renamed
+
+
+def normalized_model(arch, num_classes, image_shape, train_images, **build_kwargs):
     """`kcnn.build(arch)` behind a Normalization layer holding the training
     set's per-channel mean and variance, so the model takes raw 0-255 pixels."""
     import keras
@@ -217,7 +300,7 @@ def normalized_model(arch, num_classes, image_shape, train_images):
         mean = np.full(image_shape[-1], mean.mean())
         variance = np.full(image_shape[-1], variance.mean())
     variance = np.maximum(variance, 1e-6)
-    backbone = kcnn.build(arch, num_classes=num_classes, input_shape=image_shape)
+    backbone = kcnn.build(arch, num_classes=num_classes, input_shape=image_shape, **build_kwargs)
     if any(layer.name == airbench.WHITEN_NAME for layer in backbone.layers):
         # airbench's first layer is set from the data, not learned: whiten 2x2 patches of 5,000 images.
         sample = train_images[:5000].astype("float64")
@@ -242,10 +325,60 @@ def evaluate_model(model, data, image_shape, batch_size):
             "predicted": predicted}
 
 
+def load_run(path):
+    """(model, TrainConfig, class names) of a finished run directory, or of
+    a model.keras file inside one."""
+    import keras
+
+    run_dir = os.path.dirname(path) if str(path).endswith(".keras") else path
+    model_path = path if str(path).endswith(".keras") else os.path.join(run_dir, "model.keras")
+    if not os.path.isfile(model_path):
+        raise KcnnError(f"{run_dir} holds no model.keras; pass the directory of a finished run.")
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            record = json.load(f)
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            class_names = json.load(f)["class_names"]
+        config = TrainConfig(**{k: v for k, v in record.items() if k in TrainConfig.__dataclass_fields__})
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise KcnnError(
+            f"{run_dir} is not a complete kcnn run (config.json or metrics.json is missing or unreadable: "
+            f"{error}); pass the directory a finished `kcnn train` wrote."
+        ) from None
+    try:
+        model = keras.saving.load_model(model_path)  # safe mode: no code from the file runs
+    except Exception as error:
+        raise KcnnError(f"{model_path} cannot be loaded as a Keras model ({type(error).__name__}: {error}).") from None
+    return model, config, tuple(class_names)
+
+
+def predict_files(model, paths, class_names, *, top=5):
+    """For each image file, the `top` (class name, probability) pairs."""
+    import keras
+
+    from kcnn.data.folder import _decode
+
+    if not isinstance(top, int) or top < 1:
+        raise InvalidArgumentError(f"top must be a whole number of at least 1. Received: top={top!r}")
+    height, width, channels = model.input_shape[1:]
+    mode = {1: "L", 3: "RGB"}[channels]
+    images = []
+    for path in paths:
+        try:
+            images.append(_decode(path, mode, (height, width), max_pixels=64 * 1024 * 1024))
+        except Exception as error:
+            raise KcnnError(f"{path} cannot be read as an image ({type(error).__name__}: {error}); pass image "
+                            f"files such as PNG or JPEG.") from None
+    batch = np.stack(images).reshape(len(images), height, width, channels).astype("float32")
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(batch, verbose=0), axis=-1))
+    order = np.argsort(-probabilities, axis=-1)[:, :top]
+    return [[(class_names[i], float(p[i])) for i in best] for p, best in zip(probabilities, order)]
+
+
 def summary_table(config, metrics):
     lines = [
         f"{'run':24s} {config.output_dir}",
-        f"{'model / dataset':24s} {config.arch} / {config.dataset} ({metrics['backend']})",
+        f"{'model / dataset':24s} {config.arch} / {config.dataset_name} ({metrics['backend']})",
         f"{metrics['eval_split'] + ' accuracy':24s} {metrics['accuracy']:.4f}",
     ]
     for key, value in metrics.items():
@@ -292,21 +425,31 @@ def _resumed_epoch(run_dir):
         return 0
 
 
-def _callbacks(config, run_dir):
+def _callbacks(config, run_dir, model, trainer):
     import keras
+
+    accuracy = "val_accuracy" if trainer is model else "val_logits_accuracy"
+
+    class InferenceCheckpoint(keras.callbacks.ModelCheckpoint):
+        """ModelCheckpoint that saves the inference model (without GoogLeNet's auxiliary heads)."""
+
+        def set_model(self, _trainer):
+            super().set_model(model)
 
     callbacks = [
         keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
-        keras.callbacks.ModelCheckpoint(os.path.join(run_dir, "best.keras"), monitor="val_accuracy",
-                                        save_best_only=True, mode="max"),
+        InferenceCheckpoint(os.path.join(run_dir, "best.keras"), monitor=accuracy, save_best_only=True, mode="max"),
         keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=config.resume),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
         keras.callbacks.TerminateOnNaN(),
     ]
     if config.schedule == "plateau":
         # AlexNet's recipe: divide the learning rate by 10 when validation accuracy stops improving.
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max", factor=0.1,
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=accuracy, mode="max", factor=0.1,
                                                            patience=2, verbose=config.verbose))
+    if config.early_stopping:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor=accuracy, mode="max", patience=config.early_stopping,
+                                                       restore_best_weights=True, verbose=config.verbose))
     return callbacks
 
 
@@ -354,13 +497,13 @@ def _read_history(run_dir):
         return None
     with open(path) as f:
         rows = list(csv.DictReader(f))
-    return {key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {}) if key != "epoch"}
+    return _history({key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {}) if key != "epoch"})
 
 
 def _plots(run_dir, history, eval_data, predicted, config):
     from kcnn import viz
 
-    viz.save_figure(viz.training_curves(history, title=f"{config.arch} on {config.dataset}"),
+    viz.save_figure(viz.training_curves(history, title=f"{config.arch} on {config.dataset_name}"),
                     os.path.join(run_dir, "curves.png"))
     viz.save_figure(viz.confusion_matrix(eval_data.labels, predicted, eval_data.class_names,
                                          title=f"{config.arch} on {eval_data.name}"),

@@ -142,3 +142,24 @@ def test_channels_first_gives_the_same_outputs(name):
     expected = keras.ops.convert_to_numpy(last(images))
     actual = keras.ops.convert_to_numpy(first(np.transpose(images, (0, 3, 1, 2))))
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_airbench_whitening_layer_whitens_patches():
+    import keras
+    import numpy as np
+
+    import kcnn.data
+    from kcnn.models import airbench
+
+    images = kcnn.data.load("cifar10_sample", "train").images[:500].astype("float64")
+    images = (images - images.mean(axis=(0, 1, 2))) / images.std(axis=(0, 1, 2))
+    model = kcnn.build("airbench")
+    airbench.init_whitening(model, images)
+    whiten = model.get_layer("whiten")
+    assert not whiten.trainable and len(model.trainable_weights) < len(model.weights)
+    probe = keras.Model(model.inputs, whiten.output)
+    responses = np.asarray(probe(images.astype("float32"))).reshape(-1, whiten.filters)[:, :12]
+    covariance = np.cov(responses, rowvar=False)
+    # decorrelated, unit variance (up to the epsilon that damps the weakest directions)
+    np.testing.assert_allclose(np.diag(covariance)[:6], 1.0, atol=0.1)
+    assert np.abs(covariance - np.diag(np.diag(covariance))).max() < 0.1

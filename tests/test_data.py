@@ -166,7 +166,7 @@ def test_archive_with_escaping_paths_is_refused(empty_roots, local_server):
     assert not list(empty_roots.rglob("escaped.bin"))
 
 
-@pytest.mark.parametrize("augment", ["none", "flip", "crop_flip", "randaugment", "mixup", "cutmix"])
+@pytest.mark.parametrize("augment", ["none", "crop", "flip", "crop_flip", "randaugment", "mixup", "cutmix"])
 def test_pipeline_batches_with_keras_augmentation(augment):
     from kcnn.data.pipeline import make_dataset
 

@@ -10,7 +10,10 @@ import keras
 import numpy as np
 import pytest
 
+from PIL import Image
+
 import kcnn
+import kcnn.data
 from kcnn import train as training
 from kcnn.train import TrainConfig
 
@@ -46,7 +49,7 @@ def test_cli_training_run_on_each_backend(backend, tmp_path):
 
 
 def test_resume_after_a_crash_reaches_the_same_weights(tmp_path, monkeypatch):
-    config = dict(QUICK, epochs=3, seed=3)
+    config = dict(QUICK, epochs=3, seed=3, augment="crop")  # augmentation draws are repeated exactly too
     uninterrupted = training.train(TrainConfig(**config, output_dir=str(tmp_path / "full")))
 
     class Crash(keras.callbacks.Callback):
@@ -55,7 +58,7 @@ def test_resume_after_a_crash_reaches_the_same_weights(tmp_path, monkeypatch):
                 raise RuntimeError("simulated crash")
 
     original = training._callbacks
-    monkeypatch.setattr(training, "_callbacks", lambda c, d: original(c, d) + [Crash()])
+    monkeypatch.setattr(training, "_callbacks", lambda *args: original(*args) + [Crash()])
     with pytest.raises(RuntimeError, match="simulated crash"):
         training.train(TrainConfig(**config, output_dir=str(tmp_path / "resumed")))
     monkeypatch.setattr(training, "_callbacks", original)
@@ -102,3 +105,102 @@ def test_cli_bad_input_exits_2(tmp_path):
                       str(tmp_path / "run"))
     assert result.returncode == 2 and "learning_rate must be a number above 0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_same_seed_gives_the_same_run(tmp_path):
+    config = dict(QUICK, augment="crop")
+    first = training.train(TrainConfig(**config, seed=5, output_dir=str(tmp_path / "a")))
+    second = training.train(TrainConfig(**config, seed=5, output_dir=str(tmp_path / "b")))
+    other = training.train(TrainConfig(**config, seed=6, output_dir=str(tmp_path / "c")))
+    assert first.metrics["accuracy"] == second.metrics["accuracy"]
+    assert first.metrics["per_class_accuracy"] == second.metrics["per_class_accuracy"]
+    assert first.history["loss"] == second.history["loss"]
+    for a, b in zip(first.model.get_weights(), second.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, b) for a, b in zip(first.model.get_weights(), other.model.get_weights()))
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path):
+    # A learning rate too small to change anything: validation accuracy cannot improve after epoch 1.
+    run = training.train(TrainConfig(**dict(QUICK, epochs=6, learning_rate=1e-12, schedule="constant"),
+                                     early_stopping=1, output_dir=str(tmp_path / "run")))
+    assert run.metrics["epochs_run"] == 2
+    assert len(run.history["val_accuracy"]) == 2
+
+
+def test_mixed_precision_leaves_the_global_policy_as_it_was(tmp_path):
+    training.train(TrainConfig(**dict(QUICK, epochs=1), mixed_precision=True, output_dir=str(tmp_path / "run")))
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_googlenet_trains_with_auxiliary_heads_and_saves_without(tmp_path):
+    run = training.train(TrainConfig(dataset="digits", arch="googlenet", image_size=80, epochs=1, batch_size=16,
+                                     limit=32, verbose=0, output_dir=str(tmp_path / "run")))
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"aux1_loss", "aux2_loss", "logits_accuracy", "val_logits_accuracy"} <= set(history)
+    assert "val_accuracy" in run.history and "accuracy" in run.history  # renamed for curves and metrics
+    for name in ("model.keras", "best.keras"):
+        saved = keras.saving.load_model(tmp_path / "run" / name)
+        assert len(saved.outputs) == 1 and tuple(saved.output_shape) == (None, 10), name
+        assert not any("aux" in w.path for w in saved.weights), name
+    assert run.metrics["parameters"] == run.model.count_params()
+
+
+def _folder(root, per_class=12):
+    sample = kcnn.data.load("cifar10_sample", "train")
+    for class_name in ("cat", "ship"):
+        (root / class_name).mkdir(parents=True)
+        label = kcnn.data.sources.CIFAR10_CLASSES.index(class_name)
+        for i, image in enumerate(sample.images[sample.labels == label][:per_class]):
+            Image.fromarray(image).save(root / class_name / f"{i}.png")
+    return root
+
+
+def test_folder_training_evaluate_and_predict_through_the_cli(tmp_path):
+    photos = _folder(tmp_path / "my photos")  # a space in the path
+    (photos / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    run_dir = tmp_path / "run"
+    stopped = kcnn_cli("jax", "train", "--dataset", str(photos), "--on-bad-image", "stop", "--output-dir",
+                       str(run_dir))
+    assert stopped.returncode == 2 and "broken.jpg cannot be read" in stopped.stderr
+    assert "Traceback" not in stopped.stderr and not run_dir.exists()
+    result = kcnn_cli("jax", "train", "--dataset", str(photos), "--image-size", "32", "--epochs", "2",
+                      "--batch-size", "8", "--output-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["class_names"] == ["cat", "ship"] and metrics["skipped_files"] == 1
+    assert metrics["images"] == 4  # 20% of each class of 12 readable images: 2 + 2
+    evaluated = kcnn_cli("torch", "evaluate", str(run_dir))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"validation accuracy {metrics['accuracy']:.4f} on 4 images" in evaluated.stdout
+    predicted = kcnn_cli("tensorflow", "predict", str(run_dir), str(photos / "cat" / "0.png"),
+                         str(photos / "ship" / "1.png"), "--top", "2")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    lines = predicted.stdout.splitlines()
+    assert lines[0].endswith("0.png") and len(lines) == 6
+    assert {line.split()[-1] for line in lines[1:3]} == {"cat", "ship"} and "%" in lines[1]
+    # the same top class as the model in Python
+    model, _, names = training.load_run(str(run_dir))
+    [[(best, _), _]] = training.predict_files(model, [str(photos / "cat" / "0.png")], names, top=2)
+    assert lines[1].split()[-1] == best
+    bad = kcnn_cli("jax", "predict", str(run_dir), str(photos / "cat" / "broken.jpg"))
+    assert bad.returncode == 2 and "broken.jpg cannot be read as an image" in bad.stderr
+    missing = kcnn_cli("jax", "predict", str(tmp_path), str(photos / "cat" / "0.png"))
+    assert missing.returncode == 2 and "holds no model.keras" in missing.stderr
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("empty", "no class sub-folders"),
+    ("one_class", "only the class 'cat'"),
+])
+def test_folders_that_cannot_train_write_nothing(tmp_path, layout, message):
+    data = tmp_path / "data"
+    data.mkdir()
+    if layout == "one_class":
+        _folder(data)
+        for path in (data / "ship").iterdir():
+            path.unlink()
+        (data / "ship").rmdir()
+    with pytest.raises(kcnn.data.EmptyDatasetError, match=message):
+        training.train(TrainConfig(dataset=str(data), epochs=1, verbose=0, output_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()

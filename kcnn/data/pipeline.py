@@ -9,7 +9,7 @@ Scaling to the model's range is not done here: kcnn training models take raw
 
 from kcnn.errors import InvalidArgumentError
 
-AUGMENTATIONS = ("none", "flip", "crop_flip", "randaugment", "mixup", "cutmix")
+AUGMENTATIONS = ("none", "crop", "flip", "crop_flip", "randaugment", "mixup", "cutmix")
 
 
 def augmentation_layers(name, image_size, seed=0):
@@ -28,6 +28,8 @@ def augmentation_layers(name, image_size, seed=0):
     crop = [keras.layers.RandomCrop(height, width, seed=seed)]
     if name == "flip":
         return flip
+    if name == "crop":  # digits and text: no mirror images
+        return crop
     if name == "crop_flip":
         return crop + flip
     if name == "randaugment":
@@ -51,8 +53,9 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
             `first_epoch .. epochs - 1` back to back, each shuffled by a
             permutation that depends only on (seed, epoch). A run resumed at
             epoch k therefore sees exactly the batches an uninterrupted run
-            sees from epoch k on (tf.data's own reshuffling restarts with
-            every new iterator). Use it with `fit(steps_per_epoch=...)`.
+            sees from epoch k on, augmentation included (tf.data's own
+            reshuffling restarts with every new iterator). Use it with
+            `fit(steps_per_epoch=...)`. `epochs=None`: an endless stream.
     """
     import keras
     import tensorflow as tf
@@ -67,46 +70,61 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
     image_shape = tuple(image_shape or data.image_shape)
     mixing = augment in ("mixup", "cutmix")
     one_hot = mixing if one_hot is None else one_hot
-    layers = augmentation_layers(augment, image_shape[:2], seed) if training else []
-    mixer = None
-    if training and mixing:
-        mixer = (keras.layers.MixUp(seed=seed) if augment == "mixup" else keras.layers.CutMix(seed=seed))
-
-    images, labels = tf.constant(data.images), tf.constant(data.labels)
     if training:
-        count = len(data)
-        steps = count // batch_size
-
-        def epoch_order(epoch):
-            order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=tf.stack([seed, epoch]))
-            return tf.data.Dataset.from_tensor_slices(order[: steps * batch_size])
-
-        last = epochs if epochs is not None else first_epoch + 1
-        dataset = tf.data.Dataset.range(first_epoch, last).flat_map(epoch_order)
-        if epochs is None:
-            dataset = dataset.repeat()
-        dataset = dataset.batch(batch_size).map(lambda i: (tf.gather(images, i), tf.gather(labels, i)))
-    else:
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+        augmentation_layers(augment, image_shape[:2])  # checks the name before any work
+    images, labels = tf.constant(data.images), tf.constant(data.labels)
 
     def prepare(images, labels):
         images = tf.cast(images, tf.float32)
         images = _convert_channels(images, image_shape[2])
         if tuple(images.shape[1:3]) != image_shape[:2]:
             images = tf.image.resize(images, image_shape[:2])
-        if any(type(layer).__name__ == "RandomCrop" for layer in layers):
-            pad = max(1, image_shape[0] // 8)
+        if training and augment in ("crop", "crop_flip", "randaugment", "mixup", "cutmix"):
+            pad = max(1, image_shape[0] // 8)  # RandomCrop then cuts the image size back out
             images = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-        for layer in layers:
-            images = layer(images, training=True) if _has_training_arg(layer) else layer(images)
         if one_hot:
             labels = tf.one_hot(labels, num_classes)
-        if mixer is not None:
-            mixed = mixer({"images": images, "labels": labels}, training=True)
-            images, labels = mixed["images"], mixed["labels"]
         return images, labels
 
-    dataset = dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if not training:
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+        return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    count = len(data)
+    steps = count // batch_size
+
+    def epoch_dataset(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=[seed, epoch])
+        dataset = tf.data.Dataset.from_tensor_slices(order[: steps * batch_size]).batch(batch_size)
+        dataset = dataset.map(lambda i: prepare(tf.gather(images, i), tf.gather(labels, i)),
+                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if augment == "none":
+            return dataset
+        # Keras' augmentation layers draw from a stateful seed generator, so
+        # each epoch gets fresh layers seeded by (seed, epoch) and applies
+        # them in order (no parallel calls): the draws then depend only on
+        # (seed, epoch, batch), and a resumed run repeats them exactly.
+        layers = augmentation_layers(augment, image_shape[:2], seed=seed * 10_007 + epoch)
+        mixer = None
+        if mixing:
+            mixer = (keras.layers.MixUp if augment == "mixup" else keras.layers.CutMix)(seed=seed * 10_007 + epoch)
+
+        def augment_batch(images, labels):
+            for layer in layers:
+                images = layer(images, training=True) if _has_training_arg(layer) else layer(images)
+            if mixer is not None:
+                mixed = mixer({"images": images, "labels": labels}, training=True)
+                images, labels = mixed["images"], mixed["labels"]
+            return images, labels
+
+        return dataset.map(augment_batch)
+
+    if epochs is None:  # an endless stream (benchmarks, quick checks); not exact across restarts
+        dataset = epoch_dataset(first_epoch).repeat()
+    else:
+        dataset = epoch_dataset(first_epoch)
+        for epoch in range(first_epoch + 1, epochs):
+            dataset = dataset.concatenate(epoch_dataset(epoch))
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 

@@ -85,3 +85,14 @@ def _find_layer(model, name):
             except ValueError:
                 pass
     raise ValueError(f"{model.name} has no layer named {name!r}.")
+
+
+@register_model(
+    input_shape=(32, 32, 3), num_classes=10, params=294_336, counted=TORCH_COUNT,
+    min_size=16, source="airbench with widths 32, 64, 128 (kcnn's smaller variant)",
+)
+def airbench_small(*, num_classes, input_shape, include_top, pooling, classifier_activation, name):
+    """airbench at widths 32, 64, 128: a quarter of the work, for MNIST and slow machines."""
+    return airbench.__wrapped__(num_classes=num_classes, input_shape=input_shape, include_top=include_top,
+                                pooling=pooling, classifier_activation=classifier_activation, name=name,
+                                widths=(32, 64, 128))
