@@ -2,13 +2,14 @@
 this 2-core CPU, trained on batches 1-4, evaluated on batch 5 (the `holdout`)
 and on the first 1,000 official test images.
 
-    python bench/cifar10.py [--backends tensorflow] [--epochs 10]
+    python bench/cifar10.py [--backends tensorflow] [--epochs 12]
 
 The recipe: kcnn's `airbench` (an airbench94-style network, whitened first
 layer), SGD with Nesterov momentum, one-cycle schedule, label smoothing 0.2,
-random crops and flips. "Training seconds" exclude the per-epoch validation
+random crops and flips, bfloat16 mixed precision. "Training seconds" exclude the per-epoch validation
 (shown separately), include the first compilation. The same recipe is the
-bare `kcnn train --dataset cifar10`.
+bare `kcnn train --dataset cifar10` (add --mixed-precision on CPUs with
+bfloat16 support).
 """
 
 import argparse
@@ -16,8 +17,9 @@ import os
 
 from common import ROOT, run_training, time_to
 
-RECIPE = dict(dataset="cifar10", arch="airbench", epochs=10, batch_size=512, optimizer="sgd", learning_rate=1.0,
-              schedule="onecycle", weight_decay=5e-4, label_smoothing=0.2, augment="crop_flip")
+RECIPE = dict(dataset="cifar10", arch="airbench", epochs=12, batch_size=512, optimizer="sgd", learning_rate=1.0,
+              schedule="onecycle", weight_decay=5e-4, label_smoothing=0.2, augment="crop_flip",
+              mixed_precision=True)  # bfloat16: 1.6x faster here (this CPU has AVX512-BF16)
 
 
 def main():

@@ -55,7 +55,7 @@ def _add_train_arguments(parser):
     parser.add_argument("--learning-rate", "--lr", type=float)
     parser.add_argument("--schedule", choices=SCHEDULES)
     parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--label-smoothing", type=float)
     parser.add_argument("--augment", choices=AUGMENTATIONS)
     parser.add_argument("--image-size", type=int, help="resize images to this square size")
     parser.add_argument("--validation-split", type=float, default=0.2,

@@ -66,7 +66,7 @@ def image_folder(directory, *, image_size=None, validation_split=0.2, subset="bo
 
     def decode(path):
         try:
-            return _decode(path, mode, size, max_pixels)
+            return read_image(path, mode, size, max_pixels)
         except Exception as error:  # any decoder failure: the file is unreadable, whatever the reason
             return f"{type(error).__name__}: {error}"
 
@@ -142,7 +142,10 @@ def _list_files(directory):
     return class_names, files
 
 
-def _decode(path, mode, size, max_pixels):
+def read_image(path, mode="RGB", size=None, max_pixels=MAX_PIXELS):
+    """One image file as uint8 (H, W) or (H, W, C): Pillow `mode` ("RGB" or
+    "L"), resized to `size` (height, width) when given. Files over
+    `max_pixels` are refused before their pixels are decoded."""
     from PIL import Image
 
     with Image.open(path) as image:

@@ -93,39 +93,59 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
     count = len(data)
     steps = count // batch_size
 
-    def epoch_dataset(epoch):
-        order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=[seed, epoch])
-        dataset = tf.data.Dataset.from_tensor_slices(order[: steps * batch_size]).batch(batch_size)
-        dataset = dataset.map(lambda i: prepare(tf.gather(images, i), tf.gather(labels, i)),
-                              num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        if augment == "none":
-            return dataset
-        # Keras' augmentation layers draw from a stateful seed generator, so
-        # each epoch gets fresh layers seeded by (seed, epoch) and applies
-        # them in order (no parallel calls): the draws then depend only on
-        # (seed, epoch, batch), and a resumed run repeats them exactly.
-        layers = augmentation_layers(augment, image_shape[:2], seed=seed * 10_007 + epoch)
-        mixer = None
-        if mixing:
-            mixer = (keras.layers.MixUp if augment == "mixup" else keras.layers.CutMix)(seed=seed * 10_007 + epoch)
+    def epoch_batches(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=tf.stack([seed, epoch]))
+        return tf.data.Dataset.from_tensor_slices(order[: steps * batch_size]).batch(batch_size)
 
-        def augment_batch(images, labels):
-            for layer in layers:
-                images = layer(images, training=True) if _has_training_arg(layer) else layer(images)
-            if mixer is not None:
-                mixed = mixer({"images": images, "labels": labels}, training=True)
-                images, labels = mixed["images"], mixed["labels"]
-            return images, labels
+    def gather(indices):
+        return prepare(tf.gather(images, indices), tf.gather(labels, indices))
 
-        return dataset.map(augment_batch)
+    last_epoch = epochs if epochs is not None else 2**40  # None: an endless stream
+    if augment == "none":
+        dataset = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch_batches)
+        dataset = dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return dataset.prefetch(tf.data.AUTOTUNE)
 
-    if epochs is None:  # an endless stream (benchmarks, quick checks); not exact across restarts
-        dataset = epoch_dataset(first_epoch).repeat()
-    else:
-        dataset = epoch_dataset(first_epoch)
-        for epoch in range(first_epoch + 1, epochs):
-            dataset = dataset.concatenate(epoch_dataset(epoch))
+    # Keras' augmentation layers draw from a stateful seed generator, so
+    # parallel calls would make the draws depend on thread timing. Batches
+    # are dealt round-robin to SHARDS streams instead, each with its own
+    # layers (seeded by seed and shard) run in order by its own prefetch
+    # thread: parallel, yet every draw depends only on (seed, batch number).
+    # A run resumed at epoch k skips k epochs of the same streams, which
+    # augments (cheaply, without training) the batches it skips, so the
+    # draws that follow are exactly those of an uninterrupted run.
+    streams = []
+    for shard in range(SHARDS):
+        indices = tf.data.Dataset.range(0, last_epoch).flat_map(lambda e, k=shard: epoch_batches(e).shard(SHARDS, k))
+        augmenter = _augmenter(augment, image_shape[:2], seed=seed * SHARDS + shard)
+        streams.append(indices.map(gather).map(augmenter).prefetch(1))
+    selector = tf.data.Dataset.range(0, last_epoch * steps).map(lambda i: (i % steps) % SHARDS)
+    dataset = tf.data.Dataset.choose_from_datasets(streams, selector).skip(first_epoch * steps)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+SHARDS = 4  # parallel augmentation streams; fixed, so that results do not depend on the machine
+
+
+def _augmenter(augment, image_size, seed):
+    """A batch function applying fresh Keras augmentation layers (and MixUp
+    or CutMix, which also mix the one-hot labels)."""
+    import keras
+
+    layers = augmentation_layers(augment, image_size, seed=seed)
+    mixer = None
+    if augment in ("mixup", "cutmix"):
+        mixer = (keras.layers.MixUp if augment == "mixup" else keras.layers.CutMix)(seed=seed)
+
+    def augment_batch(images, labels):
+        for layer in layers:
+            images = layer(images, training=True) if _has_training_arg(layer) else layer(images)
+        if mixer is not None:
+            mixed = mixer({"images": images, "labels": labels}, training=True)
+            images, labels = mixed["images"], mixed["labels"]
+        return images, labels
+
+    return augment_batch
 
 
 def _has_training_arg(layer):
