@@ -199,3 +199,20 @@ def test_pipeline_refuses_impossible_batches():
         make_dataset(data, batch_size=0, training=False, num_classes=10)
     with pytest.raises(kcnn.InvalidArgumentError, match="augment must be one of"):
         make_dataset(data, batch_size=8, training=True, num_classes=10, augment="rotate")
+
+
+def test_augmented_stream_repeats_exactly_and_resumes_at_an_epoch():
+    from kcnn.data.pipeline import make_dataset
+
+    data = kcnn.data.load("cifar10_sample", "train")
+
+    def batches(first_epoch):
+        dataset = make_dataset(data, batch_size=250, training=True, num_classes=10, augment="crop_flip", seed=1,
+                               epochs=3, first_epoch=first_epoch)
+        return [np.asarray(images) for images, _ in dataset]
+
+    full, again, resumed = batches(0), batches(0), batches(2)
+    assert len(full) == 24 and len(resumed) == 8
+    assert all(np.array_equal(a, b) for a, b in zip(full, again))
+    assert all(np.array_equal(a, b) for a, b in zip(full[16:], resumed))
+    assert not np.array_equal(full[0], full[8])  # epochs differ
