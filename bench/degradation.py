@@ -30,7 +30,7 @@ def main():
                   schedule="cosine", weight_decay=5e-4, augment="crop_flip", limit=args.limit)
     results = {arch: run_training(args.backend, os.path.join(out, arch), arch=arch, **recipe) for arch in MODELS}
 
-    print(f"| network | final training error | holdout error (batch 5) | training s |")
+    print("| network | final training error | holdout error (batch 5) | training s |")
     print("|---|---:|---:|---:|")
     for arch, result in results.items():
         print(f"| {arch} | {100 * (1 - result['train_accuracy'][-1]):.2f}% | {100 * (1 - result['accuracy']):.2f}% | "

@@ -11,7 +11,6 @@ import time
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 import kcnn.data
 from kcnn.data.pipeline import make_dataset

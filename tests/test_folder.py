@@ -4,7 +4,6 @@ inputs; the CIFAR-10 python (pickle) version, checked before unpickling."""
 import hashlib
 import os
 import pickle
-import shutil
 
 import numpy as np
 import pytest

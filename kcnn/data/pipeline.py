@@ -57,7 +57,6 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
             reshuffling restarts with every new iterator). Use it with
             `fit(steps_per_epoch=...)`. `epochs=None`: an endless stream.
     """
-    import keras
     import tensorflow as tf
 
     if batch_size < 1 or not isinstance(batch_size, int):
