@@ -18,9 +18,10 @@ import os
 from common import BACKENDS, ROOT, mean_spread, run_training, time_to
 
 RECIPES = {
-    # Short one-cycle schedule: reach 99% as early as possible.
-    "fast": dict(dataset="mnist", arch="lenet5", epochs=3, batch_size=128, optimizer="adamw", learning_rate=4e-3,
-                 schedule="onecycle", weight_decay=5e-4),
+    # Reach 99% as early as possible: 3 epochs of batch 256 (fewer, cheaper steps), one-cycle peaking at 6e-3;
+    # label smoothing lifted the third epoch from 98.97% to 99.03% (seed 0).
+    "fast": dict(dataset="mnist", arch="lenet5", epochs=3, batch_size=256, optimizer="adamw", learning_rate=6e-3,
+                 schedule="onecycle", weight_decay=5e-4, label_smoothing=0.1),
     "lenet5": dict(dataset="mnist", arch="lenet5"),  # kcnn's defaults for mnist
     "best": dict(dataset="mnist", arch="airbench_small", epochs=8, batch_size=128, optimizer="sgd",
                  learning_rate=0.4, schedule="onecycle", weight_decay=5e-4, label_smoothing=0.1, augment="crop"),

@@ -49,7 +49,7 @@ def test_cli_training_run_on_each_backend(backend, tmp_path):
 
 
 def test_resume_after_a_crash_reaches_the_same_weights(tmp_path, monkeypatch):
-    config = dict(QUICK, epochs=3, seed=3)
+    config = dict(QUICK, epochs=3, seed=3, augment="crop_flip")
     uninterrupted = training.train(TrainConfig(**config, output_dir=str(tmp_path / "full")))
 
     class Crash(keras.callbacks.Callback):

@@ -93,33 +93,38 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
     steps = count // batch_size
 
     def epoch_batches(epoch):
+        """(batch number counted from the run's start, image indices) for each batch of `epoch`."""
         order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=tf.stack([seed, epoch]))
-        return tf.data.Dataset.from_tensor_slices(order[: steps * batch_size]).batch(batch_size)
+        batches = tf.data.Dataset.from_tensor_slices(order[: steps * batch_size]).batch(batch_size)
+        return batches.enumerate(start=epoch * steps)
 
-    def gather(indices):
-        return prepare(tf.gather(images, indices), tf.gather(labels, indices))
+    def gather(batch_number, indices):
+        return (batch_number, *prepare(tf.gather(images, indices), tf.gather(labels, indices)))
 
     last_epoch = epochs if epochs is not None else 2**40  # None: an endless stream
     if augment == "none":
         dataset = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(epoch_batches)
-        dataset = dataset.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        dataset = dataset.map(lambda *batch: gather(*batch)[1:], num_parallel_calls=tf.data.AUTOTUNE,
+                              deterministic=True)
         return dataset.prefetch(tf.data.AUTOTUNE)
 
-    # Keras' augmentation layers draw from a stateful seed generator, so
-    # parallel calls would make the draws depend on thread timing. Batches
-    # are dealt round-robin to SHARDS streams instead, each with its own
-    # layers (seeded by seed and shard) run in order by its own prefetch
+    # Keras' augmentation layers draw from a stateful seed generator that
+    # lives as long as the dataset: parallel calls would make the draws
+    # depend on thread timing, and every new iterator (fit() opens one to
+    # build the model, a resumed run opens another) would continue where
+    # the last one stopped. So each batch first re-seeds the generators from
+    # (seed, batch number), and batches are dealt round-robin to SHARDS
+    # streams, each with its own layers run in order by its own prefetch
     # thread: parallel, yet every draw depends only on (seed, batch number).
-    # A run resumed at epoch k skips k epochs of the same streams, which
-    # augments (cheaply, without training) the batches it skips, so the
-    # draws that follow are exactly those of an uninterrupted run.
+    # A resumed run simply starts at its epoch.
     streams = []
     for shard in range(SHARDS):
-        indices = tf.data.Dataset.range(0, last_epoch).flat_map(lambda e, k=shard: epoch_batches(e).shard(SHARDS, k))
-        augmenter = _augmenter(augment, image_shape[:2], seed=seed * SHARDS + shard)
-        streams.append(indices.map(gather).map(augmenter).prefetch(1))
-    selector = tf.data.Dataset.range(0, last_epoch * steps).map(lambda i: (i % steps) % SHARDS)
-    dataset = tf.data.Dataset.choose_from_datasets(streams, selector).skip(first_epoch * steps)
+        batches = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(
+            lambda e, k=shard: epoch_batches(e).shard(SHARDS, k))
+        augmenter = _augmenter(augment, image_shape[:2], seed=seed)
+        streams.append(batches.map(gather).map(augmenter).prefetch(1))
+    selector = tf.data.Dataset.range(first_epoch * steps, last_epoch * steps).map(lambda i: (i % steps) % SHARDS)
+    dataset = tf.data.Dataset.choose_from_datasets(streams, selector)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -127,24 +132,43 @@ SHARDS = 4  # parallel augmentation streams; fixed, so that results do not depen
 
 
 def _augmenter(augment, image_size, seed):
-    """A batch function applying fresh Keras augmentation layers (and MixUp
-    or CutMix, which also mix the one-hot labels)."""
+    """A function of (batch number, images, labels) applying fresh Keras
+    augmentation layers (and MixUp or CutMix, which also mix the one-hot
+    labels), with draws that depend only on (seed, batch number)."""
     import keras
+    import tensorflow as tf
 
     layers = augmentation_layers(augment, image_size, seed=seed)
-    mixer = None
     if augment in ("mixup", "cutmix"):
-        mixer = (keras.layers.MixUp if augment == "mixup" else keras.layers.CutMix)(seed=seed)
+        layers.append((keras.layers.MixUp if augment == "mixup" else keras.layers.CutMix)(seed=seed))
+    generators = [_tf_data_seed_generator(layer) for layer in layers]
 
-    def augment_batch(images, labels):
-        for layer in layers:
-            images = layer(images, training=True) if _has_training_arg(layer) else layer(images)
-        if mixer is not None:
-            mixed = mixer({"images": images, "labels": labels}, training=True)
-            images, labels = mixed["images"], mixed["labels"]
+    def augment_batch(batch_number, images, labels):
+        for position, (layer, generator) in enumerate(zip(layers, generators)):
+            # Stateless seeds [a, b] and [a, b + 1] give independent draws; a
+            # layer makes far fewer than 1,024 draws from its generator per batch.
+            state = tf.stack([tf.cast(seed, tf.int64) * 64 + position, batch_number * 1024])
+            generator.state.assign(tf.cast(state, generator.state.dtype))
+            if isinstance(layer, (keras.layers.MixUp, keras.layers.CutMix)):
+                mixed = layer({"images": images, "labels": labels}, training=True)
+                images, labels = mixed["images"], mixed["labels"]
+            else:
+                images = layer(images, training=True) if _has_training_arg(layer) else layer(images)
         return images, labels
 
     return augment_batch
+
+
+def _tf_data_seed_generator(layer):
+    """The `keras.random.SeedGenerator` a Keras preprocessing layer draws from
+    inside tf.data. Keras' TFDataLayer pattern: `_get_seed_generator(backend)`
+    while the layer's dynamic backend is TensorFlow; it is the layer's own
+    generator on the TensorFlow backend and a cached TensorFlow one otherwise."""
+    layer.backend.set_backend("tensorflow")
+    try:
+        return layer._get_seed_generator("tensorflow")
+    finally:
+        layer.backend.reset()
 
 
 def _has_training_arg(layer):
