@@ -1,7 +1,7 @@
 """The degradation experiment of the lecture notes (He et al. 2016, Figure 6):
 plain-20 and plain-56 against ResNet-20 and ResNet-56 on CIFAR-10, one command.
 
-    python bench/degradation.py [--epochs 20] [--limit N] [--backend tensorflow]
+    python bench/degradation.py [--epochs 20] [--limit N] [--backend tensorflow] [--mixed-precision]
 
 Trains each network with the same recipe (SGD, Nesterov momentum 0.9, cosine
 schedule, weight decay 5e-4, crops and flips) on batches 1-4, evaluates on
@@ -24,10 +24,12 @@ def main():
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     parser.add_argument("--backend", default="tensorflow")
+    parser.add_argument("--mixed-precision", action="store_true", help="bfloat16 (float16 on torch)")
     args = parser.parse_args()
     out = os.path.join(ROOT, "saved_models", "bench_degradation")
     recipe = dict(dataset="cifar10", epochs=args.epochs, batch_size=128, optimizer="sgd", learning_rate=0.1,
-                  schedule="cosine", weight_decay=5e-4, augment="crop_flip", limit=args.limit)
+                  schedule="cosine", weight_decay=5e-4, augment="crop_flip", limit=args.limit,
+                  mixed_precision=args.mixed_precision)
     results = {arch: run_training(args.backend, os.path.join(out, arch), arch=arch, **recipe) for arch in MODELS}
 
     print("| network | final training error | holdout error (batch 5) | training s |")

