@@ -4,8 +4,10 @@
     kcnn info NAME                           what the registry knows of one model
     kcnn summary NAME [--input-shape H,W,C]  the per-layer table with MACs
     kcnn train --arch lenet5 --dataset mnist  train from scratch (see `kcnn train -h`)
+    kcnn finetune --dataset FOLDER            fine-tune a pretrained backbone (see `kcnn finetune -h`)
     kcnn evaluate RUN_DIR                     re-evaluate a run's model.keras on its evaluation split
     kcnn predict RUN_DIR IMAGE [IMAGE ...]    top classes of each image with a run's model
+    kcnn predict efficientnet_lite0 IMAGE     ImageNet top-5 with a pretrained model's weights
 
 Bad input exits with code 2 and one line on stderr, never a traceback.
 """
@@ -26,6 +28,7 @@ def _parser():
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="list registered models")
     listing.add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'resnet*'")
+    listing.add_argument("--pretrained", action="store_true", help="only models with named pretrained weights")
     info = commands.add_parser("info", help="show what the registry knows of a model")
     info.add_argument("name")
     summary = commands.add_parser("summary", help="per-layer output shapes, parameters and MACs")
@@ -33,10 +36,13 @@ def _parser():
     summary.add_argument("--input-shape", type=_parse_shape, default=None, help="H,W,C (default: the model's)")
     train = commands.add_parser("train", help="train an architecture from scratch")
     _add_train_arguments(train)
+    finetune = commands.add_parser("finetune", help="fine-tune a pretrained ImageNet backbone on your classes")
+    _add_finetune_arguments(finetune)
     evaluate = commands.add_parser("evaluate", help="evaluate a run's model on its evaluation split")
     evaluate.add_argument("run_dir")
     predict = commands.add_parser("predict", help="classify image files with a run's model")
-    predict.add_argument("run_dir", help="a run directory (or a model.keras file inside one)")
+    predict.add_argument("run_dir", help="a run directory (or a model.keras file inside one), or the name of a "
+                         "model with pretrained weights (ImageNet classes)")
     predict.add_argument("images", nargs="+", help="image files (png, jpg, bmp, gif, webp)")
     predict.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
     return parser
@@ -73,6 +79,53 @@ def _add_train_arguments(parser):
     parser.add_argument("--overwrite", action="store_true")
 
 
+def _add_finetune_arguments(parser):
+    from kcnn.finetune import FinetuneConfig
+
+    defaults = FinetuneConfig()
+    parser.add_argument("--dataset", default=defaults.dataset,
+                        help="a folder with one sub-folder of images per class, cifar10_sample (default), cifar10, "
+                             "mnist or digits")
+    parser.add_argument("--backbone", default=defaults.backbone,
+                        help="a model with pretrained weights (kcnn list --pretrained); default efficientnet_lite0")
+    parser.add_argument("--weights", default=defaults.weights, help="named weights (default imagenet)")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size,
+                        help=f"input size (default {defaults.image_size}: fast on a CPU; 224 is what the weights "
+                             f"were trained at)")
+    parser.add_argument("--head-epochs", type=int, default=defaults.head_epochs, help="phase 1: the new head")
+    parser.add_argument("--finetune-epochs", type=int, default=defaults.finetune_epochs,
+                        help="phase 2: the unfrozen top of the backbone (0: skip)")
+    parser.add_argument("--unfreeze", type=_blocks, default=defaults.unfreeze,
+                        help=f"top blocks to fine-tune in phase 2, or 'all' (default {defaults.unfreeze})")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--head-learning-rate", type=float, default=defaults.head_learning_rate)
+    parser.add_argument("--finetune-learning-rate", type=float, default=defaults.finetune_learning_rate)
+    parser.add_argument("--no-flip", dest="flip", action="store_false",
+                        help="do not also train on mirror images (the default augmentation)")
+    parser.add_argument("--validation-split", type=float, default=defaults.validation_split,
+                        help="fraction of the training images the callbacks watch")
+    parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, help="train on the first N images only")
+    parser.add_argument("--output-dir")
+    parser.add_argument("--overwrite", action="store_true")
+
+
+def _blocks(text):
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all'; received {text!r}") from None
+
+
+def _finetune(args):
+    from kcnn.finetune import FinetuneConfig, finetune
+
+    finetune(FinetuneConfig(**{k: v for k, v in vars(args).items() if k != "command"}))
+
+
 def _train(args):
     from kcnn.train import TrainConfig, train
 
@@ -93,20 +146,29 @@ def _evaluate(run_dir):
 
 
 def _predict(run_dir, images, top):
+    import os
+
+    import kcnn
     from kcnn.train import load_run, predict_files
 
-    model, _, class_names = load_run(run_dir)
+    if not os.path.exists(run_dir) and run_dir in {info.name for info in kcnn.list_models(pretrained=True)}:
+        from kcnn.weights import get_source
+
+        model = kcnn.build(run_dir, weights="imagenet")
+        class_names = get_source(run_dir, "imagenet").class_names
+    else:
+        model, _, class_names = load_run(run_dir)
     for path, ranking in zip(images, predict_files(model, images, class_names, top=top)):
         print(path)
         for name, probability in ranking:
             print(f"  {probability:7.2%}  {name}")
 
 
-def _list(pattern):
+def _list(pattern, pretrained=False):
     import kcnn
 
     rows = [(m.name, "x".join(map(str, m.default_input_shape)), f"{m.reference_params:,}", m.params_counted,
-             m.description) for m in kcnn.list_models(pattern)]
+             m.description) for m in kcnn.list_models(pattern, pretrained=pretrained)]
     header = ("name", "input", "parameters", "counted", "description")
     widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(4)]
     for row in [header] + rows:
@@ -132,13 +194,15 @@ def main(argv=None):
 
     try:
         if args.command == "list":
-            _list(args.pattern)
+            _list(args.pattern, args.pretrained)
         elif args.command == "info":
             _info(args.name)
         elif args.command == "summary":
             kcnn.summary(args.name, input_shape=args.input_shape)
         elif args.command == "train":
             _train(args)
+        elif args.command == "finetune":
+            _finetune(args)
         elif args.command == "evaluate":
             _evaluate(args.run_dir)
         elif args.command == "predict":

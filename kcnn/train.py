@@ -328,8 +328,9 @@ def evaluate_model(model, data, image_shape, batch_size):
 
 
 def load_run(path):
-    """(model, TrainConfig, class names) of a finished run directory, or of
-    a model.keras file inside one."""
+    """(model, config, class names) of a finished run directory (of `kcnn
+    train`: a TrainConfig; of `kcnn finetune`: a FinetuneConfig), or of a
+    model.keras file inside one."""
     import keras
 
     run_dir = os.path.dirname(path) if str(path).endswith(".keras") else path
@@ -341,7 +342,11 @@ def load_run(path):
             record = json.load(f)
         with open(os.path.join(run_dir, "metrics.json")) as f:
             class_names = json.load(f)["class_names"]
-        config = TrainConfig(**{k: v for k, v in record.items() if k in TrainConfig.__dataclass_fields__})
+        if "backbone" in record:
+            from kcnn.finetune import FinetuneConfig as kind
+        else:
+            kind = TrainConfig
+        config = kind(**{k: v for k, v in record.items() if k in kind.__dataclass_fields__})
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise KcnnError(
             f"{run_dir} is not a complete kcnn run (config.json or metrics.json is missing or unreadable: "
@@ -458,14 +463,15 @@ def _callbacks(config, run_dir, model, trainer):
 def _prepare_run_dir(config):
     run_dir = config.output_dir
     has_run = os.path.exists(os.path.join(run_dir, "config.json"))
-    if has_run and not (config.resume or config.overwrite):
+    resume = getattr(config, "resume", False)  # fine-tuning runs do not resume
+    if has_run and not (resume or config.overwrite):
         raise KcnnError(
             f"{run_dir} already holds a run; pass resume=True (--resume) to continue it, overwrite=True "
             f"(--overwrite) to replace it, or another output directory."
         )
-    if config.resume and not has_run:
+    if resume and not has_run:
         raise KcnnError(f"There is no run to resume in {run_dir}; start it without --resume.")
-    if has_run and config.resume:
+    if has_run and resume:
         saved = json.load(open(os.path.join(run_dir, "config.json")))
         different = {k: v for k, v in dataclasses.asdict(config).items()
                      if k not in ("resume", "overwrite", "verbose") and saved.get(k) != v}

@@ -194,17 +194,16 @@ def transfer(reference, model, source):
 
 
 def with_preprocessing(model, source, channels):
-    """`model` behind a Normalization layer with the weights' mean and std, so
-    that it takes raw 0-255 RGB (or grey) pixels. The model's own layers are
-    reused (keras.models.clone_model with an identity clone function), so the
-    result is one flat functional model."""
+    """A copy of `model` behind a Normalization layer with the weights' mean
+    and std, so that it takes raw 0-255 RGB (or grey) pixels: one flat
+    functional model (keras.models.clone_model, then the weights copied)."""
     import keras
+
+    from kcnn.layers import channel_axis
 
     mean, std = np.asarray(source.mean, "float64"), np.asarray(source.std, "float64")
     if channels == 1:
         mean, std = mean.mean(keepdims=True), std.mean(keepdims=True)
-    from kcnn.layers import channel_axis
-
     inputs = keras.Input(shape=model.input_shape[1:], name="image")
     normalized = keras.layers.Normalization(axis=channel_axis(), mean=mean.tolist(), variance=(std ** 2).tolist(),
                                             name="preprocessing")(inputs)
@@ -212,5 +211,8 @@ def with_preprocessing(model, source, channels):
     def call(layer, *args, **kwargs):  # layers that read the image read it normalised
         return layer(*(normalized if arg is inputs else arg for arg in args), **kwargs)
 
-    return keras.models.clone_model(model, input_tensors=inputs, clone_function=lambda layer: layer,
-                                    call_function=call)
+    copy = keras.models.clone_model(model, input_tensors=inputs, call_function=call)
+    for layer in model.layers:
+        if layer.weights:
+            copy.get_layer(layer.name).set_weights(layer.get_weights())
+    return copy

@@ -1,0 +1,124 @@
+"""Fine-tuning a pretrained backbone: the split into frozen bottom and
+trainable top, cached features giving the answer a frozen backbone in fit()
+gives, the two phases, the run directory, and the command line."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import kcnn
+from kcnn import finetune as fine
+from kcnn.finetune import FinetuneConfig, finetune
+
+from test_train import RUN_FILES, _folder, kcnn_cli
+
+TINY = dict(image_size=32, head_epochs=3, finetune_epochs=1, batch_size=32, limit=160, verbose=0)
+
+
+@pytest.mark.parametrize("arch, input_shape", [("efficientnet_lite0", (64, 64, 3)), ("cifar_resnet20", (32, 32, 3))])
+def test_split_at_a_block_boundary_computes_the_same_model(arch, input_shape):
+    model = kcnn.build(arch, include_top=False, pooling="avg", input_shape=input_shape)
+    points = fine.cut_points(model)
+    assert len(points) >= 3
+    images = np.random.default_rng(0).uniform(0, 255, (2, *input_shape)).astype("float32")
+    expected = keras.ops.convert_to_numpy(model(images))
+    for unfreeze in (1, 3, "all"):
+        bottom, top = fine.split(model, fine.cut_layer(model, unfreeze))
+        actual = keras.ops.convert_to_numpy(top(bottom(images)))
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_cached_features_give_the_answer_of_a_frozen_backbone_in_fit():
+    backbone = kcnn.build("efficientnet_lite0", weights="imagenet", include_top=False, pooling="avg",
+                          input_shape=(32, 32, 3))
+    backbone.trainable = False
+    data = kcnn.data.load("cifar10_sample", "train")
+    images, labels = data.images[:64].astype("float32"), keras.utils.to_categorical(data.labels[:64], 10)
+
+    def head():
+        keras.utils.set_random_seed(1)
+        return keras.layers.Dense(10, name="predictions")
+
+    cached_head = head()
+    on_features = keras.Sequential([keras.Input((1280,)), cached_head])
+    end_to_end = keras.Model(backbone.input, head()(backbone.output))
+    for model, inputs in ((on_features, backbone.predict(images, verbose=0)), (end_to_end, images)):
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
+        model.fit(inputs, labels, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    for a, b in zip(cached_head.get_weights(), end_to_end.get_layer("predictions").get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_two_phases_train_the_head_and_top_blocks_and_leave_the_rest_as_pretrained(tmp_path):
+    run = finetune(FinetuneConfig(**TINY, unfreeze=1, output_dir=str(tmp_path / "run")))
+    for name in RUN_FILES:
+        assert (tmp_path / "run" / name).stat().st_size > 0, name
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["accuracy"] > 0.2 and metrics["unfrozen_from"] == "blocks_14_add"  # chance is 0.1
+    assert metrics["epochs_run"] == 4 and len(run.history["val_accuracy"]) == 4
+    pretrained = kcnn.build("efficientnet_lite0", weights="imagenet", include_top=False, input_shape=(32, 32, 3))
+    for name in ("conv_stem", "blocks_14_project_conv", "blocks_15_bn1", "bn1"):  # frozen, and BN always
+        for a, b in zip(run.model.get_layer(name).get_weights(), pretrained.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)
+    for name in ("blocks_15_project_conv", "conv_head"):  # fine-tuned
+        assert not np.array_equal(run.model.get_layer(name).get_weights()[0],
+                                  pretrained.get_layer(name).get_weights()[0])
+    # model.keras takes raw RGB images and gives the same logits
+    saved = keras.saving.load_model(tmp_path / "run" / "model.keras")
+    images = kcnn.data.load("cifar10_sample", "test").images[:4].astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(saved(images)),
+                               keras.ops.convert_to_numpy(run.model(images)), rtol=1e-5, atol=1e-5)
+
+
+def test_finetune_an_image_folder_through_the_cli_then_evaluate_and_predict(tmp_path):
+    photos = _folder(tmp_path / "fish or cat", per_class=20)
+    run_dir = tmp_path / "runs" / "pets"
+    result = kcnn_cli("tensorflow", "finetune", "--dataset", str(photos), "--image-size", "32", "--head-epochs", "3",
+                      "--finetune-epochs", "1", "--batch-size", "16", "--output-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "validation accuracy" in result.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["class_names"] == ["cat", "ship"]
+    evaluated = kcnn_cli("jax", "evaluate", str(run_dir))
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert f"validation accuracy {metrics['accuracy']:.4f}" in evaluated.stdout
+    predicted = kcnn_cli("torch", "predict", str(run_dir), str(photos / "cat" / "0.png"), "--top", "2")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    assert "cat" in predicted.stdout and "ship" in predicted.stdout
+    again = kcnn_cli("tensorflow", "finetune", "--dataset", str(photos), "--output-dir", str(run_dir))
+    assert again.returncode == 2 and "already holds a run" in again.stderr and "Traceback" not in again.stderr
+
+
+def test_predict_with_a_pretrained_model_names_imagenet_classes(tmp_path):
+    from skimage import data
+
+    Image.fromarray(data.chelsea()).save(tmp_path / "chelsea.jpg")
+    result = kcnn_cli("tensorflow", "predict", "efficientnet_lite0", str(tmp_path / "chelsea.jpg"), "--top", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Egyptian cat" in result.stdout.splitlines()[1]
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(unfreeze=-1), "unfreeze must be a number of top blocks"),
+    (dict(image_size=0), "image_size must be a whole number of at least 1"),
+    (dict(dataset="imagenet"), "Unknown dataset 'imagenet'"),
+    (dict(backbone="lenet5"), "lenet5 has no 'imagenet' weights"),
+    (dict(head_learning_rate=0), "head_learning_rate must be a number above 0"),
+])
+def test_bad_finetune_settings(tmp_path, changes, message):
+    with pytest.raises(kcnn.KcnnError, match=message):
+        finetune(FinetuneConfig(**dict(TINY, **changes), output_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_with_one_class_is_refused(tmp_path):
+    photos = _folder(tmp_path / "photos")
+    for path in (photos / "ship").iterdir():
+        path.unlink()
+    (photos / "ship").rmdir()
+    with pytest.raises(kcnn.KcnnError, match="class"):
+        finetune(FinetuneConfig(**dict(TINY, limit=None), dataset=str(photos), output_dir=str(tmp_path / "run")))
+    assert not (tmp_path / "run").exists()
