@@ -1,16 +1,18 @@
 # Two commands do all the set-up on a fresh machine (see README):
-#   make demo   builds the virtual environment, then runs the main job
+#   make demo   builds the virtual environment, then runs the main job (workflows/finetune.py)
 #   make test   builds the virtual environment, then runs the test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-# The demo counts parameters on JAX by default: it builds the 1.5-billion-parameter
-# `mlp` without allocating its weights there. Any backend works: KERAS_BACKEND=torch make demo
-DEMO_BACKEND := $(or $(KERAS_BACKEND),jax)
+# The main job fine-tunes the pretrained EfficientNet-Lite0 on the embedded CIFAR-10 sample, on the
+# PyTorch backend unless KERAS_BACKEND says otherwise (KERAS_BACKEND=tensorflow make demo).
+# `make tour` builds every architecture of the zoo (JAX: it counts the 1.5-billion-parameter `mlp`
+# without allocating its weights there).
+DEMO_BACKEND := $(or $(KERAS_BACKEND),torch)
 export KCNN_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: demo test test-fast clean
+.PHONY: demo tour test test-fast clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +21,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	KERAS_BACKEND=$(DEMO_BACKEND) $(PY) workflows/zoo_tour.py
+	KERAS_BACKEND=$(DEMO_BACKEND) $(PY) workflows/finetune.py --overwrite
+
+tour: $(STAMP)
+	KERAS_BACKEND=$(or $(KERAS_BACKEND),jax) $(PY) workflows/zoo_tour.py
 
 test: $(STAMP)
 	$(PY) -m pytest --durations=15

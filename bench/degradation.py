@@ -8,7 +8,8 @@ schedule, weight decay 5e-4, crops and flips) on batches 1-4, evaluates on
 batch 5, prints a table of training and holdout error, and plots the training
 error per epoch of all four in saved_models/bench_degradation/degradation.png.
 The paper's numbers (8.75% for ResNet-20, 6.97% for ResNet-56) need its full
-schedule (164 epochs), i.e. a GPU; on this CPU use --epochs and --limit.
+schedule (64,000 steps of 128 images, about --epochs 200 here), i.e. a GPU; on
+this CPU use --epochs and --limit (BENCHMARKS.md: --epochs 10 --limit 5000).
 """
 
 import argparse
