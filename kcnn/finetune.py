@@ -43,7 +43,7 @@ class FinetuneConfig:
     backbone: str = "efficientnet_lite0"
     weights: str = "imagenet"
     image_size: int = 128  # the 5-minute default on 2 CPU cores; the weights were trained at 224
-    head_epochs: int = 30
+    head_epochs: int = 15
     finetune_epochs: int = 10
     unfreeze: Union[int, str] = 3  # top blocks to fine-tune in phase 2, "all", or 0 (head only)
     batch_size: int = 64
@@ -242,7 +242,7 @@ def finetune(config: FinetuneConfig, callbacks=()) -> Run:
         skipped_files=int(getattr(train_data, "skipped", 0)))
     training._save_model(model, os.path.join(run_dir, "model.keras"))
     training._write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    _write_history(os.path.join(run_dir, "history.csv"), history, config.head_epochs if phase1 else 0)
+    _write_history(os.path.join(run_dir, "history.csv"), history, len(phase1.epoch) if phase1 else 0)
     eval_for_plots = dataclasses.replace(eval_data, class_names=class_names)
     training._plots(run_dir, history, eval_for_plots, predicted, config)
     if config.verbose:
@@ -376,14 +376,12 @@ def _predict(model, inputs, size, batch_size):
 def _phase_callbacks(config, finetune=False):
     import keras
 
-    callbacks = []
+    # A head on fixed features overfits within a few epochs: stop when validation accuracy stops improving.
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=4 if finetune else 3,
+                                               restore_best_weights=True, verbose=config.verbose)]
     if finetune:
-        callbacks += [
-            keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max", factor=0.2, patience=2,
-                                              verbose=config.verbose),
-            keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=4,
-                                          restore_best_weights=True, verbose=config.verbose),
-        ]
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max", factor=0.2,
+                                                           patience=2, verbose=config.verbose))
     return callbacks
 
 
