@@ -43,3 +43,10 @@ def test_bad_input_exits_2_with_one_clear_line(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_list_pretrained_shows_only_models_with_weights():
+    result = run_cli("list", "--pretrained")
+    assert result.returncode == 0, result.stderr
+    names = [line.split()[0] for line in result.stdout.splitlines()[1:]]
+    assert "efficientnet_lite0" in names and "resnet50" in names and "lenet5" not in names
