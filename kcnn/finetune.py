@@ -175,6 +175,10 @@ def finetune(config: FinetuneConfig, callbacks=()) -> Run:
 
         # ---- everything frozen runs once --------------------------------------
         train_images, train_labels = _with_mirrors(train_data, config.flip)
+        if config.verbose:
+            print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: {len(train_images):,} training "
+                  f"and {len(eval_data):,} held-out images at {size}x{size} go through the frozen layers once "
+                  f"(up to {cut or 'the input'}) ...", flush=True)
         fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed,
                                                  mirrored=config.flip)
         activations = _predict(bottom, train_images, size, config.batch_size)
@@ -182,6 +186,8 @@ def finetune(config: FinetuneConfig, callbacks=()) -> Run:
         features = _predict(top, activations, None, config.batch_size)
         extract_seconds = time.perf_counter() - started
 
+        if config.verbose:
+            print(f"... {extract_seconds:.0f} s. Phase 1: a new head on the pooled features.", flush=True)
         # ---- phase 1: the new head on pooled features ---------------------------
         head = keras.Sequential([keras.Input(features.shape[1:]), keras.layers.Dropout(config.dropout, name="dropout"),
                                  keras.layers.Dense(len(class_names), name="predictions", dtype="float32")],
@@ -201,6 +207,9 @@ def finetune(config: FinetuneConfig, callbacks=()) -> Run:
                 # Batch normalisation stays frozen (inference mode): its statistics come from ImageNet, and a
                 # few thousand images would only make them worse (Keras' transfer-learning guide).
                 layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+            if config.verbose:
+                layers = f"the layers after {cut}" if cut else "every layer"
+                print(f"Phase 2: {layers} and the head, learning rate {config.finetune_learning_rate:g}.", flush=True)
             trainable = keras.Model(top.input, head(top.output), name="finetune")
             trainable.compile(optimizer=keras.optimizers.Adam(config.finetune_learning_rate), loss=loss,
                               metrics=["accuracy"])
