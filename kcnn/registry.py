@@ -13,7 +13,7 @@ import fnmatch
 import functools
 import inspect
 import os
-from typing import Callable, Optional
+from typing import Callable
 
 import keras
 
@@ -332,6 +332,10 @@ def _check_weights(weights, model_name):
             f"Received: weights={weights!r}"
         )
     if os.path.isfile(weights):
+        if weights.endswith((".pth", ".pt", ".bin")):
+            from kcnn.weights.loading import check_torch_checkpoint_arch
+
+            check_torch_checkpoint_arch(model_name)
         return weights
     if any(weights == name for _, name in named_weights.SOURCES) or not any(c in weights for c in "/\\."):
         return named_weights.get_source(model_name, weights)
@@ -366,6 +370,11 @@ def _build_pretrained(fn, source, arguments, include_preprocessing):
 
 
 def _load_weights_file(model, path, model_name):
+    if path.endswith((".pth", ".pt", ".bin")):  # a PyTorch state dict, converted (never unpickled code)
+        from kcnn.weights import loading
+
+        loading.load_torch_checkpoint(model, model_name, path)
+        return
     try:
         model.load_weights(path)
     except Exception as error:  # h5py, shape and layout errors all mean one thing here

@@ -156,3 +156,24 @@ def test_state_dict_for_another_architecture_or_truncated_is_refused(tmp_path):
         loading.read_state_dict(str(truncated))
     for a, b in zip(before, model.get_weights()):
         np.testing.assert_array_equal(a, b)  # nothing loaded half-way
+
+
+def test_a_torchvision_layout_checkpoint_converts_with_identical_outputs(tmp_path):
+    import torch
+
+    sys.path.insert(0, os.path.join(os.path.dirname(TESTS_DIR), "bench"))
+    import torch_models
+
+    torch.manual_seed(0)
+    reference = torch_models.randomize_batch_norm(torch_models.ResNet((2, 2, 2, 2), num_classes=10)).eval()
+    path = tmp_path / "resnet18.pth"
+    torch.save(reference.state_dict(), path)  # what a torchvision user's checkpoint holds
+    model = kcnn.build("resnet18", num_classes=10, input_shape=(64, 64, 3), weights=str(path))
+    images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(model(images)), expected, rtol=1e-4, atol=1e-4)
+    with pytest.raises(WeightsError, match="does not fit resnet34"):
+        kcnn.build("resnet34", num_classes=10, input_shape=(64, 64, 3), weights=str(path))
+    with pytest.raises(WeightsError, match="kcnn converts PyTorch checkpoints for .*lenet5 is not one of them"):
+        kcnn.build("lenet5", weights=str(path))

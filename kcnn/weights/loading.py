@@ -104,6 +104,35 @@ def read_state_dict(path):
     return {key: value.detach().cpu().numpy() for key, value in state.items() if hasattr(value, "numpy")}
 
 
+# Architectures whose kcnn layer names are torchvision's module paths with dots
+# as underscores (`layer2.0.downsample.0` -> `layer2_0_downsample_0`).
+TORCHVISION_BY_NAME = ("resnet18", "resnet34", "googlenet", "squeezenet1_0", "squeezenet1_1")
+
+
+def load_torch_checkpoint(model, arch, path):
+    """Load a PyTorch state dict of the torchvision layout (or, for
+    efficientnet_lite0, of EfficientNet-PyTorch) into `model`."""
+    check_torch_checkpoint_arch(arch)
+    state = read_state_dict(path)
+    rename = _efficientnet_pytorch_name if arch == "efficientnet_lite0" else _torchvision_name
+    if not any(layer.name.startswith("aux") for layer in model.layers):
+        # torchvision's GoogLeNet checkpoints carry the training-only auxiliary heads.
+        state = {key: value for key, value in state.items() if not key.startswith(("aux1.", "aux2."))}
+    load_state_dict(model, state, rename=rename)
+
+
+def check_torch_checkpoint_arch(arch):
+    """Raise (before anything is built) for architectures kcnn cannot convert PyTorch checkpoints into."""
+    if arch != "efficientnet_lite0" and arch not in TORCHVISION_BY_NAME:
+        having = ", ".join(("efficientnet_lite0",) + TORCHVISION_BY_NAME)
+        raise WeightsError(f"kcnn converts PyTorch checkpoints for {having}; {arch} is not one of them. Save its "
+                           f"weights with Keras (.weights.h5) or use weights='imagenet' where it has them.")
+
+
+def _torchvision_name(key):
+    return key.replace(".", "_")
+
+
 def _efficientnet_pytorch_name(key):
     """`_blocks.3._depthwise_conv` -> `blocks_3_depthwise_conv` (kcnn's layer names)."""
     return key.lstrip("_").replace("._", "_").replace(".", "_")
