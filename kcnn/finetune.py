@@ -126,16 +126,9 @@ class FinetuneConfig:
         return self.splits()[1]
 
 
-@dataclasses.dataclass
-class Run:
-    directory: str
-    model: object
-    history: dict
-    metrics: dict
-
-
-def finetune(config: FinetuneConfig, callbacks=()) -> Run:
-    """Fine-tune `config.backbone` with `config.weights` on `config.dataset`."""
+def finetune(config: FinetuneConfig, callbacks=()):
+    """Fine-tune `config.backbone` with `config.weights` on `config.dataset`;
+    returns a `kcnn.train.Run` (directory, model, history, metrics)."""
     import keras
 
     import kcnn
@@ -256,7 +249,7 @@ def finetune(config: FinetuneConfig, callbacks=()) -> Run:
     training._plots(run_dir, history, eval_for_plots, predicted, config)
     if config.verbose:
         print(summary_table(config, metrics))
-    return Run(run_dir, model, history, metrics)
+    return training.Run(run_dir, model, history, metrics)
 
 
 def summary_table(config, metrics):
