@@ -246,7 +246,9 @@ def finetune(config: FinetuneConfig, callbacks=()):
     training._write_json(os.path.join(run_dir, "metrics.json"), metrics)
     _write_history(os.path.join(run_dir, "history.csv"), history, len(phase1.epoch) if phase1 else 0)
     eval_for_plots = dataclasses.replace(eval_data, class_names=class_names)
-    training._plots(run_dir, history, eval_for_plots, predicted, config)
+    head_epochs = len(phase1.epoch) if phase1 else 0
+    phases = {"fine-tuning": head_epochs + 1} if phase2 is not None and head_epochs else None
+    training._plots(run_dir, history, eval_for_plots, predicted, config, phase_starts=phases)
     if config.verbose:
         print(summary_table(config, metrics))
     return training.Run(run_dir, model, history, metrics)

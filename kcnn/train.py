@@ -508,10 +508,11 @@ def _read_history(run_dir):
     return _history({key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {}) if key != "epoch"})
 
 
-def _plots(run_dir, history, eval_data, predicted, config):
+def _plots(run_dir, history, eval_data, predicted, config, phase_starts=None):
     from kcnn import viz
 
-    viz.save_figure(viz.training_curves(history, title=f"{config.arch} on {config.dataset_name}"),
+    viz.save_figure(viz.training_curves(history, title=f"{config.arch} on {config.dataset_name}",
+                                        phase_starts=phase_starts),
                     os.path.join(run_dir, "curves.png"))
     viz.save_figure(viz.confusion_matrix(eval_data.labels, predicted, eval_data.class_names,
                                          title=f"{config.arch} on {eval_data.name}"),

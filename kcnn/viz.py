@@ -26,10 +26,12 @@ def _in_notebook():
         return False
 
 
-def training_curves(history, title=None):
+def training_curves(history, title=None, phase_starts=None):
     """Loss and accuracy per epoch, training and validation, side by side.
 
     `history`: a Keras History, its `.history` dict, or rows of history.csv.
+    `phase_starts`: {label: first epoch (1-based)} marked by a dashed line,
+    e.g. the fine-tuning phase.
     """
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
@@ -47,6 +49,10 @@ def training_curves(history, title=None):
         axis.set_ylabel(label.lower())
         axis.set_title(label)
         axis.grid(alpha=0.3)
+        for phase, epoch in (phase_starts or {}).items():
+            axis.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1)
+            axis.annotate(phase, (epoch - 0.5, 1), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                          textcoords="offset points", color="grey", fontsize=9)
         axis.legend()
     if title:
         figure.suptitle(title)
