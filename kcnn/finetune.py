@@ -132,8 +132,8 @@ def finetune(config: FinetuneConfig, callbacks=()):
     import keras
 
     import kcnn
+    from kcnn import jax_cpu
     from kcnn import train as training
-
     from kcnn.weights import get_source
 
     config = config.resolved()
@@ -165,6 +165,8 @@ def finetune(config: FinetuneConfig, callbacks=()):
             layer.trainable = False  # phase 1; BatchNormalization with trainable=False runs in inference mode
         cut = cut_layer(backbone, config.unfreeze)
         bottom, top = split(backbone, cut)
+        # Copies that compute the same faster where XLA's depthwise convolution is slow (JAX on a CPU).
+        fast_bottom, fast_top = jax_cpu.with_fast_depthwise(bottom), jax_cpu.with_fast_depthwise(top)
 
         # ---- everything frozen runs once --------------------------------------
         train_images, train_labels = _with_mirrors(train_data, config.flip)
@@ -174,9 +176,9 @@ def finetune(config: FinetuneConfig, callbacks=()):
                   f"(up to {cut or 'the input'}) ...", flush=True)
         fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed,
                                                  mirrored=config.flip)
-        activations = _predict(bottom, train_images, size, config.batch_size)
-        eval_activations = _predict(bottom, eval_data.images, size, config.batch_size)
-        features = _predict(top, activations, None, config.batch_size)
+        activations = _predict(fast_bottom, train_images, size, config.batch_size)
+        eval_activations = _predict(fast_bottom, eval_data.images, size, config.batch_size)
+        features = _predict(fast_top, activations, None, config.batch_size)
         extract_seconds = time.perf_counter() - started
 
         if config.verbose:
@@ -196,14 +198,14 @@ def finetune(config: FinetuneConfig, callbacks=()):
         # ---- phase 2: the top of the backbone at a lower learning rate ----------
         phase2 = None
         if config.finetune_epochs and top_has_weights(top):
-            for layer in top.layers:
+            for layer in fast_top.layers:
                 # Batch normalisation stays frozen (inference mode): its statistics come from ImageNet, and a
                 # few thousand images would only make them worse (Keras' transfer-learning guide).
                 layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
             if config.verbose:
                 layers = f"the layers after {cut}" if cut else "every layer"
                 print(f"Phase 2: {layers} and the head, learning rate {config.finetune_learning_rate:g}.", flush=True)
-            trainable = keras.Model(top.input, head(top.output), name="finetune")
+            trainable = keras.Model(fast_top.input, head(fast_top.output), name="finetune")
             trainable.compile(optimizer=keras.optimizers.Adam(config.finetune_learning_rate), loss=loss,
                               metrics=["accuracy"])
             phase2 = trainable.fit(
@@ -211,6 +213,7 @@ def finetune(config: FinetuneConfig, callbacks=()):
                 validation_data=(activations[val_index], one_hot[val_index]), batch_size=config.batch_size,
                 callbacks=_phase_callbacks(config, finetune=True) + list(callbacks),
                 verbose=config.verbose)
+            jax_cpu.copy_weights(fast_top, top)
         train_seconds = time.perf_counter() - started
     finally:
         keras.mixed_precision.set_global_policy(policy)
@@ -222,7 +225,7 @@ def finetune(config: FinetuneConfig, callbacks=()):
     for layer in head.layers:  # flat: the head's layers follow the backbone's
         outputs = layer(outputs)
     model = keras.Model(backbone.input, outputs, name=f"{config.backbone}_finetuned")
-    logits = keras.ops.convert_to_numpy(head.predict(_predict(top, eval_activations, None, config.batch_size),
+    logits = keras.ops.convert_to_numpy(head.predict(_predict(fast_top, eval_activations, None, config.batch_size),
                                                      verbose=0))
     predicted = np.argmax(logits, axis=-1)
     metrics = {
@@ -233,7 +236,8 @@ def finetune(config: FinetuneConfig, callbacks=()):
     }
     if extra_split:
         extra = config.load(extra_split)
-        extra_logits = model.predict(_resized(extra.images, size, config.batch_size), verbose=0)
+        extra_logits = jax_cpu.with_fast_depthwise(model).predict(_resized(extra.images, size, config.batch_size),
+                                                                  verbose=0)
         metrics[f"{extra_split}_accuracy"] = float(np.mean(np.argmax(extra_logits, axis=-1) == extra.labels))
     history = _joined_history(phase1, phase2)
     metrics.update(

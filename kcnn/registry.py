@@ -199,7 +199,14 @@ def build(model_name, /, **kwargs) -> keras.Model:
     Every architecture takes the same keyword-only arguments:
 
     Args:
-        model_name: registry key, see `kcnn.list_models()` (positional).
+        model_name: registry key, see `kcnn.list_models()` (positional), or
+            `"hub:"` followed by a keras-hub preset: a name such as
+            `"hub:resnet_50_imagenet"` (downloaded from Kaggle once, then
+            cached) or the path of a local preset folder (`"hub:./my_preset"`).
+            Presets need `pip install "kcnn[hub]"` and take `num_classes`,
+            `input_shape`, `include_top`, `pooling` (default `"avg"`, also
+            before the head), `classifier_activation`, `include_preprocessing`
+            and `name`; see `kcnn.hub.build_from_preset`.
         num_classes: classes of the head; `None` means the model's own default
             (1000 for ImageNet architectures, 10 for the MNIST/CIFAR ones).
         input_shape: in the active image data format, `(H, W, C)` for
@@ -224,6 +231,10 @@ def build(model_name, /, **kwargs) -> keras.Model:
             `googlenet` or `dropout=0.5`; `kcnn.get_model_info(name).builder`
             documents them.
     """
+    if isinstance(model_name, str) and model_name.startswith("hub:"):
+        from kcnn import hub  # keras-hub is optional: imported only for its presets
+
+        return hub.build_from_preset(model_name[len("hub:"):], **kwargs)
     return get_model_info(model_name).builder(**kwargs)
 
 

@@ -158,22 +158,52 @@ def test_state_dict_for_another_architecture_or_truncated_is_refused(tmp_path):
         np.testing.assert_array_equal(a, b)  # nothing loaded half-way
 
 
-def test_a_torchvision_layout_checkpoint_converts_with_identical_outputs(tmp_path):
-    import torch
-
+def _torch_models():
     sys.path.insert(0, os.path.join(os.path.dirname(TESTS_DIR), "bench"))
     import torch_models
 
+    return torch_models
+
+
+# kcnn architecture -> (the torch module of torchvision's layout that writes the checkpoint, input size).
+# Sizes are small and odd where it matters (strided padding, ceil-mode pools, adaptive pooling).
+TORCHVISION_LAYOUTS = {
+    "resnet18": (lambda tm: tm.ResNet((2, 2, 2, 2), num_classes=10), 64),
+    "vgg11_bn": (lambda tm: tm.VGG((1, 1, 2, 2, 2), batch_norm=True, num_classes=10, pooled_size=2), 64),
+    "vgg16": (lambda tm: tm.VGG((2, 2, 3, 3, 3), num_classes=10, pooled_size=2), 64),
+    "alexnet_torchvision": (lambda tm: tm.AlexNet(num_classes=10), 127),
+    "densenet121": (lambda tm: tm.DenseNet((6, 12, 24, 16), num_classes=10), 64),
+    "mobilenet_v2_torchvision": (lambda tm: tm.MobileNetV2(num_classes=10), 72),
+    "googlenet": (lambda tm: tm.GoogLeNet(num_classes=10), 75),
+    "squeezenet1_1": (lambda tm: tm.SqueezeNet(num_classes=10), 65),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(TORCHVISION_LAYOUTS))
+def test_a_torchvision_layout_checkpoint_converts_with_identical_outputs(arch, tmp_path):
+    import torch
+
+    make, size = TORCHVISION_LAYOUTS[arch]
     torch.manual_seed(0)
-    reference = torch_models.randomize_batch_norm(torch_models.ResNet((2, 2, 2, 2), num_classes=10)).eval()
-    path = tmp_path / "resnet18.pth"
+    reference = _torch_models().randomize_batch_norm(make(_torch_models())).eval()
+    path = tmp_path / f"{arch}.pth"
     torch.save(reference.state_dict(), path)  # what a torchvision user's checkpoint holds
-    model = kcnn.build("resnet18", num_classes=10, input_shape=(64, 64, 3), weights=str(path))
-    images = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
+    model = kcnn.build(arch, num_classes=10, input_shape=(size, size, 3), weights=str(path))
+    images = np.random.default_rng(0).normal(size=(2, size, size, 3)).astype("float32")
     with torch.no_grad():
         expected = reference(torch.from_numpy(images.transpose(0, 3, 1, 2))).numpy()
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(images)), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_torch_checkpoints_for_another_architecture_are_refused(tmp_path):
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path / "resnet18.pth"
+    torch.save(_torch_models().ResNet((2, 2, 2, 2), num_classes=10).state_dict(), path)
     with pytest.raises(WeightsError, match="does not fit resnet34"):
         kcnn.build("resnet34", num_classes=10, input_shape=(64, 64, 3), weights=str(path))
     with pytest.raises(WeightsError, match="kcnn converts PyTorch checkpoints for .*lenet5 is not one of them"):
         kcnn.build("lenet5", weights=str(path))
+    with pytest.raises(WeightsError, match="build 'mobilenet_v2_torchvision'"):
+        kcnn.build("mobilenet_v2", weights=str(path))

@@ -10,7 +10,7 @@ Variants are data: each row is (filters, kernel, stride, padding, pool after).
 import keras
 from keras import layers
 
-from kcnn.layers import flatten_head, image_input
+from kcnn.layers import feature_pooling, flatten_head, image_input, torch_conv
 from kcnn.registry import register_model
 
 # (filters, kernel, stride, padding before the conv, max pool 3/2 after: None, "valid", "same")
@@ -64,3 +64,33 @@ def alexnet(*, dropout=0.5, **kwargs):
 def zfnet(*, dropout=0.5, **kwargs):
     """ZFNet: AlexNet with 7x7/2 and 5x5/2 first layers (Zeiler & Fergus)."""
     return _build_alexnet(ZFNET_CONVS, dropout=dropout, **kwargs)
+
+
+@register_model(
+    input_shape=(224, 224, 3), params=61_100_840, min_size=63,
+    source="torchvision alexnet", test_input_shape=(64, 64, 3),
+)
+def alexnet_torchvision(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
+                        dropout=0.5):
+    """AlexNet in torchvision's layout (64-192-384-256-256 filters), so that
+    torchvision checkpoints load: layer names are its module paths."""
+    inputs = image_input(input_shape)
+    x = inputs
+    # torchvision's `features` index -> (filters, kernel, stride, padding, max pool 3/2 after at index + 2)
+    for index, (filters, kernel, stride, pad, pool) in {0: (64, 11, 4, 2, True), 3: (192, 5, 1, 2, True),
+                                                        6: (384, 3, 1, 1, False), 8: (256, 3, 1, 1, False),
+                                                        10: (256, 3, 1, 1, True)}.items():
+        x = torch_conv(x, filters, kernel, strides=stride, padding=pad, name=f"features_{index}")
+        x = layers.ReLU(name=f"features_{index + 1}")(x)
+        if pool:
+            x = layers.MaxPooling2D(3, strides=2, name=f"features_{index + 2}")(x)
+    if not include_top:
+        return keras.Model(inputs, feature_pooling(x, pooling), name=name)
+    # torchvision pools to 6x6 whatever the input size, so the classifier's shapes never change.
+    x = layers.AdaptiveAveragePooling2D(6, name="avgpool")(x)
+    x = layers.Flatten(name="flatten")(x)
+    for index, units in ((1, 4096), (4, 4096)):
+        x = layers.Dropout(dropout, name=f"classifier_{index - 1}")(x)
+        x = layers.Dense(units, activation="relu", name=f"classifier_{index}")(x)
+    x = layers.Dense(num_classes, activation=classifier_activation, name="classifier_6")(x)
+    return keras.Model(inputs, x, name=name)

@@ -6,11 +6,13 @@ Layer names and creation order match `keras.applications.MobileNet` and
 files load unchanged. Other `alpha` values build the thinner networks.
 """
 
+import functools
+
 import keras
 from keras import layers
 
 from kcnn.layers import channel_axis, feature_pooling, image_input
-from kcnn.registry import register_model
+from kcnn.registry import TORCH_COUNT, register_model
 
 # MobileNet v1: (pointwise filters, stride) of depthwise-separable blocks 1..13.
 V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
@@ -120,6 +122,49 @@ def mobilenet_v2(*, num_classes, input_shape, include_top, pooling, classifier_a
         if dropout:
             x = layers.Dropout(dropout, name="dropout")(x)
         x = layers.Dense(num_classes, activation=classifier_activation, name="predictions")(x)
+    else:
+        x = feature_pooling(x, pooling)
+    return keras.Model(inputs, x, name=name)
+
+
+@register_model(input_shape=(224, 224, 3), params=3_504_872, counted=TORCH_COUNT, min_size=32,
+                source="torchvision mobilenet_v2", test_input_shape=(32, 32, 3))
+def mobilenet_v2_torchvision(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
+                             dropout=0.2):
+    """MobileNet v2 in torchvision's layout, so that torchvision checkpoints
+    load: its module paths as names, symmetric padding, BN epsilon 1e-5."""
+    bn = dict(axis=channel_axis(), epsilon=1e-5, momentum=0.9)
+
+    def conv_bn(x, filters, kernel, *, strides=1, depthwise=False, name):
+        # torchvision's Conv2dNormActivation: `name_0` conv, `name_1` BN, `name_2` ReLU6.
+        if kernel == 3:
+            x = layers.ZeroPadding2D(1, name=f"{name}_pad")(x)  # PyTorch pads both sides
+        conv = layers.DepthwiseConv2D if depthwise else functools.partial(layers.Conv2D, filters)
+        x = conv(kernel, strides=strides, use_bias=False, name=f"{name}_0")(x)
+        x = layers.BatchNormalization(name=f"{name}_1", **bn)(x)
+        return layers.ReLU(6.0, name=f"{name}_2")(x)
+
+    inputs = image_input(input_shape)
+    x = conv_bn(inputs, 32, 3, strides=2, name="features_0")
+    index = 1
+    for expansion, filters, repeats, first_stride in V2_STAGES:
+        for i in range(repeats):
+            block, shortcut, strides = f"features_{index}_conv", x, first_stride if i == 0 else 1
+            part = 0
+            if expansion != 1:
+                x = conv_bn(x, expansion * x.shape[channel_axis()], 1, name=f"{block}_{part}")
+                part += 1
+            x = conv_bn(x, None, 3, strides=strides, depthwise=True, name=f"{block}_{part}")
+            x = layers.Conv2D(filters, 1, use_bias=False, name=f"{block}_{part + 1}")(x)
+            x = layers.BatchNormalization(name=f"{block}_{part + 2}", **bn)(x)
+            if strides == 1 and shortcut.shape[channel_axis()] == filters:
+                x = layers.Add(name=f"features_{index}_add")([shortcut, x])
+            index += 1
+    x = conv_bn(x, 1280, 1, name=f"features_{index}")
+    if include_top:
+        x = layers.GlobalAveragePooling2D(name="avgpool")(x)
+        x = layers.Dropout(dropout, name="classifier_0")(x)
+        x = layers.Dense(num_classes, activation=classifier_activation, name="classifier_1")(x)
     else:
         x = feature_pooling(x, pooling)
     return keras.Model(inputs, x, name=name)

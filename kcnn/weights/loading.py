@@ -104,32 +104,53 @@ def read_state_dict(path):
     return {key: value.detach().cpu().numpy() for key, value in state.items() if hasattr(value, "numpy")}
 
 
-# Architectures whose kcnn layer names are torchvision's module paths with dots
-# as underscores (`layer2.0.downsample.0` -> `layer2_0_downsample_0`).
-TORCHVISION_BY_NAME = ("resnet18", "resnet34", "googlenet", "squeezenet1_0", "squeezenet1_1")
-
-
 def load_torch_checkpoint(model, arch, path):
     """Load a PyTorch state dict of the torchvision layout (or, for
     efficientnet_lite0, of EfficientNet-PyTorch) into `model`."""
-    check_torch_checkpoint_arch(arch)
+    rename, epsilon = _torch_layout(arch)
     state = read_state_dict(path)
-    rename = _efficientnet_pytorch_name if arch == "efficientnet_lite0" else _torchvision_name
     if not any(layer.name.startswith("aux") for layer in model.layers):
         # torchvision's GoogLeNet checkpoints carry the training-only auxiliary heads.
         state = {key: value for key, value in state.items() if not key.startswith(("aux1.", "aux2."))}
-    load_state_dict(model, state, rename=rename)
+    load_state_dict(model, state, rename=rename, epsilon=epsilon)
+
+
+def torch_checkpoint_archs():
+    """Architectures whose PyTorch checkpoints (torchvision's layout) kcnn converts."""
+    from kcnn.models.vgg import CONVS_PER_BLOCK
+
+    vgg = [f"vgg{depth}{bn}" for depth in CONVS_PER_BLOCK for bn in ("", "_bn")]
+    return sorted(["efficientnet_lite0", "resnet18", "resnet34", "googlenet", "squeezenet1_0", "squeezenet1_1",
+                   "alexnet_torchvision", "mobilenet_v2_torchvision", "densenet121", "densenet169",
+                   "densenet201", *vgg])
 
 
 def check_torch_checkpoint_arch(arch):
     """Raise (before anything is built) for architectures kcnn cannot convert PyTorch checkpoints into."""
-    if arch != "efficientnet_lite0" and arch not in TORCHVISION_BY_NAME:
-        having = ", ".join(("efficientnet_lite0",) + TORCHVISION_BY_NAME)
-        raise WeightsError(f"kcnn converts PyTorch checkpoints for {having}; {arch} is not one of them. Save its "
-                           f"weights with Keras (.weights.h5) or use weights='imagenet' where it has them.")
+    if arch not in torch_checkpoint_archs():
+        hint = (f" (torchvision's {arch} has another layout than kcnn's: build '{arch}_torchvision')"
+                if arch in ("alexnet", "mobilenet_v2") else "")
+        raise WeightsError(f"kcnn converts PyTorch checkpoints for {', '.join(torch_checkpoint_archs())}; {arch} is "
+                           f"not one of them{hint}. Save its weights with Keras (.weights.h5) or use "
+                           f"weights='imagenet' where it has them.")
+
+
+def _torch_layout(arch):
+    """(rename from the checkpoint's module paths to kcnn's layer names, the
+    checkpoint's batch-norm epsilon where kcnn's layers use another)."""
+    check_torch_checkpoint_arch(arch)
+    if arch == "efficientnet_lite0":
+        return _efficientnet_pytorch_name, None
+    if arch.startswith("vgg"):
+        return _vgg_torchvision_renamer(int(arch[3:5]), arch.endswith("_bn")), None
+    if arch.startswith("densenet"):
+        # keras.applications' DenseNet (kcnn's layout) uses epsilon 1.001e-5, torchvision 1e-5.
+        return _densenet_torchvision_name, 1e-5
+    return _torchvision_name, None  # kcnn's names are torchvision's module paths
 
 
 def _torchvision_name(key):
+    """`layer2.0.downsample.0` -> `layer2_0_downsample_0`."""
     return key.replace(".", "_")
 
 
@@ -138,10 +159,41 @@ def _efficientnet_pytorch_name(key):
     return key.lstrip("_").replace("._", "_").replace(".", "_")
 
 
-def load_state_dict(model, state, *, rename):
+def _vgg_torchvision_renamer(depth, batch_norm):
+    """torchvision numbers VGG's `features` in order (conv, [BN], ReLU per
+    convolution, a max pool per block); kcnn names them as keras.applications."""
+    from kcnn.models.vgg import CONVS_PER_BLOCK
+
+    names, index = {}, 0
+    for block, convs in enumerate(CONVS_PER_BLOCK[depth], start=1):
+        for conv in range(1, convs + 1):
+            names[f"features.{index}"] = f"block{block}_conv{conv}"
+            if batch_norm:
+                names[f"features.{index + 1}"] = f"block{block}_conv{conv}_bn"
+            index += 3 if batch_norm else 2
+        index += 1
+    names.update({"classifier.0": "fc1", "classifier.3": "fc2", "classifier.6": "predictions"})
+    return lambda key: names.get(key, key)
+
+
+def _densenet_torchvision_name(key):
+    """`features.denseblock2.denselayer5.conv1` -> `conv3_block5_1_conv` (keras.applications' names)."""
+    parts = key.split(".")
+    if key.startswith("features.denseblock"):
+        stage, layer, module = int(parts[1][len("denseblock"):]) + 1, parts[2][len("denselayer"):], parts[3]
+        return f"conv{stage}_block{layer}_" + {"norm1": "0_bn", "conv1": "1_conv", "norm2": "1_bn",
+                                                "conv2": "2_conv"}.get(module, module)
+    if key.startswith("features.transition"):
+        return f"pool{int(parts[1][len('transition'):]) + 1}_{parts[2].replace('norm', 'bn')}"
+    return {"features.conv0": "conv1_conv", "features.norm0": "conv1_bn", "features.norm5": "bn",
+            "classifier": "predictions"}.get(key, key)
+
+
+def load_state_dict(model, state, *, rename, epsilon=None):
     """Set every weighted layer of `model` from a PyTorch state dict whose
-    module path (renamed by `rename`) is the layer's name. Missing or unused
-    tensors and shape mismatches raise before any weight is set."""
+    module path (renamed by `rename`) is the layer's name. `epsilon`: the
+    checkpoint's batch-norm epsilon, where the model's differs. Missing or
+    unused tensors and shape mismatches raise before any weight is set."""
     import keras
 
     modules = {}
@@ -163,9 +215,12 @@ def load_state_dict(model, state, *, rename):
         elif isinstance(layer, keras.layers.Conv2D):  # (out, in, kh, kw) -> (kh, kw, in, out)
             values = [tensors["weight"].transpose(2, 3, 1, 0)]
         elif isinstance(layer, keras.layers.BatchNormalization):
-            values = [tensors["weight"], tensors["bias"], tensors["running_mean"], tensors["running_var"]]
+            gamma, variance = tensors["weight"], tensors["running_var"]
+            if epsilon is not None and epsilon != layer.epsilon:  # same outputs with the layer's epsilon
+                gamma = gamma * np.sqrt((variance + layer.epsilon) / (variance + epsilon))
+            values = [gamma, tensors["bias"], tensors["running_mean"], variance]
         elif isinstance(layer, keras.layers.Dense):
-            values = [tensors["weight"].T]
+            values = [_flatten_order(layer, tensors["weight"].T)]
         else:
             raise WeightsError(f"kcnn cannot convert PyTorch weights into the {type(layer).__name__} {layer.name!r}.")
         if "bias" in tensors and not isinstance(layer, keras.layers.BatchNormalization):
@@ -182,6 +237,25 @@ def load_state_dict(model, state, *, rename):
             f"it is for another architecture.")
     for layer, values in planned:
         layer.set_weights(values)
+
+
+def _flatten_order(dense, kernel):
+    """A Dense kernel from PyTorch, whose flatten reads (C, H, W), reordered
+    for Keras' Flatten, which reads (H, W, C) in either data format."""
+    import keras
+
+    source = dense.input._keras_history.operation
+    while isinstance(source, keras.layers.Dropout):
+        source = source.input._keras_history.operation
+    if not isinstance(source, keras.layers.Flatten) or len(source.input.shape) != 4:
+        return kernel
+    if source.data_format == "channels_first":
+        channels, height, width = source.input.shape[1:]
+    else:
+        height, width, channels = source.input.shape[1:]
+    if kernel.shape[0] != height * width * channels:
+        return kernel  # the shape check reports it
+    return kernel.reshape(channels, height, width, -1).transpose(1, 2, 0, 3).reshape(kernel.shape)
 
 
 def first_conv(model):
