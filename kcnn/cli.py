@@ -8,6 +8,7 @@
     kcnn evaluate RUN_DIR                     re-evaluate a run's model.keras on its evaluation split
     kcnn predict RUN_DIR IMAGE [IMAGE ...]    top classes of each image with a run's model
     kcnn predict efficientnet_lite0 IMAGE     ImageNet top-5 with a pretrained model's weights
+    kcnn export RUN_DIR [--format onnx]       SavedModel (TF Serving layout), ONNX or .keras for serving
 
 Bad input exits with code 2 and one line on stderr, never a traceback.
 """
@@ -45,6 +46,13 @@ def _parser():
                          "model with pretrained weights (ImageNet classes)")
     predict.add_argument("images", nargs="+", help="image files (png, jpg, bmp, gif, webp)")
     predict.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
+    export = commands.add_parser("export", help="export a run's model for serving (SavedModel, ONNX, .keras)")
+    export.add_argument("source", help="a run directory, or a .keras file")
+    export.add_argument("--format", default="saved_model", choices=("saved_model", "onnx", "keras"))
+    export.add_argument("--output", help="the export folder (default: RUN_DIR/export, or saved_models/NAME_export "
+                        "for a .keras file); a SavedModel goes into OUTPUT/VERSION/ as TensorFlow Serving expects")
+    export.add_argument("--version", type=int, default=1, help="SavedModel version folder (default 1)")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing export")
     return parser
 
 
@@ -108,6 +116,8 @@ def _add_finetune_arguments(parser):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="train on the first N images only")
     parser.add_argument("--output-dir")
+    parser.add_argument("--no-export", dest="export", action="store_false",
+                        help="skip the SavedModel for serving in RUN_DIR/export/1")
     parser.add_argument("--overwrite", action="store_true")
 
 
@@ -207,6 +217,10 @@ def main(argv=None):
             _evaluate(args.run_dir)
         elif args.command == "predict":
             _predict(args.run_dir, args.images, args.top)
+        elif args.command == "export":
+            from kcnn.export import export
+
+            export(args.source, args.format, args.output, version=args.version, overwrite=args.overwrite)
     except kcnn.KcnnError as error:
         print(f"kcnn: error: {error}", file=sys.stderr)
         return 2

@@ -58,6 +58,7 @@ class FinetuneConfig:
     seed: int = 0
     limit: Optional[int] = None  # train on the first N images only (quick checks)
     output_dir: Optional[str] = None  # default: saved_models/finetune_BACKBONE_DATASET
+    export: bool = True  # a SavedModel for serving in RUN_DIR/export/1 (kcnn.export)
     overwrite: bool = False
     verbose: int = 1
 
@@ -253,6 +254,11 @@ def finetune(config: FinetuneConfig, callbacks=()):
     head_epochs = len(phase1.epoch) if phase1 else 0
     phases = {"fine-tuning": head_epochs + 1} if phase2 is not None and head_epochs else None
     training._plots(run_dir, history, eval_for_plots, predicted, config, phase_starts=phases)
+    if config.export:
+        from kcnn.export import export
+
+        metrics["export"] = export(run_dir, "saved_model", verbose=False)
+        training._write_json(os.path.join(run_dir, "metrics.json"), metrics)
     if config.verbose:
         print(summary_table(config, metrics))
     return training.Run(run_dir, model, history, metrics)
@@ -274,6 +280,8 @@ def summary_table(config, metrics):
         f"{'time':26s} {metrics['train_seconds']:.1f} s ({metrics['feature_seconds']:.1f} s of it through the "
         f"frozen layers, once)",
     ]
+    if "export" in metrics:
+        lines.append(f"{'export (SavedModel)':26s} {metrics['export']}")
     return "\n".join(lines)
 
 

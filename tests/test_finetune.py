@@ -15,7 +15,8 @@ from kcnn.finetune import FinetuneConfig, finetune
 
 from test_train import RUN_FILES, _folder, kcnn_cli
 
-TINY = dict(image_size=32, head_epochs=3, finetune_epochs=1, batch_size=32, limit=160, verbose=0)
+# export=False: the CLI test below checks the run's SavedModel; tests/test_export.py checks exports themselves.
+TINY = dict(image_size=32, head_epochs=3, finetune_epochs=1, batch_size=32, limit=160, export=False, verbose=0)
 
 
 @pytest.mark.parametrize("arch, input_shape", [("efficientnet_lite0", (64, 64, 3)), ("cifar_resnet20", (32, 32, 3))])
@@ -82,6 +83,9 @@ def test_finetune_an_image_folder_through_the_cli_then_evaluate_and_predict(tmp_
     assert "validation accuracy" in result.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["class_names"] == ["cat", "ship"]
+    assert metrics["export"] == str(run_dir / "export" / "1")  # a SavedModel for serving, TF Serving's layout
+    assert (run_dir / "export" / "1" / "saved_model.pb").is_file()
+    assert (run_dir / "export" / "1" / "assets" / "class_names.txt").read_text().split() == ["cat", "ship"]
     evaluated = kcnn_cli("jax", "evaluate", str(run_dir))
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert f"validation accuracy {metrics['accuracy']:.4f}" in evaluated.stdout

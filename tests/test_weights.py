@@ -171,7 +171,7 @@ TORCHVISION_LAYOUTS = {
     "resnet18": (lambda tm: tm.ResNet((2, 2, 2, 2), num_classes=10), 64),
     "vgg11_bn": (lambda tm: tm.VGG((1, 1, 2, 2, 2), batch_norm=True, num_classes=10, pooled_size=2), 64),
     "vgg16": (lambda tm: tm.VGG((2, 2, 3, 3, 3), num_classes=10, pooled_size=2), 64),
-    "alexnet_torchvision": (lambda tm: tm.AlexNet(num_classes=10), 127),
+    "alexnet_torchvision": (lambda tm: tm.AlexNet(num_classes=10), 231),
     "densenet121": (lambda tm: tm.DenseNet((6, 12, 24, 16), num_classes=10), 64),
     "mobilenet_v2_torchvision": (lambda tm: tm.MobileNetV2(num_classes=10), 72),
     "googlenet": (lambda tm: tm.GoogLeNet(num_classes=10), 75),

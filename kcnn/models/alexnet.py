@@ -67,8 +67,9 @@ def zfnet(*, dropout=0.5, **kwargs):
 
 
 @register_model(
-    input_shape=(224, 224, 3), params=61_100_840, min_size=63,
-    source="torchvision alexnet", test_input_shape=(64, 64, 3),
+    # min_size: Keras' adaptive pooling cannot enlarge maps on TensorFlow, so the last map must be 6x6 or more.
+    input_shape=(224, 224, 3), params=61_100_840, min_size=223,
+    source="torchvision alexnet", test_input_shape=(224, 224, 3),
 )
 def alexnet_torchvision(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
                         dropout=0.5):

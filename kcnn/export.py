@@ -1,0 +1,287 @@
+"""Export for serving, whichever backend trained the model and whichever is active.
+
+    from kcnn.export import export
+    export("saved_models/finetune_efficientnet_lite0_cifar10_sample")            # SavedModel, RUN/export/1/
+    export("model.keras", format="onnx", output="saved_models/my_model")          # saved_models/my_model/model.onnx
+
+Keras writes SavedModels only from the TensorFlow backend (`model.export`
+needs torch_xla on PyTorch), so the export itself always runs on TensorFlow:
+in this process when it is the active backend, otherwise in a child process
+started with KERAS_BACKEND=tensorflow. A `.keras` file holds the same weights
+whatever backend wrote it, so nothing is lost on the way.
+
+What is served (both formats): raw RGB pixels in (0-255, float32; the
+SavedModel also has a uint8 signature), the model's own preprocessing inside,
+a batch of any size; out come `probabilities` (softmax of the logits) and
+`class_index`, and from the SavedModel also `class_name`. Images of another
+size or channel count are refused with a message naming the shape expected.
+
+Layouts:
+- saved_model: OUTPUT/VERSION/ (saved_model.pb, variables/, assets/class_names.txt),
+  the folder TensorFlow Serving watches; `serving_default` (float32) and `serving_uint8`.
+- onnx: OUTPUT/model.onnx (dynamic batch; class names in its metadata) and
+  OUTPUT/class_names.txt.
+- keras: OUTPUT/model.keras, a copy.
+
+Nothing half-written: everything is written under a temporary name beside
+its destination and renamed into place at the end; an existing export is
+replaced only with overwrite=True.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+from kcnn.errors import KcnnError
+
+FORMATS = ("saved_model", "onnx", "keras")
+ONNX_OPSET = 17
+
+
+class ExportError(KcnnError):
+    """A model that cannot be exported, or an export that would overwrite one."""
+
+
+def export(source, format="saved_model", output=None, *, version=1, overwrite=False, class_names=None,
+           verbose=True):
+    """Export the model of a run directory (or a `.keras` file) for serving;
+    returns the path written (the version folder, model.onnx or model.keras)."""
+    model_path, run_dir = find_model(source)
+    if format not in FORMATS:
+        raise ExportError(f"Unknown export format {format!r}; choose one of {', '.join(FORMATS)}.")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ExportError(f"version must be a whole number of at least 1 (TensorFlow Serving's folder names). "
+                          f"Received: version={version!r}")
+    if output is None:
+        stem = os.path.splitext(os.path.basename(model_path))[0]
+        output = (os.path.join(run_dir, "export") if run_dir
+                  else os.path.join("saved_models", f"{stem}_export"))
+    destination = os.path.join(output, {"saved_model": str(version), "onnx": "model.onnx",
+                                        "keras": "model.keras"}[format])
+    if os.path.exists(destination) and not overwrite:
+        raise ExportError(f"{destination} already exists; pass overwrite=True (--overwrite) to replace it"
+                          + (", or another version (--version)." if format == "saved_model" else "."))
+    if class_names is None and run_dir:
+        class_names = _run_class_names(run_dir)
+    created = not os.path.exists(output)
+    os.makedirs(output, exist_ok=True)
+    try:
+        if format == "keras":
+            load_model(model_path)  # refuse what Keras cannot load, as the other formats do
+            _replace_atomically(destination, lambda temporary: shutil.copyfile(model_path, temporary))
+        else:
+            _run_on_tensorflow(model_path, format, destination, class_names)
+    except BaseException:
+        if created and not os.listdir(output):
+            os.rmdir(output)  # leave no trace of a failed export
+        raise
+    if verbose:
+        print(f"Exported {model_path} ({format}) to {destination}")
+    return destination
+
+
+def find_model(source):
+    """(path of the .keras file, run directory or None) of a run directory or a .keras file."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        model_path = os.path.join(source, "model.keras")
+        if not os.path.isfile(model_path):
+            raise ExportError(f"{source} holds no model.keras; pass the directory of a finished run or a .keras file.")
+        return model_path, source
+    if not os.path.isfile(source):
+        raise ExportError(f"No such file or directory: {source!r}; pass a run directory or a .keras file.")
+    if not source.endswith(".keras"):
+        raise ExportError(f"{source} is not a Keras model file (.keras); pass a run directory or a .keras file.")
+    run_dir = os.path.dirname(source)
+    return source, (run_dir if os.path.isfile(os.path.join(run_dir, "metrics.json")) else None)
+
+
+def _run_class_names(run_dir):
+    try:
+        with open(os.path.join(run_dir, "metrics.json")) as f:
+            return list(json.load(f)["class_names"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def load_model(model_path):
+    """The model of a .keras file, loaded in Keras' safe mode (no code from the file runs)."""
+    import keras
+
+    try:
+        return keras.saving.load_model(model_path, compile=False)
+    except Exception as error:  # zip, JSON, unknown-layer and safe-mode errors all mean one thing here
+        message = str(error).split("\n")[0]
+        unknown = re.search(r"Could not locate class '([^']+)'|Unknown layer: '?([^'.]+)", str(error))
+        if unknown:
+            name = unknown.group(1) or unknown.group(2)
+            raise ExportError(f"{model_path} uses a layer Keras does not know ({name}); export it from a program "
+                              f"that imports and registers it.") from None
+        raise ExportError(f"{model_path} cannot be loaded as a Keras model ({type(error).__name__}: {message}).") \
+            from None
+
+
+def _run_on_tensorflow(model_path, format, destination, class_names):
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        export_on_tensorflow(model_path, format, destination, class_names)
+        return
+    request = json.dumps({"model": model_path, "format": format, "destination": destination,
+                          "class_names": class_names})
+    environment = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "-m", "kcnn.export", request], env=environment, capture_output=True,
+                          text=True)
+    if done.returncode == 2:  # an ExportError, one sentence on the last line
+        raise ExportError(done.stderr.strip().splitlines()[-1])
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise ExportError(f"Exporting on the TensorFlow backend failed:\n{tail}")
+
+
+def export_on_tensorflow(model_path, format, destination, class_names):
+    """The export itself; runs on the TensorFlow backend."""
+    model = load_model(model_path)
+    if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.inputs[0].shape) != 4:
+        raise ExportError(f"{model_path} is not an image classifier with one image input and one output; kcnn "
+                          f"exports those only.")
+    num_classes = model.outputs[0].shape[-1]
+    class_names = [str(name) for name in class_names] if class_names else [str(i) for i in range(num_classes)]
+    if len(class_names) != num_classes or any("\n" in name for name in class_names):
+        raise ExportError(f"{len(class_names)} class names for a model with {num_classes} outputs (or a name with "
+                          f"a line break); pass one name per class.")
+    if format == "saved_model":
+        _replace_atomically(destination, lambda temporary: _write_saved_model(model, temporary, class_names))
+    else:
+        _replace_atomically(destination, lambda temporary: _write_onnx(model, temporary, class_names))
+        _replace_atomically(os.path.join(os.path.dirname(destination), "class_names.txt"),
+                            lambda temporary: _write_lines(temporary, class_names))
+
+
+def _serving_function(model):
+    """raw pixels -> {probabilities, class_index}, checking the image shape first."""
+    import tensorflow as tf
+
+    shape = tuple(model.inputs[0].shape[1:])
+    ends_in_softmax = getattr(getattr(model.layers[-1], "activation", None), "__name__", "") == "softmax"
+
+    def serve(image):
+        tf.debugging.assert_equal(
+            tf.shape(image)[1:], tf.constant(shape, tf.int32),
+            message=f"kcnn: images must have the shape (batch, {', '.join(map(str, shape))}) (height, width, "
+                    f"channels of raw 0-255 RGB pixels); resize them first")
+        outputs = model(tf.cast(image, tf.float32), training=False)
+        probabilities = tf.cast(outputs, tf.float32) if ends_in_softmax else tf.nn.softmax(tf.cast(outputs,
+                                                                                                    tf.float32))
+        return {"probabilities": probabilities,
+                "class_index": tf.argmax(probabilities, axis=-1, output_type=tf.int32)}
+
+    return serve, shape
+
+
+def _write_saved_model(model, path, class_names):
+    import keras
+    import tensorflow as tf
+
+    serve, shape = _serving_function(model)
+    names_file = os.path.join(tempfile.mkdtemp(), "class_names.txt")
+    _write_lines(names_file, class_names)
+    # The class names travel as an asset: a table read from the file, which the SavedModel copies into assets/.
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.TextFileInitializer(names_file, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER, tf.string,
+                                      tf.lookup.TextFileIndex.WHOLE_LINE), default_value="")
+
+    def with_names(image):
+        outputs = serve(image)
+        outputs["class_name"] = table.lookup(tf.cast(outputs["class_index"], tf.int64))
+        return outputs
+
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.track(table)
+    archive.add_endpoint("serving_default", with_names,
+                         input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="image")])
+    archive.add_endpoint("serving_uint8", with_names,
+                         input_signature=[tf.TensorSpec((None, *shape), tf.uint8, name="image")])
+    archive.write_out(path, verbose=False)
+    shutil.rmtree(os.path.dirname(names_file), ignore_errors=True)
+
+
+def _write_onnx(model, path, class_names):
+    import tensorflow as tf
+
+    try:
+        import onnx
+        import tf2onnx
+    except ImportError:
+        raise ExportError("ONNX export needs the onnx and tf2onnx packages, which kcnn depends on: reinstall kcnn "
+                          "(pip install -c constraints.txt -e .).") from None
+    serve, shape = _serving_function(model)
+    function = tf.function(serve, input_signature=[tf.TensorSpec((None, *shape), tf.float32, name="image")])
+    concrete = function.get_concrete_function()
+    # tf2onnx.convert.from_function would also make graph inputs of the tensors the function captures (a
+    # Normalization layer's mean and variance): name the one real input, and freeze the rest into the graph.
+    inputs, outputs = [concrete.inputs[0].name], [t.name for t in concrete.outputs]
+    names = sorted(concrete.structured_outputs)  # the flat outputs follow the dict's sorted keys
+    frozen = tf2onnx.tf_loader.from_function(concrete, inputs, outputs)
+    proto, _ = tf2onnx.convert.from_graph_def(
+        frozen, input_names=inputs, output_names=outputs, opset=ONNX_OPSET,
+        custom_op_handlers={"Erfc": (_erfc, [])}, tensors_to_rename={inputs[0]: "image", **dict(zip(outputs, names))})
+    for value in [*proto.graph.input, *proto.graph.output]:
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"  # tf2onnx calls it unk__N
+    proto.metadata_props.add(key="class_names", value=json.dumps(class_names))
+    onnx.checker.check_model(proto)
+    onnx.save(proto, path)
+
+
+def _erfc(ctx, node, name, args):
+    """Erfc(x) as 1 - Erf(x): Keras' exact GELU uses Erfc, which tf2onnx does not convert."""
+    from tf2onnx import utils
+
+    node.type = "Erf"
+    dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+    one = ctx.make_const(utils.make_name(f"{name}_one"), np.array(1, dtype))
+    ctx.insert_new_node_on_output("Sub", node.output[0], inputs=[one.output[0], node.output[0]])
+
+
+def _write_lines(path, lines):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def _replace_atomically(destination, write):
+    """Call `write(temporary)` for a temporary path beside `destination`, then
+    rename it into place (replacing what was there only after it succeeded)."""
+    parent = os.path.dirname(destination) or "."
+    name = os.path.basename(destination)
+    workspace = tempfile.mkdtemp(prefix=f".{name}.", dir=parent)
+    temporary = os.path.join(workspace, name)
+    try:
+        write(temporary)
+        if os.path.isdir(destination):
+            old = os.path.join(workspace, "old")
+            os.replace(destination, old)
+        os.replace(temporary, destination)
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
+
+
+def main(argv):
+    """The child process of `_run_on_tensorflow`: exit 2 with one sentence on an ExportError."""
+    request = json.loads(argv[0])
+    try:
+        export_on_tensorflow(request["model"], request["format"], request["destination"], request["class_names"])
+    except ExportError as error:
+        print(error, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,234 @@
+"""Export for serving: a model trained on each backend, served by TensorFlow
+alone (SavedModel) and by onnxruntime (ONNX), gives the Keras model's
+probabilities on raw images; the whole zoo exports; bad input is refused
+with nothing half-written."""
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+import kcnn
+from kcnn.export import ExportError, export
+
+from conftest import BACKENDS, TESTS_DIR, _tail, run_python
+
+# Runs in a fresh process that imports TensorFlow only: no Keras model code, no kcnn.
+SERVE_WITH_TENSORFLOW_ONLY = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+saved_model, images_file, out_file = sys.argv[1:]
+loaded = tf.saved_model.load(saved_model)
+images = np.load(images_file)["images"]
+serve, serve_uint8 = loaded.signatures["serving_default"], loaded.signatures["serving_uint8"]
+result = {}
+for n in (1, 7):
+    outputs = serve(image=tf.constant(images[:n]))
+    result[f"batch{n}"] = outputs["probabilities"].numpy()
+    result[f"index{n}"] = outputs["class_index"].numpy()
+    result[f"names{n}"] = np.array([name.decode() for name in outputs["class_name"].numpy()])
+result["uint8"] = serve_uint8(image=tf.constant(images[:7].astype("uint8")))["probabilities"].numpy()
+try:
+    serve(image=tf.zeros((2, 30, 32, 3)))
+    result["wrong_shape"] = np.array("accepted")
+except Exception as error:
+    result["wrong_shape"] = np.array(str(error))
+assert not any(name.split(".")[0] in ("kcnn", "keras_hub") for name in sys.modules)
+np.savez(out_file, **result)
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Per backend: a cifar_resnet20 trained briefly on it, exported from it (tests/export_worker.py)."""
+    root = tmp_path_factory.mktemp("export")
+    processes = {}
+    for backend in BACKENDS:  # one at a time: two cores
+        log = root / backend / "log.txt"
+        process = run_python([os.path.join(TESTS_DIR, "export_worker.py"), str(root / backend)], backend, str(log))
+        process.wait(timeout=600)
+        assert process.returncode == 0, _tail(log)
+        processes[backend] = root / backend
+    return processes
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_model_trained_on_each_backend_serves_the_same_probabilities(exported, backend, tmp_path):
+    import onnxruntime
+
+    folder = exported[backend]
+    report = json.loads((folder / "report.json").read_text())
+    assert report["saved_model"].endswith(os.path.join("export", "1"))
+    expected = np.load(folder / "expected.npz")
+    out = tmp_path / "served.npz"
+    subprocess.run([sys.executable, "-c", SERVE_WITH_TENSORFLOW_ONLY, report["saved_model"],
+                    str(folder / "expected.npz"), str(out)], check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    served = np.load(out)
+    for n in (1, 7):
+        np.testing.assert_allclose(served[f"batch{n}"], expected[f"batch{n}"], rtol=0, atol=1e-5)
+        np.testing.assert_array_equal(served[f"index{n}"], expected[f"batch{n}"].argmax(-1))
+        assert list(served[f"names{n}"]) == [report["class_names"][i] for i in expected[f"batch{n}"].argmax(-1)]
+    # uint8 pixels: the same images, rounded to whole values
+    assert served["uint8"].shape == (7, 10)
+    assert "(batch, 32, 32, 3)" in str(served["wrong_shape"])
+
+    session = onnxruntime.InferenceSession(report["onnx"])
+    assert [(i.name, i.shape[0]) for i in session.get_inputs()] == [("image", "batch")]
+    names = [o.name for o in session.get_outputs()]
+    assert sorted(names) == ["class_index", "probabilities"]
+    for n in (1, 7):
+        outputs = dict(zip(names, session.run(None, {"image": expected["images"][:n]})))
+        np.testing.assert_allclose(outputs["probabilities"], expected[f"batch{n}"], rtol=0, atol=1e-4)
+        np.testing.assert_array_equal(outputs["class_index"], expected[f"batch{n}"].argmax(-1))
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert json.loads(metadata["class_names"]) == report["class_names"]
+    with pytest.raises(Exception, match="(?s)invalid dimensions for input: image.*index: 1 Got: 30 Expected: 32"):
+        session.run(None, {"image": np.zeros((1, 30, 32, 3), "float32")})
+
+
+def test_saved_model_cli_describes_the_signatures(exported):
+    report = json.loads((exported["tensorflow"] / "report.json").read_text())
+    cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    shown = subprocess.run([cli, "show", "--all", "--dir", report["saved_model"]], capture_output=True, text=True,
+                           check=True).stdout
+    for text in ("signature_def['serving_default']", "signature_def['serving_uint8']", "inputs['image']",
+                 "shape: (-1, 32, 32, 3)", "outputs['probabilities']", "shape: (-1, 10)", "outputs['class_index']",
+                 "outputs['class_name']", "DT_STRING", "tensorflow/serving/predict"):
+        assert text in shown, text
+    assert (exported["tensorflow"] / "run" / "export" / "1" / "assets" / "class_names.txt").read_text().split() \
+        == report["class_names"]
+
+
+# One architecture of each family: between them every layer type of the zoo. The whole zoo takes about
+# 17 minutes on 2 cores: `KERAS_BACKEND=tensorflow python tests/export_zoo_worker.py OUT_DIR` (all pass; the
+# closing note of issue 4/8 has the run).
+EXPORTED_FAMILIES = ("simple_cnn", "lenet5", "zfnet", "vgg11_bn", "googlenet", "resnet18", "cifar_resnet20",
+                     "airbench_small", "densenet121", "squeezenet1_1", "mobilenet_v2_torchvision", "efficientnet_lite0",
+                     "convvit_cifar")
+
+
+def test_every_family_of_the_zoo_exports_to_both_formats(tmp_path):
+    """SavedModel and ONNX of each architecture at its small test input, on TensorFlow (where every export
+    runs), each giving the Keras model's probabilities."""
+    assert {kcnn.get_model_info(name).family for name in EXPORTED_FAMILIES} == \
+        {info.family for info in kcnn.list_models()}, "one architecture of every family"
+    log = tmp_path / "log.txt"
+    process = run_python([os.path.join(TESTS_DIR, "export_zoo_worker.py"), str(tmp_path), ",".join(EXPORTED_FAMILIES)],
+                         "tensorflow", str(log))
+    process.wait(timeout=1200)
+    assert process.returncode == 0, _tail(log)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report) == set(EXPORTED_FAMILIES)
+    failed = {name: result for name, result in report.items() if result != "ok"}
+    assert not failed, failed
+
+
+def test_a_pretrained_model_with_preprocessing_inside_exports_from_another_backend(tmp_path):
+    """The ImageNet backbone with its Normalization layer inside, exported from the active (JAX) backend."""
+    import onnxruntime
+
+    model = kcnn.build("efficientnet_lite0", weights="imagenet", num_classes=5, input_shape=(64, 64, 3))
+    model.save(tmp_path / "model.keras")
+    images = np.random.default_rng(0).uniform(0, 255, (3, 64, 64, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(model(images)))
+    path = export(tmp_path / "model.keras", "onnx", tmp_path / "served", class_names=list("abcde"), verbose=False)
+    session = onnxruntime.InferenceSession(path)
+    assert [i.name for i in session.get_inputs()] == ["image"]  # the normalisation's constants are not inputs
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": images})))
+    np.testing.assert_allclose(outputs["probabilities"], expected, rtol=0, atol=1e-4)
+    assert (tmp_path / "served" / "class_names.txt").read_text().split() == list("abcde")
+
+
+# ---------------------------------------------------------------------------
+# Bad input: one clear message, nothing written or changed
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "lenet5.keras"
+    kcnn.build("lenet5").save(path)
+    return path
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in folder.rglob("*")}
+
+
+def test_an_existing_export_is_refused_and_kept(model_file, tmp_path):
+    out = tmp_path / "out"
+    export(model_file, "keras", out, verbose=False)
+    before = _snapshot(out)
+    with pytest.raises(ExportError, match="already exists; pass overwrite=True"):
+        export(model_file, "keras", out, verbose=False)
+    assert _snapshot(out) == before
+
+
+def test_a_failed_export_leaves_nothing_half_written(model_file, tmp_path, monkeypatch):
+    from kcnn import export as exporting
+
+    out = tmp_path / "out"
+    export(model_file, "keras", out, verbose=False)
+    before = _snapshot(out)
+
+    def half_then_crash(temporary):
+        with open(temporary, "wb") as f:
+            f.write(b"half")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(exporting.shutil, "copyfile", lambda source, temporary: half_then_crash(temporary))
+    with pytest.raises(OSError):
+        export(model_file, "keras", out, overwrite=True, verbose=False)
+    assert _snapshot(out) == before  # the old export intact, no temporary left beside it
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "No such file or directory"),
+    (b"not a zip", "cannot be loaded as a Keras model"),
+])
+def test_a_path_that_is_not_a_keras_model(tmp_path, content, message):
+    path = tmp_path / "model.keras"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ExportError, match=message):
+        export(path, "keras", tmp_path / "out", verbose=False)
+    with pytest.raises(ExportError, match="is not a Keras model file"):
+        export(__file__, "saved_model", tmp_path / "out", verbose=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_with_unknown_custom_layers(tmp_path):
+    path = tmp_path / "custom.keras"
+    model = kcnn.build("lenet5")
+    with zipfile.ZipFile(path, "w") as archive:  # the config names a layer class nobody registered
+        config = json.loads(json.dumps(keras.saving.serialize_keras_object(model)))
+        config["config"]["layers"][1]["class_name"] = "MyMadeUpLayer"
+        config["config"]["layers"][1]["module"] = "my_project.layers"
+        archive.writestr("config.json", json.dumps(config))
+        archive.writestr("metadata.json", json.dumps({"keras_version": keras.__version__}))
+    with pytest.raises(ExportError, match=r"uses a layer Keras does not know \(MyMadeUpLayer\).*registers it"):
+        export(path, "keras", tmp_path / "out", verbose=False)
+
+
+def test_bad_format_and_version(model_file, tmp_path):
+    with pytest.raises(ExportError, match="Unknown export format 'tflite'"):
+        export(model_file, "tflite", tmp_path / "out", verbose=False)
+    with pytest.raises(ExportError, match="version must be a whole number"):
+        export(model_file, "saved_model", tmp_path / "out", version=0, verbose=False)
+
+
+def test_cli_export_and_its_refusal(model_file, tmp_path):
+    kcnn_cli = [sys.executable, "-m", "kcnn"]
+    out = tmp_path / "served"
+    done = subprocess.run([*kcnn_cli, "export", str(model_file), "--format", "keras", "--output", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    again = subprocess.run([*kcnn_cli, "export", str(model_file), "--format", "keras", "--output", str(out)],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert again.stderr.strip().count("\n") == 0 and "already exists" in again.stderr
