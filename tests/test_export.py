@@ -105,26 +105,25 @@ def test_saved_model_cli_describes_the_signatures(exported):
         == report["class_names"]
 
 
-# One architecture of each family: between them every layer type of the zoo. The whole zoo takes about
-# 17 minutes on 2 cores: `KERAS_BACKEND=tensorflow python tests/export_zoo_worker.py OUT_DIR` (all pass; the
-# closing note of issue 4/8 has the run).
-EXPORTED_FAMILIES = ("simple_cnn", "lenet5", "zfnet", "vgg11_bn", "googlenet", "resnet18", "cifar_resnet20",
-                     "airbench_small", "densenet121", "squeezenet1_1", "mobilenet_v2_torchvision", "efficientnet_lite0",
-                     "convvit_cifar")
+# Between them, every kind of layer the zoo uses but one (alexnet_torchvision's adaptive pooling: 87 s alone):
+# convolutions with symmetric and "same" padding, batch norm, ceil-mode pools, concatenations and residual
+# additions, the zero-channel shortcut (ZeroPadding3D), depthwise convolutions and ReLU6, exact GELU and the
+# whitening layer, attention and layer norm, Flatten into Dense. The whole zoo takes about 13 minutes on 2 cores,
+# too long for the suite: `KERAS_BACKEND=tensorflow python tests/export_zoo_worker.py OUT_DIR` (43 of 43 pass).
+EXPORTED = ("lenet5", "cifar_resnet20", "airbench_small", "googlenet", "squeezenet1_1", "mobilenet_v2_torchvision",
+            "convvit_cifar")
 
 
-def test_every_family_of_the_zoo_exports_to_both_formats(tmp_path):
-    """SavedModel and ONNX of each architecture at its small test input, on TensorFlow (where every export
-    runs), each giving the Keras model's probabilities."""
-    assert {kcnn.get_model_info(name).family for name in EXPORTED_FAMILIES} == \
-        {info.family for info in kcnn.list_models()}, "one architecture of every family"
+def test_architectures_with_every_kind_of_layer_export_to_both_formats(tmp_path):
+    """SavedModel and ONNX at small test inputs, on TensorFlow (where every export runs), each giving the
+    Keras model's probabilities."""
     log = tmp_path / "log.txt"
-    process = run_python([os.path.join(TESTS_DIR, "export_zoo_worker.py"), str(tmp_path), ",".join(EXPORTED_FAMILIES)],
+    process = run_python([os.path.join(TESTS_DIR, "export_zoo_worker.py"), str(tmp_path), ",".join(EXPORTED)],
                          "tensorflow", str(log))
     process.wait(timeout=1200)
     assert process.returncode == 0, _tail(log)
     report = json.loads((tmp_path / "report.json").read_text())
-    assert set(report) == set(EXPORTED_FAMILIES)
+    assert set(report) == set(EXPORTED)
     failed = {name: result for name, result in report.items() if result != "ok"}
     assert not failed, failed
 
