@@ -174,8 +174,8 @@ def _serving_function(model):
     def serve(image):
         tf.debugging.assert_equal(
             tf.shape(image)[1:], tf.constant(shape, tf.int32),
-            message=f"kcnn: images must have the shape (batch, {', '.join(map(str, shape))}) (height, width, "
-                    f"channels of raw 0-255 RGB pixels); resize them first")
+            message=f"kcnn: images must have the shape (batch, {', '.join(map(str, shape))}), the model's input "
+                    f"(raw 0-255 RGB pixels); resize them first")
         outputs = model(tf.cast(image, tf.float32), training=False)
         probabilities = tf.cast(outputs, tf.float32) if ends_in_softmax else tf.nn.softmax(tf.cast(outputs,
                                                                                                     tf.float32))
@@ -262,12 +262,17 @@ def _replace_atomically(destination, write):
     name = os.path.basename(destination)
     workspace = tempfile.mkdtemp(prefix=f".{name}.", dir=parent)
     temporary = os.path.join(workspace, name)
+    old = os.path.join(workspace, "old")
     try:
         write(temporary)
-        if os.path.isdir(destination):
-            old = os.path.join(workspace, "old")
+        if os.path.isdir(destination):  # a folder cannot be replaced in one rename: move it aside first
             os.replace(destination, old)
-        os.replace(temporary, destination)
+        try:
+            os.replace(temporary, destination)
+        except OSError:
+            if os.path.exists(old):
+                os.replace(old, destination)  # put the previous export back
+            raise
     finally:
         shutil.rmtree(workspace, ignore_errors=True)
 
