@@ -1,13 +1,13 @@
 """A work-around for XLA's slow depthwise convolution on the CPU (JAX backend).
 
 XLA's CPU convolution with `feature_group_count` (Keras' DepthwiseConv2D on
-JAX) runs 10-40x slower than PyTorch's and TensorFlow's kernels, forward and
-backward (jax-ml/jax#23713; measured on this 2-core CPU, 64x4x4x1152 maps,
-5x5 kernel: train step 550 ms against 25 ms on torch). The same convolution
-written as a sum of k*k shifted and scaled copies of the input, which XLA
-fuses into a few loops, is 3-10x faster on JAX; on small maps (the top of a
-backbone: 4x4, 8x8) a matrix product with the kernel spread into a
-(positions out x positions in) matrix per channel is faster still.
+JAX) is far slower than PyTorch's and TensorFlow's kernels (jax-ml/jax#23713;
+`python bench/depthwise.py`: 64x4x4x1152 maps, 5x5 kernel, train step 553 ms
+on JAX against 25 ms on torch). The same convolution written as a sum of k*k
+shifted and scaled copies of the input, which XLA fuses into a few loops, is
+about 3x faster on JAX; on small maps (the top of a backbone: 4x4, 8x8) a
+matrix product with the kernel spread into a (positions out x positions in)
+matrix per channel is faster still (16 ms there).
 
 `with_fast_depthwise(model)` returns a copy of `model` whose depthwise layers
 compute that way, for work done inside kcnn (feature extraction, fine-tuning);
