@@ -9,6 +9,7 @@
     kcnn predict RUN_DIR IMAGE [IMAGE ...]    top classes of each image with a run's model
     kcnn predict efficientnet_lite0 IMAGE     ImageNet top-5 with a pretrained model's weights
     kcnn export RUN_DIR [--format onnx]       SavedModel (TF Serving layout), ONNX or .keras for serving
+    kcnn doctor [--data-dir DIR]              backends, GPUs, data and weights found, checksums (exit 1: a mismatch)
 
 Bad input exits with code 2 and one line on stderr, never a traceback.
 """
@@ -53,6 +54,10 @@ def _parser():
                         "for a .keras file); a SavedModel goes into OUTPUT/VERSION/ as TensorFlow Serving expects")
     export.add_argument("--version", type=int, default=1, help="SavedModel version folder (default 1)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    doctor = commands.add_parser("doctor", help="report backends, GPUs, data and weights, and verify checksums")
+    doctor.add_argument("--data-dir", help="a data folder searched before KCNN_DATA_DIR and the Keras cache")
+    doctor.add_argument("--no-backends", dest="check_backends", action="store_false",
+                        help="skip probing TensorFlow, PyTorch and JAX (a few seconds each)")
     return parser
 
 
@@ -83,8 +88,11 @@ def _add_train_arguments(parser):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="train on the first N images only")
     parser.add_argument("--output-dir")
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run in --output-dir from its last finished epoch")
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--export", action="store_true",
+                        help="also write a SavedModel for serving into RUN_DIR/export/1")
 
 
 def _add_finetune_arguments(parser):
@@ -221,6 +229,12 @@ def main(argv=None):
             from kcnn.export import export
 
             export(args.source, args.format, args.output, version=args.version, overwrite=args.overwrite)
+        elif args.command == "doctor":
+            from kcnn.doctor import doctor, format_report
+
+            report = doctor(args.data_dir, check_backends=args.check_backends)
+            print(format_report(report))
+            return 1 if report.failures else 0  # missing files are only reported
     except kcnn.KcnnError as error:
         print(f"kcnn: error: {error}", file=sys.stderr)
         return 2

@@ -133,7 +133,7 @@ def finetune(config: FinetuneConfig, callbacks=()):
     import keras
 
     import kcnn
-    from kcnn import jax_cpu
+    from kcnn import jax_cpu, runs
     from kcnn import train as training
     from kcnn.weights import get_source
 
@@ -153,115 +153,118 @@ def finetune(config: FinetuneConfig, callbacks=()):
         raise KcnnError(f"{config.dataset_name} has {len(class_names)} class; fine-tuning needs at least two.")
     size = config.image_size
     policy = keras.mixed_precision.global_policy()
-    run_dir = training._prepare_run_dir(config)
-    started = time.perf_counter()
-    try:
-        keras.utils.set_random_seed(config.seed)
-        if config.mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_bfloat16" if keras.backend.backend() != "torch"
-                                                    else "mixed_float16")
-        backbone = kcnn.build(config.backbone, weights=config.weights, include_top=False, pooling="avg",
-                              input_shape=(size, size, 3))
-        for layer in backbone.layers:
-            layer.trainable = False  # phase 1; BatchNormalization with trainable=False runs in inference mode
-        cut = cut_layer(backbone, config.unfreeze)
-        bottom, top = split(backbone, cut)
-        # Copies that compute the same faster where XLA's depthwise convolution is slow (JAX on a CPU).
-        fast_bottom, fast_top = jax_cpu.with_fast_depthwise(bottom), jax_cpu.with_fast_depthwise(top)
+    with training._prepare_run_dir(config) as lock, runs.write_errors_explained(lock.run_dir):
+        run_dir = lock.run_dir
+        started = time.perf_counter()
+        try:
+            keras.utils.set_random_seed(config.seed)
+            if config.mixed_precision:
+                keras.mixed_precision.set_global_policy("mixed_bfloat16" if keras.backend.backend() != "torch"
+                                                        else "mixed_float16")
+            backbone = kcnn.build(config.backbone, weights=config.weights, include_top=False, pooling="avg",
+                                  input_shape=(size, size, 3))
+            for layer in backbone.layers:
+                layer.trainable = False  # phase 1; BatchNormalization with trainable=False runs in inference mode
+            cut = cut_layer(backbone, config.unfreeze)
+            bottom, top = split(backbone, cut)
+            # Copies that compute the same faster where XLA's depthwise convolution is slow (JAX on a CPU).
+            fast_bottom, fast_top = jax_cpu.with_fast_depthwise(bottom), jax_cpu.with_fast_depthwise(top)
 
-        # ---- everything frozen runs once --------------------------------------
-        train_images, train_labels = _with_mirrors(train_data, config.flip)
-        if config.verbose:
-            print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: {len(train_images):,} training "
-                  f"and {len(eval_data):,} held-out images at {size}x{size} go through the frozen layers once "
-                  f"(up to {cut or 'the input'}) ...", flush=True)
-        fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed,
-                                                 mirrored=config.flip)
-        activations = _predict(fast_bottom, train_images, size, config.batch_size)
-        eval_activations = _predict(fast_bottom, eval_data.images, size, config.batch_size)
-        features = _predict(fast_top, activations, None, config.batch_size)
-        extract_seconds = time.perf_counter() - started
-
-        if config.verbose:
-            print(f"... {extract_seconds:.0f} s. Phase 1: a new head on the pooled features.", flush=True)
-        # ---- phase 1: the new head on pooled features ---------------------------
-        head = keras.Sequential([keras.Input(features.shape[1:]), keras.layers.Dropout(config.dropout, name="dropout"),
-                                 keras.layers.Dense(len(class_names), name="predictions", dtype="float32")],
-                                name="head")
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
-        one_hot = keras.utils.to_categorical(train_labels, len(class_names))
-        head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate), loss=loss, metrics=["accuracy"])
-        phase1 = head.fit(features[fit_index], one_hot[fit_index], validation_data=(features[val_index],
-                          one_hot[val_index]), epochs=config.head_epochs, batch_size=config.batch_size,
-                          callbacks=_phase_callbacks(config) + list(callbacks),
-                          verbose=config.verbose) if config.head_epochs else None
-
-        # ---- phase 2: the top of the backbone at a lower learning rate ----------
-        phase2 = None
-        if config.finetune_epochs and top_has_weights(top):
-            for layer in fast_top.layers:
-                # Batch normalisation stays frozen (inference mode): its statistics come from ImageNet, and a
-                # few thousand images would only make them worse (Keras' transfer-learning guide).
-                layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+            # ---- everything frozen runs once --------------------------------------
+            train_images, train_labels = _with_mirrors(train_data, config.flip)
             if config.verbose:
-                layers = f"the layers after {cut}" if cut else "every layer"
-                print(f"Phase 2: {layers} and the head, learning rate {config.finetune_learning_rate:g}.", flush=True)
-            trainable = keras.Model(fast_top.input, head(fast_top.output), name="finetune")
-            trainable.compile(optimizer=keras.optimizers.Adam(config.finetune_learning_rate), loss=loss,
-                              metrics=["accuracy"])
-            phase2 = trainable.fit(
-                activations[fit_index], one_hot[fit_index], epochs=config.finetune_epochs,
-                validation_data=(activations[val_index], one_hot[val_index]), batch_size=config.batch_size,
-                callbacks=_phase_callbacks(config, finetune=True) + list(callbacks),
-                verbose=config.verbose)
-            jax_cpu.copy_weights(fast_top, top)
-        train_seconds = time.perf_counter() - started
-    finally:
-        keras.mixed_precision.set_global_policy(policy)
+                print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: {len(train_images):,} training "
+                      f"and {len(eval_data):,} held-out images at {size}x{size} go through the frozen layers once "
+                      f"(up to {cut or 'the input'}) ...", flush=True)
+            fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed,
+                                                     mirrored=config.flip)
+            activations = _predict(fast_bottom, train_images, size, config.batch_size)
+            eval_activations = _predict(fast_bottom, eval_data.images, size, config.batch_size)
+            features = _predict(fast_top, activations, None, config.batch_size)
+            extract_seconds = time.perf_counter() - started
 
-    # ---- the model to keep: raw RGB images in, logits out --------------------
-    for layer in backbone.layers:
-        layer.trainable = True
-    outputs = backbone.output
-    for layer in head.layers:  # flat: the head's layers follow the backbone's
-        outputs = layer(outputs)
-    model = keras.Model(backbone.input, outputs, name=f"{config.backbone}_finetuned")
-    logits = keras.ops.convert_to_numpy(head.predict(_predict(fast_top, eval_activations, None, config.batch_size),
-                                                     verbose=0))
-    predicted = np.argmax(logits, axis=-1)
-    metrics = {
-        "accuracy": float(np.mean(predicted == eval_data.labels)),
-        "eval_split": eval_split,
-        "per_class_accuracy": {name: float(np.mean(predicted[eval_data.labels == i] == i))
-                               for i, name in enumerate(class_names) if np.any(eval_data.labels == i)},
-    }
-    if extra_split:
-        extra = config.load(extra_split)
-        extra_logits = jax_cpu.with_fast_depthwise(model).predict(_resized(extra.images, size, config.batch_size),
-                                                                  verbose=0)
-        metrics[f"{extra_split}_accuracy"] = float(np.mean(np.argmax(extra_logits, axis=-1) == extra.labels))
-    history = _joined_history(phase1, phase2)
-    metrics.update(
-        train_seconds=round(train_seconds, 2), feature_seconds=round(extract_seconds, 2),
-        train_images=int(len(train_data)), image_size=size, unfrozen_from=cut or "all",
-        epochs_run=len(history.get("loss", [])), parameters=int(model.count_params()),
-        backend=keras.backend.backend(), class_names=list(class_names),
-        skipped_files=int(getattr(train_data, "skipped", 0)))
-    training._save_model(model, os.path.join(run_dir, "model.keras"))
-    training._write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    _write_history(os.path.join(run_dir, "history.csv"), history, len(phase1.epoch) if phase1 else 0)
-    eval_for_plots = dataclasses.replace(eval_data, class_names=class_names)
-    head_epochs = len(phase1.epoch) if phase1 else 0
-    phases = {"fine-tuning": head_epochs + 1} if phase2 is not None and head_epochs else None
-    training._plots(run_dir, history, eval_for_plots, predicted, config, phase_starts=phases)
-    if config.export:
-        from kcnn.export import export
+            if config.verbose:
+                print(f"... {extract_seconds:.0f} s. Phase 1: a new head on the pooled features.", flush=True)
+            # ---- phase 1: the new head on pooled features ---------------------------
+            head = keras.Sequential([keras.Input(features.shape[1:]),
+                                     keras.layers.Dropout(config.dropout, name="dropout"),
+                                     keras.layers.Dense(len(class_names), name="predictions", dtype="float32")],
+                                    name="head")
+            loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+            one_hot = keras.utils.to_categorical(train_labels, len(class_names))
+            head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate), loss=loss, metrics=["accuracy"])
+            phase1 = head.fit(features[fit_index], one_hot[fit_index], validation_data=(features[val_index],
+                              one_hot[val_index]), epochs=config.head_epochs, batch_size=config.batch_size,
+                              callbacks=_phase_callbacks(config) + list(callbacks),
+                              verbose=config.verbose) if config.head_epochs else None
 
-        metrics["export"] = export(run_dir, "saved_model", verbose=False)
+            # ---- phase 2: the top of the backbone at a lower learning rate ----------
+            phase2 = None
+            if config.finetune_epochs and top_has_weights(top):
+                for layer in fast_top.layers:
+                    # Batch normalisation stays frozen (inference mode): its statistics come from ImageNet, and a
+                    # few thousand images would only make them worse (Keras' transfer-learning guide).
+                    layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+                if config.verbose:
+                    layers = f"the layers after {cut}" if cut else "every layer"
+                    print(f"Phase 2: {layers} and the head, learning rate {config.finetune_learning_rate:g}.",
+                          flush=True)
+                trainable = keras.Model(fast_top.input, head(fast_top.output), name="finetune")
+                trainable.compile(optimizer=keras.optimizers.Adam(config.finetune_learning_rate), loss=loss,
+                                  metrics=["accuracy"])
+                phase2 = trainable.fit(
+                    activations[fit_index], one_hot[fit_index], epochs=config.finetune_epochs,
+                    validation_data=(activations[val_index], one_hot[val_index]), batch_size=config.batch_size,
+                    callbacks=_phase_callbacks(config, finetune=True) + list(callbacks),
+                    verbose=config.verbose)
+                jax_cpu.copy_weights(fast_top, top)
+            train_seconds = time.perf_counter() - started
+        finally:
+            keras.mixed_precision.set_global_policy(policy)
+
+        # ---- the model to keep: raw RGB images in, logits out --------------------
+        for layer in backbone.layers:
+            layer.trainable = True
+        outputs = backbone.output
+        for layer in head.layers:  # flat: the head's layers follow the backbone's
+            outputs = layer(outputs)
+        model = keras.Model(backbone.input, outputs, name=f"{config.backbone}_finetuned")
+        logits = keras.ops.convert_to_numpy(head.predict(_predict(fast_top, eval_activations, None, config.batch_size),
+                                                         verbose=0))
+        predicted = np.argmax(logits, axis=-1)
+        metrics = {
+            "accuracy": float(np.mean(predicted == eval_data.labels)),
+            "eval_split": eval_split,
+            "per_class_accuracy": {name: float(np.mean(predicted[eval_data.labels == i] == i))
+                                   for i, name in enumerate(class_names) if np.any(eval_data.labels == i)},
+        }
+        if extra_split:
+            extra = config.load(extra_split)
+            extra_logits = jax_cpu.with_fast_depthwise(model).predict(_resized(extra.images, size, config.batch_size),
+                                                                      verbose=0)
+            metrics[f"{extra_split}_accuracy"] = float(np.mean(np.argmax(extra_logits, axis=-1) == extra.labels))
+        history = _joined_history(phase1, phase2)
+        metrics.update(
+            train_seconds=round(train_seconds, 2), feature_seconds=round(extract_seconds, 2),
+            train_images=int(len(train_data)), image_size=size, unfrozen_from=cut or "all",
+            epochs_run=len(history.get("loss", [])), parameters=int(model.count_params()),
+            backend=keras.backend.backend(), class_names=list(class_names),
+            skipped_files=int(getattr(train_data, "skipped", 0)))
+        training._save_model(model, os.path.join(run_dir, "model.keras"))
         training._write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    if config.verbose:
-        print(summary_table(config, metrics))
-    return training.Run(run_dir, model, history, metrics)
+        _write_history(os.path.join(run_dir, "history.csv"), history, len(phase1.epoch) if phase1 else 0)
+        eval_for_plots = dataclasses.replace(eval_data, class_names=class_names)
+        head_epochs = len(phase1.epoch) if phase1 else 0
+        phases = {"fine-tuning": head_epochs + 1} if phase2 is not None and head_epochs else None
+        training._plots(run_dir, history, eval_for_plots, predicted, config, phase_starts=phases)
+        if config.export:
+            from kcnn.export import export
+
+            metrics["export"] = export(run_dir, "saved_model", verbose=False)
+            training._write_json(os.path.join(run_dir, "metrics.json"), metrics)
+        if config.verbose:
+            print(summary_table(config, metrics))
+        return training.Run(run_dir, model, history, metrics)
 
 
 def summary_table(config, metrics):

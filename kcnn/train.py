@@ -13,11 +13,11 @@ import dataclasses
 import json
 import os
 import shutil
-import time
 from typing import Optional
 
 import numpy as np
 
+from kcnn import runs
 from kcnn.errors import InvalidArgumentError, KcnnError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -72,6 +72,7 @@ class TrainConfig:
     output_dir: Optional[str] = None  # default: saved_models/ARCH_DATASET
     resume: bool = False
     overwrite: bool = False
+    export: bool = False  # also a SavedModel for serving in RUN_DIR/export/1 (kcnn.export)
     verbose: int = 1
 
     @property
@@ -164,8 +165,6 @@ class Run:
 def train(config: TrainConfig, callbacks=()) -> Run:
     """Train `config.arch` on `config.dataset`; `callbacks` are extra Keras
     callbacks, added to kcnn's own (checkpoints, logs, schedules)."""
-    import keras
-
     import kcnn
     from kcnn.data.pipeline import make_dataset
 
@@ -190,13 +189,22 @@ def train(config: TrainConfig, callbacks=()) -> Run:
         )
     image_shape = (height, width, channels)
     one_hot = config.label_smoothing > 0 or config.augment in ("mixup", "cutmix")
+    first_epoch = _resumed_epoch(config.output_dir) if config.resume else 0
     train_ds = make_dataset(train_data, batch_size=config.batch_size, training=True, num_classes=num_classes,
                             image_shape=image_shape, augment=config.augment, seed=config.seed, one_hot=one_hot,
-                            epochs=config.epochs,
-                            first_epoch=_resumed_epoch(config.output_dir) if config.resume else 0)
+                            epochs=config.epochs, first_epoch=first_epoch)
     eval_ds = make_dataset(eval_data, batch_size=config.batch_size, training=False, num_classes=num_classes,
                            image_shape=image_shape, one_hot=one_hot)
-    run_dir = _prepare_run_dir(config)
+    with _prepare_run_dir(config) as lock, runs.write_errors_explained(lock.run_dir, resumable=True):
+        return _fit_and_save(config, lock.run_dir, train_data, eval_data, train_ds, eval_ds, image_shape,
+                             one_hot, first_epoch, callbacks)
+
+
+def _fit_and_save(config, run_dir, train_data, eval_data, train_ds, eval_ds, image_shape, one_hot, first_epoch,
+                  callbacks):
+    import keras
+
+    num_classes = len(train_data.class_names)
     policy = keras.mixed_precision.global_policy()
     try:
         keras.utils.set_random_seed(config.seed)
@@ -217,28 +225,34 @@ def train(config: TrainConfig, callbacks=()) -> Run:
                             jit_compile=config.jit_compile)
             train_ds, eval_ds = (ds.map(_labels_per_output) for ds in (train_ds, eval_ds))
 
-        # ---- fit with Keras' callbacks --------------------------------------
-        started = time.perf_counter()
-        history = trainer.fit(train_ds, validation_data=eval_ds, epochs=config.epochs,
-                              steps_per_epoch=steps_per_epoch, shuffle=False,  # the dataset shuffles, per epoch
-                              callbacks=_callbacks(config, run_dir, model, trainer) + list(callbacks),
-                              verbose=config.verbose)
-        train_seconds = time.perf_counter() - started
+        # ---- fit with Keras' callbacks (a resumed run starts at its backup's epoch) ----
+        trainer.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                    shuffle=False,  # the dataset shuffles, per epoch
+                    callbacks=_callbacks(config, run_dir, model, trainer, first_epoch) + list(callbacks),
+                    verbose=config.verbose)
     finally:
         keras.mixed_precision.set_global_policy(policy)  # leave the caller's process as it was
+    rows = runs.read_history_rows(os.path.join(run_dir, "history.csv"))
+    history = _read_history(run_dir)
+    if any(not np.isfinite(value) for value in history.get("loss", [])):
+        raise TrainingDivergedError(
+            f"Training diverged: the loss became NaN or infinite in epoch {len(rows)}; pass a lower learning "
+            f"rate (--learning-rate, it was {config.learning_rate:g}) with --overwrite."
+        )
 
-    # ---- evaluate, save, plot ------------------------------------------------
+    # ---- evaluate, save, plot, export ---------------------------------------
     metrics = evaluate_model(model, eval_data, image_shape, config.batch_size)
     predicted = metrics.pop("predicted")
     if config.extra_eval_name():
         extra = config.load(config.extra_eval_name())
         extra_metrics = evaluate_model(model, extra, image_shape, config.batch_size)
         metrics[f"{config.extra_eval_name()}_accuracy"] = extra_metrics["accuracy"]
+    train_seconds = max(sum(float(row.get("seconds") or 0) for row in rows), 1e-9)
     metrics.update(
         eval_split=config.eval_split_name(),
         train_seconds=round(train_seconds, 2),
-        train_images_per_second=round(len(train_data) * len(history.epoch) / train_seconds, 1),
-        epochs_run=len(history.epoch),
+        train_images_per_second=round(len(train_data) * len(rows) / train_seconds, 1),
+        epochs_run=len(rows),
         parameters=int(model.count_params()),
         backend=keras.backend.backend(),
         class_names=list(train_data.class_names),
@@ -246,11 +260,22 @@ def train(config: TrainConfig, callbacks=()) -> Run:
     )
     _save_model(model, os.path.join(run_dir, "model.keras"))
     _write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    _plots(run_dir, _read_history(run_dir) or history.history, eval_data, predicted, config)
+    _plots(run_dir, history, eval_data, predicted, config)
+    if config.export:
+        from kcnn.export import export
+
+        # overwrite: a resumed run replaces an export its killed predecessor finished
+        metrics["export"] = export(run_dir, "saved_model", overwrite=True, verbose=False)
+        _write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    # Last: while the backup exists, --resume can finish a run killed after fit().
     shutil.rmtree(os.path.join(run_dir, "backup"), ignore_errors=True)
     if config.verbose:
         print(summary_table(config, metrics))
-    return Run(run_dir, model, _history(history.history), metrics)
+    return Run(run_dir, model, history, metrics)
+
+
+class TrainingDivergedError(KcnnError):
+    """The loss became NaN or infinite (Keras' TerminateOnNaN stopped the run)."""
 
 
 # GoogLeNet trains with its auxiliary heads: output name -> loss weight (Szegedy et al. 2015).
@@ -354,8 +379,10 @@ def load_run(path):
         ) from None
     try:
         model = keras.saving.load_model(model_path)  # safe mode: no code from the file runs
-    except Exception as error:
-        raise KcnnError(f"{model_path} cannot be loaded as a Keras model ({type(error).__name__}: {error}).") from None
+    except Exception as error:  # one sentence: safe mode refused code, an unknown layer, not a model file
+        from kcnn.export import refusal
+
+        raise KcnnError(refusal(model_path, error)) from None
     return model, config, tuple(class_names)
 
 
@@ -370,12 +397,8 @@ def predict_files(model, paths, class_names, *, top=5):
     height, width, channels = model.input_shape[1:]
     mode = {1: "L", 3: "RGB"}[channels]
     images = []
-    for path in paths:
-        try:
-            images.append(read_image(path, mode, (height, width)))
-        except Exception as error:
-            raise KcnnError(f"{path} cannot be read as an image ({type(error).__name__}: {error}); pass image "
-                            f"files such as PNG or JPEG.") from None
+    for path in paths:  # a file that does not decode raises a CorruptImageError naming it and why
+        images.append(read_image(path, mode, (height, width)))
     batch = np.stack(images).reshape(len(images), height, width, channels).astype("float32")
     probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(batch, verbose=0), axis=-1))
     order = np.argsort(-probabilities, axis=-1)[:, :top]
@@ -421,32 +444,27 @@ def _optimizer(config, steps_per_epoch):
 
 
 def _resumed_epoch(run_dir):
-    """The epoch BackupAndRestore will resume at: it writes the next epoch to
-    run in backup/training_metadata.json (its own file; read here so that
-    the data order can start at that epoch too)."""
-    path = os.path.join(run_dir, "backup", "training_metadata.json")
-    try:
-        with open(path) as f:
-            return int(json.load(f)["epoch"])
-    except (OSError, ValueError, KeyError):
-        return 0
+    """The epoch the backup resumes at (so that the data order can start
+    at that epoch too); 0 without a backup."""
+    metadata = runs.read_backup_metadata(os.path.join(run_dir, "backup"))
+    return int(metadata["epoch"]) if metadata else 0
 
 
-def _callbacks(config, run_dir, model, trainer):
+def _callbacks(config, run_dir, model, trainer, first_epoch):
     import keras
 
     accuracy = "val_accuracy" if trainer is model else "val_logits_accuracy"
-
-    class InferenceCheckpoint(keras.callbacks.ModelCheckpoint):
-        """ModelCheckpoint that saves the inference model (without GoogLeNet's auxiliary heads)."""
-
-        def set_model(self, _trainer):
-            super().set_model(model)
-
+    # A resumed run's best.keras is replaced only by a model better than the best of the epochs before.
+    earlier = [float(row[accuracy]) for row in runs.read_history_rows(os.path.join(run_dir, "history.csv"))
+               if int(row["epoch"]) < first_epoch and row.get(accuracy)]
     callbacks = [
-        keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")),
-        InferenceCheckpoint(os.path.join(run_dir, "best.keras"), monitor=accuracy, save_best_only=True, mode="max"),
-        keras.callbacks.CSVLogger(os.path.join(run_dir, "history.csv"), append=config.resume),
+        # Each epoch's files are written before the backup moves on to the next epoch: a kill between
+        # the two repeats that epoch on --resume, and the repeated rows are dropped.
+        runs.HistoryLog(os.path.join(run_dir, "history.csv"), first_epoch),
+        runs.AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), model=model, monitor=accuracy,
+                                   save_best_only=True, mode="max",
+                                   initial_value_threshold=max(earlier) if earlier else None),
+        runs.CrashSafeBackup(os.path.join(run_dir, "backup")),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
         keras.callbacks.TerminateOnNaN(),
     ]
@@ -461,30 +479,60 @@ def _callbacks(config, run_dir, model, trainer):
 
 
 def _prepare_run_dir(config):
+    """Check the output directory against resume/overwrite, take its lock and
+    write config.json; returns the held `runs.RunLock`."""
     run_dir = config.output_dir
-    has_run = os.path.exists(os.path.join(run_dir, "config.json"))
     resume = getattr(config, "resume", False)  # fine-tuning runs do not resume
+    has_run = os.path.exists(os.path.join(run_dir, "config.json"))
     if has_run and not (resume or config.overwrite):
         raise KcnnError(
             f"{run_dir} already holds a run; pass resume=True (--resume) to continue it, overwrite=True "
             f"(--overwrite) to replace it, or another output directory."
         )
+    _check_run_dir(config, run_dir, resume)  # before anything is written...
+    with runs.write_errors_explained(run_dir):
+        os.makedirs(run_dir, exist_ok=True)
+        lock = runs.RunLock(run_dir).acquire()
+    try:
+        _check_run_dir(config, run_dir, resume)  # ...and again, now that no other kcnn process can change it
+        with runs.write_errors_explained(run_dir):
+            if config.overwrite:
+                for entry in os.scandir(run_dir):  # everything but the lock this process holds
+                    if entry.name != runs.LOCK_NAME:
+                        shutil.rmtree(entry.path) if entry.is_dir(follow_symlinks=False) else os.remove(entry.path)
+            runs.remove_stale_temporaries(run_dir)
+            _write_json(os.path.join(run_dir, "config.json"), _config_record(config))
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_run_dir(config, run_dir, resume):
+    """The checks that need the lock: what is in `run_dir` cannot change under them."""
+    has_run = os.path.exists(os.path.join(run_dir, "config.json"))
     if resume and not has_run:
         raise KcnnError(f"There is no run to resume in {run_dir}; start it without --resume.")
-    if has_run and resume:
-        saved = json.load(open(os.path.join(run_dir, "config.json")))
-        different = {k: v for k, v in dataclasses.asdict(config).items()
-                     if k not in ("resume", "overwrite", "verbose") and saved.get(k) != v}
-        if different:
-            raise KcnnError(
-                f"The run in {run_dir} was started with other settings ({', '.join(sorted(different))}); "
-                f"resume it with the same ones, or start a new run."
-            )
-    if has_run and config.overwrite:
-        shutil.rmtree(run_dir)
-    os.makedirs(run_dir, exist_ok=True)
-    _write_json(os.path.join(run_dir, "config.json"), _config_record(config))
-    return run_dir
+    if not (has_run and resume):
+        return
+    try:
+        with open(os.path.join(run_dir, "config.json")) as f:
+            saved = json.load(f)
+    except ValueError:
+        raise KcnnError(f"{run_dir}/config.json is not readable JSON; start the run again with --overwrite.") \
+            from None
+    different = {k: v for k, v in dataclasses.asdict(config).items()
+                 if k not in ("resume", "overwrite", "verbose") and saved.get(k) != v}
+    if different:
+        raise KcnnError(
+            f"The run in {run_dir} was started with other settings ({', '.join(sorted(different))}); "
+            f"resume it with the same ones, or start a new run."
+        )
+    finished = os.path.exists(os.path.join(run_dir, "metrics.json")) and \
+        not os.path.exists(os.path.join(run_dir, "backup"))
+    if finished:
+        raise KcnnError(f"The run in {run_dir} has finished; there is nothing to resume (kcnn evaluate "
+                        f"{run_dir} re-evaluates it).")
 
 
 def _config_record(config):
@@ -498,14 +546,9 @@ def _config_record(config):
 
 
 def _read_history(run_dir):
-    import csv
-
-    path = os.path.join(run_dir, "history.csv")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    return _history({key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {}) if key != "epoch"})
+    rows = runs.read_history_rows(os.path.join(run_dir, "history.csv"))
+    return _history({key: [float(row[key]) for row in rows] for key in (rows[0] if rows else {})
+                     if key not in ("epoch", "seconds")})
 
 
 def _plots(run_dir, history, eval_data, predicted, config, phase_starts=None):
@@ -526,7 +569,7 @@ def _plots(run_dir, history, eval_data, predicted, config, phase_starts=None):
 def _save_model(model, path):
     temporary = path[: -len(".keras")] + ".tmp.keras"
     model.save(temporary)
-    os.replace(temporary, path)
+    runs.replace_file(temporary, path)
 
 
 def _write_json(path, value):

