@@ -13,6 +13,7 @@ import fnmatch
 import functools
 import inspect
 import os
+import re
 from typing import Callable
 
 import keras
@@ -132,13 +133,19 @@ def register_model(
             num_classes = _check_num_classes(info, num_classes)
             input_shape = _check_input_shape(info, input_shape)
             _check_head(include_top, pooling, classifier_activation)
+            _check_name_and_dropout(name, kwargs)
             weights = _check_weights(weights, model_name)
             arguments = dict(num_classes=num_classes, input_shape=input_shape, include_top=include_top,
                              pooling=pooling, classifier_activation=classifier_activation, name=name or model_name,
                              **kwargs)
             if not isinstance(weights, str) and weights is not None:  # a named WeightSource
                 return _build_pretrained(fn, weights, arguments, include_preprocessing)
-            model = fn(**arguments)
+            try:
+                model = fn(**arguments)
+            except (ValueError, TypeError, KeyError) as error:
+                if not kwargs or isinstance(error, KcnnError):
+                    raise
+                raise _family_option_error(model_name, kwargs, error) from None
             if weights is not None:
                 _load_weights_file(model, weights, model_name)
             return model
@@ -327,6 +334,25 @@ def _check_head(include_top, pooling, classifier_activation):
                 "classifier_activation must be None (logits), 'softmax', another Keras "
                 f"activation name or a callable. Received: classifier_activation={classifier_activation!r}"
             ) from None
+
+
+def _check_name_and_dropout(name, kwargs):
+    if name is not None and (not isinstance(name, str) or "/" in name):
+        raise InvalidArgumentError(f"name must be a string without '/' (Keras' rule). Received: name={name!r}")
+    dropout = kwargs.get("dropout", 0.0)  # the one family option most architectures share
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise InvalidArgumentError(f"dropout must be a fraction in [0, 1). Received: dropout={dropout!r}")
+
+
+def _family_option_error(model_name, options, error):
+    """Keras refused a layer built from a family option (filters=(0, ...), alpha=-1, pool='min')."""
+    received = ", ".join(f"{key}={value!r}" for key, value in options.items())
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else "no details"
+    reason = re.sub(r"\.\s+(\w)", lambda m: "; " + m.group(1).lower(), reason).rstrip(".")  # one sentence
+    return InvalidArgumentError(
+        f"{model_name} cannot be built with {received} ({type(error).__name__}: {reason}); "
+        f"help(kcnn.get_model_info({model_name!r}).builder) lists the valid values. Received: {received}"
+    )
 
 
 def _check_weights(weights, model_name):

@@ -17,7 +17,8 @@ import kcnn.data
 from kcnn import train as training
 from kcnn.train import TrainConfig
 
-QUICK = dict(dataset="digits", epochs=2, batch_size=64, limit=320, verbose=0)
+# LeNet-5 on digits resized to 32x32: a run of a few seconds (the per-backend CLI runs use the default arch)
+QUICK = dict(dataset="digits", arch="lenet5", image_size=32, epochs=2, batch_size=64, limit=320, verbose=0)
 RUN_FILES = ("config.json", "model.keras", "history.csv", "metrics.json", "curves.png", "confusion.png",
              "samples.png")
 
@@ -90,7 +91,7 @@ def test_existing_run_is_refused_and_left_alone(tmp_path):
         (dict(learning_rate=-1e-3), "learning_rate must be a number above 0"),
         (dict(batch_size=4096, limit=None), "batch_size 4096 is larger than the 1500 training images"),
         (dict(epochs=0), "epochs must be a whole number"),
-        (dict(arch="lenet5"), "lenet5 needs inputs of at least 12x12.*image_size=32"),
+        (dict(image_size=None), "lenet5 needs inputs of at least 12x12.*image_size=32"),
         (dict(resume=True), "no run to resume"),
     ],
 )
@@ -157,13 +158,10 @@ def _folder(root, per_class=12):
 
 
 def test_folder_training_evaluate_and_predict_through_the_cli(tmp_path):
+    # (bad folders, files and run directories through the CLI: tests/test_bad_input.py)
     photos = _folder(tmp_path / "my photos")  # a space in the path
     (photos / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
     run_dir = tmp_path / "run"
-    stopped = kcnn_cli("jax", "train", "--dataset", str(photos), "--on-bad-image", "stop", "--output-dir",
-                       str(run_dir))
-    assert stopped.returncode == 2 and "broken.jpg cannot be read" in stopped.stderr
-    assert "Traceback" not in stopped.stderr and not run_dir.exists()
     result = kcnn_cli("jax", "train", "--dataset", str(photos), "--image-size", "32", "--epochs", "2",
                       "--batch-size", "8", "--output-dir", str(run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -183,10 +181,6 @@ def test_folder_training_evaluate_and_predict_through_the_cli(tmp_path):
     model, _, names = training.load_run(str(run_dir))
     [[(best, _), _]] = training.predict_files(model, [str(photos / "cat" / "0.png")], names, top=2)
     assert lines[1].split()[-1] == best
-    bad = kcnn_cli("jax", "predict", str(run_dir), str(photos / "cat" / "broken.jpg"))
-    assert bad.returncode == 2 and "broken.jpg cannot be read as an image" in bad.stderr
-    missing = kcnn_cli("jax", "predict", str(tmp_path), str(photos / "cat" / "0.png"))
-    assert missing.returncode == 2 and "holds no model.keras" in missing.stderr
 
 
 @pytest.mark.parametrize("layout, message", [

@@ -25,6 +25,10 @@ class ChecksumError(KcnnError):
     """A dataset file does not match its published checksum."""
 
 
+class UnsafeArchiveError(KcnnError):
+    """A dataset archive with a member that would be written, or link, outside its folder."""
+
+
 @dataclasses.dataclass(frozen=True)
 class OfficialFile:
     name: str  # file name inside the dataset folder
@@ -149,8 +153,38 @@ def _download(source):
 
 
 def _safe_extract(archive, destination):
-    """Extract a tar archive without following paths that leave `destination`."""
+    """Extract a tar archive; refuse it, before anything is written, when a
+    member would land or link outside `destination` (absolute or '..' paths,
+    links out, device files)."""
+    import gzip
     import tarfile
+    import zlib
 
-    with tarfile.open(archive) as tar:
-        tar.extractall(destination, filter="data")  # refuses absolute paths, '..', links out
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for member in members:
+                if os.path.isabs(member.name) or member.name.startswith(("/", "\\")):  # tarfile would strip the '/'
+                    raise tarfile.AbsolutePathError(member)
+                tarfile.data_filter(member, destination)
+            tar.extractall(destination, members=members, filter="data")  # the same checks, against what is on disk
+    except tarfile.FilterError as error:
+        raise UnsafeArchiveError(
+            f"{archive} holds {error.tarinfo.name!r}, {_UNSAFE.get(type(error).__name__, 'which is unsafe to extract')}"
+            f"; it is not the official archive: delete it and let kcnn download it again."
+        ) from None
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as error:  # truncated, not a tar file
+        reason = str(error).splitlines()[0].rstrip(":") if str(error) else "no details"
+        raise ChecksumError(
+            f"{archive} is not a readable tar archive ({type(error).__name__}: {reason}); it is corrupt or not the "
+            f"official one: delete it and let kcnn download it again."
+        ) from None
+
+
+_UNSAFE = {  # tarfile's refusals, in words
+    "AbsolutePathError": "an absolute path that would be written outside the dataset folder",
+    "OutsideDestinationError": "a path that would be written outside the dataset folder",
+    "AbsoluteLinkError": "a link to an absolute path outside the dataset folder",
+    "LinkOutsideDestinationError": "a link to a file outside the dataset folder",
+    "SpecialFileError": "a device or other special file",
+}

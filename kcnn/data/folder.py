@@ -14,6 +14,7 @@ image library) so that a bad file can be skipped and counted, or named.
 
 import concurrent.futures
 import os
+import re
 import warnings
 
 import numpy as np
@@ -22,6 +23,9 @@ from kcnn.data.datasets import ImageData
 from kcnn.errors import InvalidArgumentError, KcnnError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # Keras' list, and WebP
+# The only decoders Pillow may use, whatever a file's name: Pillow picks one from the content, and some
+# (EPS) hand the file to Ghostscript, a program that has run code from crafted files.
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 MAX_PIXELS = 64 * 1024 * 1024  # per image; larger ones are refused before they are decoded (decompression bombs)
 COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1)}
 ON_ERROR = ("skip", "stop")
@@ -32,7 +36,11 @@ class EmptyDatasetError(KcnnError):
 
 
 class CorruptImageError(KcnnError):
-    """An image file that cannot be decoded."""
+    """An image file that cannot be decoded; `reason` says why in a few words."""
+
+    def __init__(self, message, reason=None):
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class ImageSizeError(KcnnError):
@@ -67,8 +75,8 @@ def image_folder(directory, *, image_size=None, validation_split=0.2, subset="bo
     def decode(path):
         try:
             return read_image(path, mode, size, max_pixels)
-        except Exception as error:  # any decoder failure: the file is unreadable, whatever the reason
-            return f"{type(error).__name__}: {error}"
+        except CorruptImageError as error:  # the file is unreadable, whatever the reason
+            return error.reason
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         decoded = list(pool.map(decode, [path for path, _ in files]))
@@ -145,18 +153,49 @@ def _list_files(directory):
 def read_image(path, mode="RGB", size=None, max_pixels=MAX_PIXELS):
     """One image file as uint8 (H, W) or (H, W, C): Pillow `mode` ("RGB" or
     "L"), resized to `size` (height, width) when given. Files over
-    `max_pixels` are refused before their pixels are decoded."""
+    `max_pixels` are refused before their pixels are decoded. Whatever is
+    wrong with the file, the error is a `CorruptImageError`."""
+    try:
+        return _decode(path, mode, size, max_pixels)
+    except CorruptImageError:
+        raise
+    except Exception as error:  # Pillow and the OS raise many kinds: unknown format, truncated, unreadable
+        reason = _reason(error, max_pixels)
+        raise CorruptImageError(_unreadable(path, reason), reason=reason) from None
+
+
+def _decode(path, mode, size, max_pixels):
     from PIL import Image
 
-    with Image.open(path) as image:
+    with Image.open(path, formats=FORMATS) as image:
         if image.width * image.height > max_pixels:
-            raise ValueError(f"{image.width}x{image.height} pixels is over the limit of {max_pixels:,}")
+            reason = f"{image.width}x{image.height} pixels is over the limit of {max_pixels:,}"
+            raise CorruptImageError(_unreadable(path, reason), reason=reason)
         if image.mode in ("P", "LA", "PA") or "transparency" in image.info:
             image = image.convert("RGBA")  # palette and transparency: composite via RGBA first
         image = image.convert(mode)
         if size is not None and image.size != (size[1], size[0]):
             image = image.resize((size[1], size[0]), Image.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
+
+
+def _unreadable(path, reason):
+    return f"{path} cannot be read as an image ({reason}); pass image files such as PNG or JPEG."
+
+
+def _reason(error, max_pixels):
+    """Why a file did not decode, in a few words (Pillow's messages repeat the path or span lines)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(error, UnidentifiedImageError):
+        return "not a PNG, JPEG, BMP, GIF or WebP image"
+    if isinstance(error, (Image.DecompressionBombError, Image.DecompressionBombWarning)):  # Pillow's limit: first
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        limit = min(max_pixels, 2 * Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else max_pixels
+        count = f"{int(found.group(1)):,}" if found else "more"
+        return f"{count} pixels is over the limit of {limit:,}"
+    message = str(error).strip().splitlines()[0] if str(error).strip() else "no details"
+    return f"{type(error).__name__}: {message}"
 
 
 def _check_contents(directory, class_names, images, labels, files):

@@ -13,6 +13,7 @@ losses (0.3 for each auxiliary head) and predict with the first.
 import keras
 from keras import layers
 
+from kcnn.errors import InvalidArgumentError
 from kcnn.layers import channel_axis, classifier_head, conv_bn_act, image_input, max_pool_ceil
 from kcnn.registry import TORCH_COUNT, register_model
 
@@ -47,6 +48,9 @@ def inception_block(x, widths, *, name):
     return layers.Concatenate(axis=channel_axis(), name=f"{name}_concat")([b1, b2, b3, b4])
 
 
+AUX_MIN_SIZE = 79  # the smallest input whose inception4a features are 5x5, the auxiliary heads' pool
+
+
 def aux_head(x, num_classes, classifier_activation, *, name):
     """Auxiliary classifier: avg pool 5/3 (4x4 at 224), 1x1 conv 128, Dense 1024, dropout 0.7."""
     x = layers.AveragePooling2D(5, strides=3, name=f"{name}_pool")(x)
@@ -64,6 +68,12 @@ def aux_head(x, num_classes, classifier_activation, *, name):
 def googlenet(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
               aux_logits=False, dropout=0.2):
     """GoogLeNet (Inception v1) with batch norm; aux_logits=True adds the two training heads."""
+    spatial = input_shape[1:] if channel_axis() == 1 else input_shape[:2]
+    if aux_logits and include_top and min(spatial) < AUX_MIN_SIZE:
+        raise InvalidArgumentError(
+            f"googlenet with aux_logits=True needs inputs of at least {AUX_MIN_SIZE}x{AUX_MIN_SIZE} pixels (its "
+            f"auxiliary heads pool 5x5 features); use a larger input_shape or aux_logits=False. "
+            f"Received: input_shape={input_shape}")
     inputs = image_input(input_shape)
     # torchvision pads the 7x7/2 stem conv by 3 on each side.
     x = layers.ZeroPadding2D(3, name="conv1_pad")(inputs)
