@@ -144,16 +144,18 @@ def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
     directory is left as it was; once the holder dies, --resume goes on."""
     import kcnn
     from kcnn import runs
-    from kcnn.train import TrainConfig, train
+    from kcnn.train import TrainConfig, _config_record, train
 
     run_dir = tmp_path / "run"
     config = dict(dataset="digits", arch="lenet5", image_size=32, epochs=1, batch_size=64, limit=128, verbose=0,
                   output_dir=str(run_dir))
+    record = _config_record(TrainConfig(**config).resolved())  # the holder's run: the same settings
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from kcnn import runs; import os; os.makedirs(sys.argv[1], exist_ok=True); "
         "lock = runs.RunLock(sys.argv[1]).acquire(); "  # kept in a variable: a collected FileLock lets go
-        "open(os.path.join(sys.argv[1], 'config.json'), 'w').write('{}'); "
-        "print('held', flush=True); time.sleep(600)"), str(run_dir)], stdout=subprocess.PIPE, text=True)
+        "open(os.path.join(sys.argv[1], 'config.json'), 'w').write(sys.argv[2]); "
+        "print('held', flush=True); time.sleep(600)"), str(run_dir), json.dumps(record)], stdout=subprocess.PIPE,
+        text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
