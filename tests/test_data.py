@@ -141,6 +141,22 @@ def _tar_gz(members):
     return buffer.getvalue()
 
 
+def test_an_interrupted_download_leaves_no_file_under_the_official_name(empty_roots, monkeypatch):
+    import keras
+
+    def cut_off(fname, origin, cache_dir, cache_subdir, **kwargs):
+        path = os.path.join(cache_dir, cache_subdir, fname)
+        with open(path, "wb") as f:
+            f.write(b"\x1f\x8b half of a file")
+        raise ConnectionResetError("the connection was reset mid-download")
+
+    monkeypatch.setattr(keras.utils, "get_file", cut_off)
+    with pytest.raises(kcnn.data.DatasetNotFoundError, match="reset mid-download"):
+        kcnn.data.load("mnist", "test", data_dir=empty_roots / "nothing-here")
+    folder = empty_roots / "keras_home" / "datasets" / "mnist"
+    assert [p.name for p in folder.iterdir()] == ["train-images-idx3-ubyte.gz.part"]  # never the official name
+
+
 def test_archive_download_and_extraction(empty_roots, local_server):
     www, url = local_server
     payload = b"\x01" * 3073

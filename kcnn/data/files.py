@@ -135,21 +135,46 @@ def _download(source):
             os.path.basename(source.url), source.url, file_hash=source.archive_md5, hash_algorithm="md5",
             cache_dir=os.path.dirname(cache), cache_subdir=os.path.basename(cache),
         )
-        _safe_extract(archive, os.path.dirname(target) if source.archive_root else target)
+        _extract_then_move(archive, os.path.dirname(target) if source.archive_root else target)
         return target
     for f in source.files:
+        final = os.path.join(target, f.name)
+        if os.path.isfile(final):
+            continue
         # keras.utils.get_file checks md5 and sha256 only; the published
-        # checksums are sha1, so check them here and drop a bad download.
-        path = keras.utils.get_file(
-            f.name, source.url + f.name,
+        # checksums are sha1, so the file is downloaded under a temporary
+        # name, checked here, and only then renamed (a kill mid-download
+        # leaves no file under the official name).
+        partial = keras.utils.get_file(
+            f.name + ".part", source.url + f.name,
             cache_dir=os.path.dirname(cache), cache_subdir=os.path.join(os.path.basename(cache), source.folder),
         )
         try:
-            verify(path, f)
+            verify(partial, f)
         except ChecksumError:
-            os.remove(path)
+            os.remove(partial)
             raise
-    return os.path.dirname(path)
+        os.replace(partial, final)
+    return target
+
+
+def _extract_then_move(archive, destination):
+    """Extract into a temporary folder beside the files, then rename each
+    file into place: a kill mid-extraction leaves no half-written file
+    under an official name."""
+    import shutil
+    import tempfile
+
+    workspace = tempfile.mkdtemp(prefix=".extracting-", dir=destination)
+    try:
+        _safe_extract(archive, workspace)
+        for root, folders, names in os.walk(workspace):
+            place = os.path.join(destination, os.path.relpath(root, workspace))
+            os.makedirs(place, exist_ok=True)
+            for name in names + [f for f in folders if os.path.islink(os.path.join(root, f))]:
+                os.replace(os.path.join(root, name), os.path.join(place, name))
+    finally:
+        shutil.rmtree(workspace, ignore_errors=True)
 
 
 def _safe_extract(archive, destination):
