@@ -287,7 +287,10 @@ def _models(config, num_classes, image_shape, train_images):
     GoogLeNet, whose training model adds the auxiliary heads' outputs."""
     import keras
 
-    aux = config.arch == "googlenet"
+    from kcnn.models import googlenet
+
+    # The auxiliary heads pool 5x5 features: below 79x79 pixels GoogLeNet trains without them.
+    aux = config.arch == "googlenet" and min(image_shape[:2]) >= googlenet.AUX_MIN_SIZE
     model = normalized_model(config.arch, num_classes, image_shape, train_images,
                              **({"aux_logits": True} if aux else {}))
     if not aux:
