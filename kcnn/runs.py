@@ -85,7 +85,7 @@ def write_errors_explained(run_dir, resumable=False):
         where = error.filename or run_dir
         if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             fix = "free some disk space" + (", then pass --resume to continue the run" if resumable else
-                                            " and run it again")
+                                            ", then run it again with --overwrite")
         else:
             fix = "choose an output directory you can write to (--output-dir)"
         raise RunWriteError(f"Could not write {where} ({error.strerror}); {fix}.") from None

@@ -234,7 +234,8 @@ def _fit_and_save(config, run_dir, train_data, eval_data, train_ds, eval_ds, ima
         keras.mixed_precision.set_global_policy(policy)  # leave the caller's process as it was
     rows = runs.read_history_rows(os.path.join(run_dir, "history.csv"))
     history = _read_history(run_dir)
-    if any(not np.isfinite(value) for value in history.get("loss", [])):
+    if any(not np.isfinite(value) for value in history.get("loss", [])) or \
+            not all(np.all(np.isfinite(w)) for w in model.get_weights()):
         raise TrainingDivergedError(
             f"Training diverged: the loss became NaN or infinite in epoch {len(rows)}; pass a lower learning "
             f"rate (--learning-rate, it was {config.learning_rate:g}) with --overwrite."
@@ -512,7 +513,8 @@ def _prepare_run_dir(config):
 
 
 def _check_run_dir(config, run_dir, resume):
-    """The checks that need the lock: what is in `run_dir` cannot change under them."""
+    """What `run_dir` holds, checked against `resume` (before the lock is taken, so that a refused run
+    writes nothing, and again under it, where no other kcnn process can change it)."""
     has_run = os.path.exists(os.path.join(run_dir, "config.json"))
     if resume and not has_run:
         raise KcnnError(f"There is no run to resume in {run_dir}; start it without --resume.")
