@@ -27,11 +27,13 @@ from PIL import Image
 
 import kcnn
 import kcnn.data
+import kcnn.export
 from kcnn import runs
 from kcnn.data.files import ChecksumError, DatasetNotFoundError
 from kcnn.data.folder import CorruptImageError, EmptyDatasetError, ImageSizeError
 from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
 from kcnn.export import ExportError
+from kcnn.train import load_run, predict_files
 from kcnn.weights import WeightsError
 
 DIGITS = ["--dataset", "digits", "--arch", "lenet5", "--image-size", "32", "--epochs", "1", "--limit", "128",
@@ -322,19 +324,19 @@ BAD_INPUTS = [
         lambda t, p: ["finetune", "--backbone", "lenet5", "--output-dir", str(t / "ft")]),
     # -- runs, models, predictions, exports --
     Row("evaluate a folder that is not a run", KcnnError, r"holds no model\.keras.*finished run",
-        lambda t, p: __import__("kcnn.train").train.load_run(str(t)), lambda t, p: ["evaluate", str(t)]),
+        lambda t, p: load_run(str(t)), lambda t, p: ["evaluate", str(t)]),
     Row("corrupt model.keras", KcnnError, r"model\.keras cannot be loaded as a Keras model",
-        lambda t, p: __import__("kcnn.train").train.load_run(str(p)), lambda t, p: ["evaluate", str(p)],
+        lambda t, p: load_run(str(p)), lambda t, p: ["evaluate", str(p)],
         setup=lambda t, mp: finished_run(t)),
     Row("model file with a Lambda layer (code)", KcnnError, r"Lambda",
-        lambda t, p: __import__("kcnn.train").train.load_run(str(p)), lambda t, p: ["evaluate", str(p)],
+        lambda t, p: load_run(str(p)), lambda t, p: ["evaluate", str(p)],
         setup=lambda t, mp: run_with_model(t, lambda_model_file)),
     Row("text file named .png to predict", KcnnError, r"notes\.png cannot be read as an image",
-        lambda t, p: __import__("kcnn.train").train.predict_files(kcnn.build("lenet5"), [str(p)], "0123456789"),
+        lambda t, p: predict_files(kcnn.build("lenet5"), [str(p)], "0123456789"),
         lambda t, p: ["predict", str(t / "run"), str(p)],
         setup=lambda t, mp: run_with_model(t, tiny_model_file) and _written(t / "notes.png", b"hi")),
     Row("top of zero", InvalidArgumentError, r"top must be a whole number of at least 1",
-        lambda t, p: __import__("kcnn.train").train.predict_files(kcnn.build("lenet5"), [], "0123456789", top=0),
+        lambda t, p: predict_files(kcnn.build("lenet5"), [], "0123456789", top=0),
         lambda t, p: ["predict", str(t / "run"), str(t / "x.png"), "--top", "0"],
         setup=lambda t, mp: run_with_model(t, tiny_model_file)),
     Row("export over an existing export", ExportError, r"1 already exists; pass overwrite=True",
@@ -369,9 +371,6 @@ def _corrupt_cached_weights(tmp):
     os.makedirs(tmp / "home" / "models")
     (tmp / "home" / "models" / source.file_name).write_bytes(b"not the weights")
     Image.fromarray(np.zeros((32, 32, 3), "uint8")).save(tmp / "x.png")
-
-
-import kcnn.export  # noqa: E402  (after the table's lambdas name it)
 
 
 def _snapshot(root):

@@ -6,4 +6,4 @@ from kcnn.data.files import ChecksumError, DatasetNotFoundError, UnsafeArchiveEr
 from kcnn.data.folder import CorruptImageError, EmptyDatasetError, ImageSizeError, image_folder
 
 __all__ = ["load", "image_folder", "ImageData", "ChecksumError", "DatasetNotFoundError", "EmptyDatasetError",
-           "CorruptImageError", "ImageSizeError", "UnsafeArchiveError"]
+           "CorruptImageError", "ImageSizeError", "UnsafeArchiveError", "InvalidDataError"]
