@@ -26,7 +26,7 @@ RUN = ["train", "--dataset", "digits", "--arch", "lenet5", "--image-size", "32",
 KILL_POINTS = {  # point: extra arguments of that run
     "batch:1:1": [],  # during the second epoch
     "backup:0": [],  # while the backup of the first epoch is written
-    "best:1": [],  # while best.keras is written
+    "best:0": [],  # while best.keras is written (the first epoch always saves one)
     "history:0": [],  # while history.csv is written
     "model": [],  # while the final model.keras is written
     "export": ["--export"],  # while the SavedModel is written
