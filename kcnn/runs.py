@@ -3,7 +3,7 @@
 - `RunLock`: one process at a time writes a run directory (an OS file lock,
   which the kernel releases when the holder dies, even by SIGKILL).
 - Every file is written under a temporary name and renamed into place
-  (`replace_file`, `kcnn.utils.atomic_open`), so a reader sees the old file
+  (`kcnn.utils.replace_file` and `atomic_open`), so a reader sees the old file
   or the new one, never half of one.
 - `CrashSafeBackup`, `HistoryLog` and `AtomicModelCheckpoint`: Keras'
   BackupAndRestore, CSVLogger and ModelCheckpoint with those writes (why each
@@ -24,7 +24,7 @@ import shutil
 import keras
 
 from kcnn.errors import KcnnError
-from kcnn.utils import atomic_open
+from kcnn.utils import atomic_open, replace_file
 
 LOCK_NAME = ".kcnn.lock"
 
@@ -89,14 +89,6 @@ def write_errors_explained(run_dir, resumable=False):
         else:
             fix = "choose an output directory you can write to (--output-dir)"
         raise RunWriteError(f"Could not write {where} ({error.strerror}); {fix}.") from None
-
-
-def replace_file(temporary, path):
-    """Flush `temporary` to disk, then rename it to `path` (atomic on POSIX
-    and Windows). The flush makes the rename safe against a power cut too."""
-    with open(temporary, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
 
 
 def remove_stale_temporaries(run_dir):

@@ -572,9 +572,11 @@ def _plots(run_dir, history, eval_data, predicted, config, phase_starts=None):
 
 
 def _save_model(model, path):
+    from kcnn.utils import replace_file
+
     temporary = path[: -len(".keras")] + ".tmp.keras"
     model.save(temporary)
-    runs.replace_file(temporary, path)
+    replace_file(temporary, path)
 
 
 def _write_json(path, value):

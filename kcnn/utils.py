@@ -34,7 +34,17 @@ def atomic_open(path, mode="w", **kwargs):
     try:
         with open(temporary, mode, **kwargs) as f:
             yield f
-        os.replace(temporary, path)
+        replace_file(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def replace_file(temporary, path):
+    """Flush `temporary` to disk, then rename it to `path` (atomic on POSIX
+    and Windows). The flush makes the rename safe against a power cut too."""
+    import os
+
+    with open(temporary, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
