@@ -7,6 +7,8 @@ against keras.applications and native PyTorch, on this CPU.
     python bench/throughput.py --memory                       # peak resident memory while training
     python bench/throughput.py --profile --models resnet50    # top torch ops of a training step
     python bench/throughput.py --backends jax --fast-depthwise  # adds kcnn.jax_cpu's depthwise on JAX
+    python bench/throughput.py --backends torch --keras-layers  # adds kcnn without kcnn.torch_fast's kernels
+    python bench/throughput.py --jit-compile both             # adds kcnn with the other jit_compile setting
     python bench/throughput.py --quick                        # smoke test: batch 2, 1 step, 2 rounds
 
 What runs, and how it is timed:
@@ -87,12 +89,12 @@ def steps(args, model):
 class KerasImplementation:
     """A Keras model trained with fit() and run with predict(), as a Keras user does."""
 
-    def __init__(self, label, model, data_format, batch, n_steps):
+    def __init__(self, label, model, data_format, batch, n_steps, jit_compile="auto"):
         import keras
 
         self.label, self.model, self.data_format, self.batch = label, model, data_format, batch
         model.compile(optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE, momentum=0.9),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit_compile)
         rng = np.random.default_rng(0)
         self.x = rng.standard_normal((n_steps * batch,) + tuple(model.input_shape[1:])).astype("float32")
         self.y = rng.integers(0, model.output_shape[-1], n_steps * batch)
@@ -202,6 +204,19 @@ def implementations(name, backend, args):
         for label in ("kcnn", "keras.applications") if application else ("kcnn",):
             model = build_keras(label, name, data_format)
             found.append(KerasImplementation(label, model, data_format, batch, n_steps))
+            if label == "kcnn" and args.keras_layers and backend == "torch":
+                from kcnn import torch_fast
+
+                os.environ[torch_fast.ENV_SWITCH] = "0"  # kcnn.build without kcnn.torch_fast's kernels
+                try:
+                    plain = build_keras(label, name, data_format)
+                finally:
+                    del os.environ[torch_fast.ENV_SWITCH]
+                found.append(KerasImplementation("kcnn, Keras layers", plain, data_format, batch, n_steps))
+            if label == "kcnn" and args.jit_compile == "both":
+                other = not model.jit_compile  # what "auto" did not choose
+                found.append(KerasImplementation(f"kcnn, jit_compile={other}", build_keras(label, name, data_format),
+                                                 data_format, batch, n_steps, jit_compile=other))
             if label == "kcnn" and args.fast_depthwise:
                 from kcnn import jax_cpu
 
@@ -339,9 +354,10 @@ def run_worker(backend, extra, args):
     for flag, value in (("--steps", args.steps), ("--batch-size", args.batch_size)):
         if value:
             command += [flag, str(value)]
-    for flag in ("no_native", "fast_depthwise"):
+    for flag in ("no_native", "fast_depthwise", "keras_layers"):
         if getattr(args, flag):
             command.append("--" + flag.replace("_", "-"))
+    command += ["--jit-compile", args.jit_compile]
     done = subprocess.run(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     if done.returncode:
         print(f"worker {' '.join(extra)} failed with exit status {done.returncode}", file=sys.stderr)
@@ -372,7 +388,7 @@ def print_throughput(results, infos, checks):
     print("Images/s, median over rounds (min-max). Keras: `fit()` / `predict()` on in-memory batches; "
           "native torch: a plain training loop / `torch.inference_mode()` forward.")
     print()
-    print("| model | batch | backend | implementation | timed | data format | XLA | training images/s | "
+    print("| model | batch | backend | implementation | timed | data format | jit_compile | training images/s | "
           "inference images/s |")
     print("|---|---:|---|---|---|---|---|---:|---:|")
     for r in results:
@@ -455,6 +471,10 @@ def main():
     parser.add_argument("--warmup", type=int, default=2, help="untimed training and inference batches first")
     parser.add_argument("--data-format", default="channels_last", choices=("channels_last", "channels_first", "both"),
                         help="of the Keras models (native torch is always NCHW)")
+    parser.add_argument("--keras-layers", action="store_true",
+                        help="on torch, also time kcnn with KCNN_TORCH_FAST=0 (Keras' own convolution and BN code)")
+    parser.add_argument("--jit-compile", default="auto", choices=("auto", "both"),
+                        help="both: also time kcnn compiled with the jit_compile Keras' 'auto' did not pick")
     parser.add_argument("--no-native", action="store_true", help="skip the native PyTorch models")
     parser.add_argument("--fast-depthwise", action="store_true",
                         help="on JAX, also time kcnn.jax_cpu.with_fast_depthwise(model) (models with depthwise layers)")

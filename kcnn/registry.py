@@ -238,11 +238,13 @@ def build(model_name, /, **kwargs) -> keras.Model:
             `googlenet` or `dropout=0.5`; `kcnn.get_model_info(name).builder`
             documents them.
     """
+    from kcnn import torch_fast
+
     if isinstance(model_name, str) and model_name.startswith("hub:"):
         from kcnn import hub  # keras-hub is optional: imported only for its presets
 
-        return hub.build_from_preset(model_name[len("hub:"):], **kwargs)
-    return get_model_info(model_name).builder(**kwargs)
+        return torch_fast.accelerate(hub.build_from_preset(model_name[len("hub:"):], **kwargs))
+    return torch_fast.accelerate(get_model_info(model_name).builder(**kwargs))
 
 
 def list_models(pattern="*", *, pretrained=False) -> list:

@@ -57,6 +57,7 @@ def main(out_dir, pattern="*"):
     import keras
 
     import kcnn
+    from kcnn import torch_fast
 
     os.makedirs(os.path.join(out_dir, "models"), exist_ok=True)
     outputs, report = {}, {"backend": keras.backend.backend(), "models": {}}
@@ -69,6 +70,9 @@ def main(out_dir, pattern="*"):
             deterministic_weights(model)
             images = test_images(input_shape)
             logits = np.asarray(keras.ops.convert_to_numpy(model(images, training=False)))
+            layers = list(torch_fast.layers_of(model))  # on torch: which layers ran torch's own kernels
+            entry["torch_kernel_layers"] = sum(torch_fast.is_accelerated(layer) for layer in layers)
+            entry["keras_call_layers"] = [layer.name for layer in layers if torch_fast.took_keras_call(layer)]
             outputs[info.name] = logits
             np.save(os.path.join(out_dir, "models", f"{info.name}_input.npy"), images)
             model.save(os.path.join(out_dir, "models", f"{info.name}.keras"))

@@ -1,0 +1,190 @@
+"""Native PyTorch kernels for Keras' convolution and batch-norm layers (torch backend).
+
+Keras 3 on the torch backend runs a convolution as: permute the NHWC input to
+NCHW and copy it (`.contiguous()`), copy it again into torch's channels_last
+memory format, pad "same" inputs with a separate F.pad, convolve, then add the
+bias as another op; and BatchNormalization as about ten elementwise ops. Those
+copies and extra passes make a ResNet-50 training step 1.6x slower than native
+PyTorch on the CPU (`python bench/throughput.py --profile --models resnet50`
+and `python bench/torch_conv_layout.py`, numbers in BENCHMARKS.md).
+
+An NHWC tensor viewed as NCHW (a permute, no copy) already is channels_last
+memory, which is what torch's CPU convolutions and batch norm run fastest on.
+`accelerate(model)` gives the model's Conv2D, DepthwiseConv2D and
+BatchNormalization layers a `call` that does exactly that: one `F.conv2d`
+(bias and symmetric padding inside it) and one `F.batch_norm`. Same weights,
+same formulas (Keras' momentum and biased batch variance for the moving
+statistics), outputs equal to float32 rounding. Only the instances change:
+their classes, configs and saved files stay Keras' own, so `model.save()`
+writes a plain Keras model that loads anywhere. Layers in a case this does not
+cover (other dtypes, masks, renorm, LoRA, quantization, dilated depthwise...)
+keep Keras' code.
+"""
+
+import os
+
+import keras
+
+# KCNN_TORCH_FAST=0 turns this off (for comparisons: bench/throughput.py --keras-layers).
+ENV_SWITCH = "KCNN_TORCH_FAST"
+
+
+def enabled():
+    """True on the torch backend unless KCNN_TORCH_FAST=0."""
+    return keras.backend.backend() == "torch" and os.environ.get(ENV_SWITCH, "1") != "0"
+
+
+def accelerate(model):
+    """Give `model`'s convolution and batch-norm layers native torch kernels
+    (see the module's docstring); returns `model` itself. A no-op on other
+    backends, with KCNN_TORCH_FAST=0, and for layers it does not cover."""
+    if not enabled():
+        return model
+    for layer in layers_of(model):
+        fast_call = _FAST_CALLS.get(type(layer))
+        if fast_call is not None and "call" not in vars(layer):
+            # An instance attribute: the class (and so saving, loading, cloning) stays Keras' own.
+            object.__setattr__(layer, "call", fast_call.__get__(layer))
+    return model
+
+
+def is_accelerated(layer):
+    """Whether `accelerate` gave this layer torch kernels."""
+    return "call" in vars(layer)
+
+
+def took_keras_call(layer):
+    """Whether an accelerated layer met an input the torch kernels do not cover (and ran Keras' code)."""
+    return bool(vars(layer).get("_kcnn_took_keras_call"))
+
+
+def layers_of(model):
+    """`model` and every layer in it, nested models included."""
+    stack, seen = [model], set()
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        yield layer
+        stack.extend(getattr(layer, "layers", ()) or ())
+
+
+def _same_padding(size, kernel, stride, dilation):
+    """TensorFlow's "same" padding of one axis: (before, after), the odd pixel after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _convolve(layer, inputs, kernel, groups):
+    """F.conv2d on an NCHW view of `inputs`, padding and bias inside it where torch allows."""
+    import torch
+    import torch.nn.functional as F
+
+    channels_last = layer.data_format == "channels_last"
+    x = inputs.permute(0, 3, 1, 2) if channels_last else inputs
+    weight = kernel.permute(3, 2, 0, 1)  # (kh, kw, in/groups, out) -> (out, in/groups, kh, kw)
+    if not torch.is_grad_enabled():
+        weight = _inference_weight(layer, weight, torch.channels_last if channels_last else torch.contiguous_format)
+    padding = 0
+    if layer.padding == "same":
+        pads = [_same_padding(size, k, s, d) for size, k, s, d in
+                zip(x.shape[2:], layer.kernel_size, layer.strides, layer.dilation_rate)]
+        if all(before == after for before, after in pads):
+            padding = tuple(before for before, _ in pads)
+        else:
+            (top, bottom), (left, right) = pads
+            x = F.pad(x, (left, right, top, bottom))
+    bias = layer.bias if layer.use_bias else None
+    outputs = F.conv2d(x, weight, None if bias is None else bias.value, layer.strides, padding,
+                       layer.dilation_rate, groups)
+    outputs = outputs.permute(0, 2, 3, 1) if channels_last else outputs
+    return layer.activation(outputs) if layer.activation is not None else outputs
+
+
+def _inference_weight(layer, weight, memory_format):
+    """The kernel in the memory layout torch's convolution copies it into, kept until the
+    variable changes: predict() would otherwise copy every kernel on every batch."""
+    variable = layer.kernel.value
+    key = (variable.data_ptr(), variable._version, memory_format)
+    cached = layer.__dict__.get("_kcnn_inference_weight")
+    if cached is None or cached[0] != key:
+        cached = (key, weight.contiguous(memory_format=memory_format))
+        object.__setattr__(layer, "_kcnn_inference_weight", cached)
+    return cached[1]
+
+
+def _eligible(layer, inputs):
+    import torch
+
+    return (not _is_symbolic(inputs) and inputs.ndim == 4 and inputs.dtype == torch.float32
+            and layer.compute_dtype == "float32" and getattr(layer, "quantization_mode", None) is None)
+
+
+def _keras_call(layer, *args, **kwargs):
+    """Keras' own code, for the cases the torch kernels here do not cover; marks the layer
+    so tests can find which layers of a model still take it."""
+    if not _is_symbolic(args[0]):
+        object.__setattr__(layer, "_kcnn_took_keras_call", True)
+    return type(layer).call(layer, *args, **kwargs)
+
+
+def _is_symbolic(inputs):
+    import torch
+
+    return not isinstance(inputs, torch.Tensor) or inputs.device.type == "meta"
+
+
+def _conv2d_call(self, inputs):
+    if not _eligible(self, inputs) or getattr(self, "lora_enabled", False):
+        return _keras_call(self, inputs)
+    channels = inputs.shape[-1 if self.data_format == "channels_last" else 1]
+    kernel = self.kernel.value
+    return _convolve(self, inputs, kernel, groups=channels // kernel.shape[2])
+
+
+def _depthwise_call(self, inputs):
+    if not _eligible(self, inputs) or self.depth_multiplier != 1:
+        return _keras_call(self, inputs)
+    kernel = self.kernel.value  # (kh, kw, channels, 1): as a grouped convolution, (kh, kw, 1, channels)
+    return _convolve(self, inputs, kernel.permute(0, 1, 3, 2), groups=kernel.shape[2])
+
+
+def _batch_norm_call(self, inputs, training=None, mask=None):
+    import torch
+    import torch.nn.functional as F
+
+    axis = self.axis % 4 if isinstance(inputs, torch.Tensor) else None
+    if (mask is not None or self.renorm or self.synchronized or not _eligible(self, inputs)
+            or axis not in (1, 3)):
+        return _keras_call(self, inputs, training=training, mask=mask)
+    x = inputs.permute(0, 3, 1, 2) if axis == 3 else inputs
+    channels = x.shape[1]
+    count = x.numel() // channels
+    if training and self.trainable and count < 2:  # torch refuses batch statistics of one value
+        return _keras_call(self, inputs, training=training, mask=mask)
+    gamma = self.gamma.value if self.scale else None
+    beta = self.beta.value if self.center else None
+    if training and self.trainable:
+        # momentum=1: torch stores this batch's mean and unbiased variance in the buffers; Keras'
+        # moving statistics use its momentum the other way round and the biased variance.
+        batch_mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
+        batch_variance = torch.ones(channels, dtype=x.dtype, device=x.device)
+        outputs = F.batch_norm(x, batch_mean, batch_variance, gamma, beta, training=True,
+                               momentum=1.0, eps=self.epsilon)
+        biased_variance = batch_variance * ((count - 1) / count)
+        momentum = self.momentum
+        self.moving_mean.assign(self.moving_mean.value * momentum + batch_mean * (1.0 - momentum))
+        self.moving_variance.assign(self.moving_variance.value * momentum + biased_variance * (1.0 - momentum))
+    else:
+        outputs = F.batch_norm(x, self.moving_mean.value, self.moving_variance.value, gamma, beta,
+                               training=False, eps=self.epsilon)
+    return outputs.permute(0, 2, 3, 1) if axis == 3 else outputs
+
+
+_FAST_CALLS = {
+    keras.layers.Conv2D: _conv2d_call,
+    keras.layers.DepthwiseConv2D: _depthwise_call,
+    keras.layers.BatchNormalization: _batch_norm_call,
+}

@@ -1,0 +1,65 @@
+"""kcnn.torch_fast: on the torch backend, convolutions and batch norms on torch's own kernels
+compute what Keras' layers compute, train the same, and save as plain Keras models.
+
+Gradients and trained weights are compared beside a noise floor the worker measures: how far Keras'
+own results move when the input moves by 5e-7 (float32 rounding). A deep network's early gradients at
+initialisation move by up to a few percent that way, so a fixed tolerance would either fail on
+rounding or let real mistakes (a wrong momentum, the unbiased variance) through."""
+
+import json
+import os
+
+import pytest
+
+from conftest import TESTS_DIR, _tail, run_python
+
+CASES = ("edge_cases", "cifar_resnet20", "mobilenet_v2")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("torch_fast")
+    out, log = folder / "report.json", str(folder / "worker.log")
+    process = run_python([os.path.join(TESTS_DIR, "torch_fast_worker.py"), str(out)], "torch", log)
+    assert process.wait(timeout=600) == 0, _tail(log)
+    return json.loads(out.read_text())
+
+
+def within_floor(report, key):
+    return report[key] <= max(4 * report[key + "_floor"], 1e-6)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_outputs_equal_keras_layers_to_float32_rounding(report, case):
+    assert report[case]["inference"] <= 1e-6
+    # Batch statistics: Keras computes the variance as E[x^2] - E[x]^2, torch in a more accurate pass.
+    assert report[case]["training_mode"] <= 1e-4
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_gradients_and_fit_match_keras_layers(report, case):
+    result = report[case]
+    for key in ("gradients", "trainable", "statistics"):  # statistics: moving means and variances after fit()
+        assert within_floor(result, key), f"{case}: {key} differ by {result[key]:.2e}, floor {result[key + '_floor']:.2e}"
+    assert result["trainable_moved"] > 1e-3  # fit() did train
+    if case != "mobilenet_v2":  # MobileNetV2's two steps move with the rounding by 2% (its floor above)
+        plain_loss, fast_loss = result["loss"]
+        assert fast_loss == pytest.approx(plain_loss, rel=1e-4)
+
+
+def test_only_the_cases_left_to_keras_take_its_code(report):
+    assert report["edge_cases"]["keras_call_layers"] == ["depth_multiplier_2"]
+    assert report["cifar_resnet20"]["keras_call_layers"] == []
+    assert report["mobilenet_v2"]["keras_call_layers"] == []
+    assert report["mobilenet_v2"]["torch_kernel_layers"] >= 100  # 52 convolutions, 52 batch norms
+    assert report["one_value"] == {"took_keras_call": True, "finite": True}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_saved_model_is_plain_keras(report, case):
+    assert report[case]["loaded_accelerated_layers"] == 0
+    assert report[case]["loaded_vs_fast"] <= 1e-6
+
+
+def test_kcnn_build_gives_torch_kernels_without_being_asked(report):
+    assert report["build_accelerates"] == 2  # lenet5: conv1, conv2

@@ -1,0 +1,158 @@
+"""On the torch backend, models whose layers run kcnn.torch_fast's kernels against the same
+models running Keras' own code: outputs, a few fit() steps, and what model.save() writes.
+
+    python tests/torch_fast_worker.py OUT.json
+
+Writes one JSON report; tests/test_torch_fast.py reads it. Runs in its own process because
+Keras fixes its backend once per process (the in-process tests run on JAX).
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+os.environ["KERAS_BACKEND"] = "torch"
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import kcnn  # noqa: E402
+from kcnn import torch_fast  # noqa: E402
+
+layers = keras.layers
+
+
+def edge_cases():
+    """Every option the torch kernels handle, and one they leave to Keras (depth_multiplier=2)."""
+    inputs = keras.Input((9, 10, 6))
+    x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="odd_padding")(inputs)  # 9x10 -> 5x5
+    x = layers.BatchNormalization(center=False, name="bn_no_beta")(x)
+    x = layers.Conv2D(8, 3, dilation_rate=2, padding="same", groups=2, use_bias=False, name="grouped_dilated")(x)
+    x = layers.BatchNormalization(scale=False, momentum=0.9, epsilon=1e-5, name="bn_no_gamma")(x)
+    x = layers.DepthwiseConv2D(3, strides=2, padding="same", activation="relu6", name="depthwise_strided")(x)
+    x = layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="depth_multiplier_2")(x)  # Keras' code
+    x = layers.Conv2D(6, 2, padding="valid", name="valid")(x)
+    y = layers.Permute((3, 1, 2))(x)
+    y = layers.Conv2D(4, 3, padding="same", data_format="channels_first", name="channels_first")(y)
+    y = layers.BatchNormalization(axis=1, name="bn_channels_first")(y)
+    y = layers.GlobalAveragePooling2D(data_format="channels_first")(y)
+    outputs = layers.Dense(3)(y)
+    return keras.Model(inputs, outputs, name="edge_cases")
+
+
+def plain_and_fast(build):
+    """The model built with Keras' code (KCNN_TORCH_FAST=0), and a copy with the same weights accelerated."""
+    os.environ[torch_fast.ENV_SWITCH] = "0"
+    plain = build()
+    os.environ[torch_fast.ENV_SWITCH] = "1"
+    fast = keras.models.clone_model(plain)
+    fast.set_weights(plain.get_weights())
+    config_before = json.dumps(fast.get_config(), sort_keys=True)
+    torch_fast.accelerate(fast)
+    assert json.dumps(fast.get_config(), sort_keys=True) == config_before
+    assert not any(torch_fast.is_accelerated(layer) for layer in torch_fast.layers_of(plain))
+    return plain, fast
+
+
+def numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def relative(a, b):
+    """|a - b| / |b| over all the arrays together."""
+    a, b = np.concatenate([np.ravel(v) for v in a]), np.concatenate([np.ravel(v) for v in b])
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def gradients(model, images, labels):
+    import torch
+
+    for variable in model.trainable_variables:
+        variable.value.grad = None
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        torch.as_tensor(labels), model(torch.as_tensor(images), training=True))
+    loss.backward()
+    return [variable.value.grad.numpy().copy() for variable in model.trainable_variables]
+
+
+def fitted(model, images, labels, batch):
+    """The weights after two SGD steps, trainable and moving statistics apart."""
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    loss = model.fit(images, labels, batch_size=batch, epochs=1, shuffle=False, verbose=0).history["loss"][0]
+    statistics = [numpy(v) for v in model.non_trainable_weights if v.path.endswith(("moving_mean", "moving_variance"))]
+    return loss, [numpy(v) for v in model.trainable_weights], statistics
+
+
+def compare(build, input_shape, batch):
+    """Differences between the accelerated model and Keras' layers, beside the "noise floor": how much
+    Keras' own results move when the input moves by 5e-7 (relative), float32's rounding. Early gradients
+    of a deep network at initialisation are that sensitive (a pre-activation near 0 changes side)."""
+    plain, fast = plain_and_fast(build)
+    initial = plain.get_weights()  # training-mode calls below move the statistics: fit() starts from these
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 1, (2 * batch,) + input_shape).astype("float32")
+    nudged = images * (1 + 5e-7 * rng.standard_normal(images.shape)).astype("float32")
+    labels = rng.integers(0, plain.output_shape[-1], 2 * batch)
+    first = images[:batch]
+    report = {"inference": relative([numpy(fast(first, training=False))], [numpy(plain(first, training=False))]),
+              "training_mode": relative([numpy(fast(first, training=True))], [numpy(plain(first, training=True))])}
+    reference = gradients(plain, first, labels[:batch])
+    report["gradients"] = relative(gradients(fast, first, labels[:batch]), reference)
+    report["gradients_floor"] = relative(gradients(plain, nudged[:batch], labels[:batch]), reference)
+
+    nudged_model = keras.models.clone_model(plain)
+    for model in (plain, fast, nudged_model):
+        model.set_weights(initial)
+    results = {key: fitted(model, data, labels, batch)
+               for key, model, data in (("plain", plain, images), ("fast", fast, images),
+                                        ("nudged", nudged_model, nudged))}
+    report["loss"] = [results["plain"][0], results["fast"][0]]
+    for index, part in ((1, "trainable"), (2, "statistics")):
+        report[part] = relative(results["fast"][index], results["plain"][index])
+        report[part + "_floor"] = relative(results["nudged"][index], results["plain"][index])
+    report["trainable_moved"] = relative(results["plain"][1], [w for w, v in zip(initial, plain.weights) if v.trainable])
+    report["torch_kernel_layers"] = sum(torch_fast.is_accelerated(layer) for layer in torch_fast.layers_of(fast))
+    report["keras_call_layers"] = sorted(layer.name for layer in torch_fast.layers_of(fast)
+                                         if torch_fast.took_keras_call(layer))
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.keras")
+        fast.save(path)
+        loaded = keras.saving.load_model(path, compile=False)
+        report["loaded_accelerated_layers"] = sum(torch_fast.is_accelerated(layer)
+                                                  for layer in torch_fast.layers_of(loaded))
+        report["loaded_vs_fast"] = relative([numpy(loaded(first, training=False))],
+                                            [numpy(fast(first, training=False))])
+    return report
+
+
+def one_value_batch_norm():
+    """Batch statistics over one value (batch 1, 1x1 maps): torch refuses them, Keras' code runs."""
+    layer = layers.BatchNormalization()
+    torch_fast.accelerate(keras.Sequential([keras.Input((1, 1, 3)), layer]))
+    outputs = numpy(layer(np.ones((1, 1, 1, 3), "float32"), training=True))
+    return {"took_keras_call": torch_fast.took_keras_call(layer), "finite": bool(np.all(np.isfinite(outputs)))}
+
+
+def main(out_path):
+    keras.utils.set_random_seed(0)
+    cases = {
+        "edge_cases": (edge_cases, (9, 10, 6), 2),
+        "cifar_resnet20": (lambda: kcnn.build("cifar_resnet20", num_classes=10), (32, 32, 3), 8),
+        "mobilenet_v2": (lambda: kcnn.build("mobilenet_v2", num_classes=5, input_shape=(64, 64, 3)), (64, 64, 3), 4),
+    }
+    results = {}
+    for name, (build, input_shape, batch) in cases.items():
+        keras.utils.set_random_seed(0)
+        results[name] = compare(build, input_shape, batch)
+        print(name, json.dumps(results[name]), flush=True)
+    results["one_value"] = one_value_batch_norm()
+    # kcnn.build and kcnn's loading give torch kernels without being asked
+    results["build_accelerates"] = sum(torch_fast.is_accelerated(layer) for layer in
+                                       torch_fast.layers_of(kcnn.build("lenet5")))
+    with open(out_path, "w") as f:
+        json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
