@@ -30,7 +30,8 @@ process, one after another. In a worker every implementation is warmed up
 first (compilation and tracing are not timed), then the implementations take
 turns round by round (round 1 kcnn, round 1 keras.applications, round 1
 native, round 2 kcnn, ...); a round times --steps training steps, then --steps
-inference batches. Tables give the median over rounds (and the range).
+inference batches. Tables give the median over rounds (and the range); ratios are the median of
+the per-round ratios (paired: the two ran one after the other in the same round).
 Threads are the installed defaults (not tuned); the torch worker reports
 `torch.get_num_threads()`.
 
@@ -408,16 +409,22 @@ def print_throughput(results, infos, checks):
             refs.append(("native torch", index.get((r["model"], "torch", "native torch", "channels_first"))))
         for ref_label, ref in refs:
             if ref:
-                ratio = lambda key: statistics.median(r[key]) / statistics.median(ref[key])  # noqa: E731
                 rows.append(f"| {r['model']} | {r['backend']} | {r['implementation']} {r['data_format']} / "
-                            f"{ref_label} | {ratio('train'):.2f}x | {ratio('inference'):.2f}x |")
+                            f"{ref_label} | {paired_ratio(r, ref, 'train')} | {paired_ratio(r, ref, 'inference')} |")
     if rows:
-        print("Ratios of medians (above 1: kcnn faster).")
+        print("Ratios (above 1: kcnn faster): the median over rounds of each round's ratio, (min-max). Both ran in "
+              "the same round, one after the other, so a slower minute of this shared machine slows both.")
         print()
         print("| model | backend | ratio | training | inference |")
         print("|---|---|---|---:|---:|")
         print("\n".join(rows))
         print()
+
+
+def paired_ratio(row, reference, key):
+    """Median and range of the round-by-round ratios of two implementations' throughputs."""
+    ratios = [a / b for a, b in zip(row[key], reference[key])]
+    return f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
 
 
 def print_memory(rows):

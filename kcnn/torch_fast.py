@@ -22,6 +22,7 @@ keep Keras' code.
 """
 
 import os
+import weakref
 
 import keras
 
@@ -45,7 +46,29 @@ def accelerate(model):
         if fast_call is not None and "call" not in vars(layer):
             # An instance attribute: the class (and so saving, loading, cloning) stays Keras' own.
             object.__setattr__(layer, "call", fast_call.__get__(layer))
+    for convolution, batch_norm in _foldable_pairs(model):
+        # A weak reference: Keras' saving walks a layer's attributes and would save the batch norm twice.
+        object.__setattr__(convolution, "_kcnn_fold", weakref.ref(batch_norm))
     return model
+
+
+def _foldable_pairs(model):
+    """(convolution, batch norm) pairs where the batch norm is the convolution's only consumer:
+    in inference the normalisation can go into the convolution's kernel and bias (one pass less)."""
+    for layer in layers_of(model):
+        if not (is_accelerated(layer) and isinstance(layer, keras.layers.BatchNormalization)):
+            continue
+        nodes = getattr(layer, "_inbound_nodes", [])
+        if len(nodes) != 1 or len(nodes[0].input_tensors) != 1 or "training" in nodes[0].arguments.kwargs:
+            continue
+        producer = nodes[0].input_tensors[0]._keras_history.operation
+        channel_axis = -1 if getattr(producer, "data_format", None) == "channels_last" else 1
+        if (is_accelerated(producer) and isinstance(producer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+                and len(producer._inbound_nodes) == 1 and len(producer._outbound_nodes) == 1
+                and producer.activation in (None, keras.activations.linear)
+                and layer.axis % 4 == channel_axis % 4 and not any(
+                    producer is output._keras_history.operation for output in getattr(model, "outputs", []))):
+            yield producer, layer
 
 
 def is_accelerated(layer):
@@ -85,8 +108,13 @@ def _convolve(layer, inputs, kernel, groups):
     channels_last = layer.data_format == "channels_last"
     x = inputs.permute(0, 3, 1, 2) if channels_last else inputs
     weight = kernel.permute(3, 2, 0, 1)  # (kh, kw, in/groups, out) -> (out, in/groups, kh, kw)
-    if not torch.is_grad_enabled():
-        weight = _inference_weight(layer, weight, torch.channels_last if channels_last else torch.contiguous_format)
+    bias = layer.bias.value if layer.use_bias else None
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    batch_norm = _batch_norm_to_fold(layer)
+    if batch_norm is not None:
+        weight, bias = _folded(layer, batch_norm, weight, bias, memory_format)
+    elif not torch.is_grad_enabled():
+        weight = _inference_weight(layer, weight, memory_format)
     padding = 0
     if layer.padding == "same":
         pads = [_same_padding(size, k, s, d) for size, k, s, d in
@@ -96,11 +124,55 @@ def _convolve(layer, inputs, kernel, groups):
         else:
             (top, bottom), (left, right) = pads
             x = F.pad(x, (left, right, top, bottom))
-    bias = layer.bias if layer.use_bias else None
-    outputs = F.conv2d(x, weight, None if bias is None else bias.value, layer.strides, padding,
-                       layer.dilation_rate, groups)
+    outputs = F.conv2d(x, weight, bias, layer.strides, padding, layer.dilation_rate, groups)
     outputs = outputs.permute(0, 2, 3, 1) if channels_last else outputs
+    if batch_norm is not None:
+        outputs._kcnn_normalized_by = batch_norm  # the batch norm passes it on as it is
     return layer.activation(outputs) if layer.activation is not None else outputs
+
+
+def _batch_norm_to_fold(layer):
+    """The batch norm after `layer` when it will normalise with its moving statistics and nothing
+    needs gradients (predict, evaluate, inference_mode), else None. Keras' call context holds the
+    `training` value the batch norm will get (private; without it nothing is folded)."""
+    import torch
+
+    reference = vars(layer).get("_kcnn_fold")
+    batch_norm = reference() if reference is not None else None
+    if batch_norm is None or torch.is_grad_enabled():
+        return None
+    try:
+        from keras.src.backend.common import global_state
+
+        context = global_state.get_global_attribute("current_call_ctx")
+        training = context.training if context is not None else None
+    except (ImportError, AttributeError):
+        return None
+    if training and batch_norm.trainable:
+        return None
+    return batch_norm
+
+
+def _folded(layer, batch_norm, weight, bias, memory_format):
+    """Kernel and bias of the convolution followed by `batch_norm` in inference:
+    w * gamma / sqrt(var + eps), (b - mean) * gamma / sqrt(var + eps) + beta; kept until a variable changes."""
+    import torch
+
+    variables = [layer.kernel.value, batch_norm.moving_mean.value, batch_norm.moving_variance.value]
+    variables += [v.value for v in (layer.bias if layer.use_bias else None, batch_norm.gamma, batch_norm.beta)
+                  if v is not None]
+    key = tuple((v.data_ptr(), v._version) for v in variables) + (memory_format,)
+    cached = vars(layer).get("_kcnn_folded")
+    if cached is None or cached[0] != key:
+        scale = torch.rsqrt(batch_norm.moving_variance.value + batch_norm.epsilon)
+        if batch_norm.scale:
+            scale = scale * batch_norm.gamma.value
+        shift = -batch_norm.moving_mean.value if bias is None else bias - batch_norm.moving_mean.value
+        shift = shift * scale + (batch_norm.beta.value if batch_norm.center else 0.0)
+        folded = (weight * scale.reshape(-1, 1, 1, 1)).contiguous(memory_format=memory_format)
+        cached = (key, folded, shift.contiguous())
+        object.__setattr__(layer, "_kcnn_folded", cached)
+    return cached[1], cached[2]
 
 
 def _inference_weight(layer, weight, memory_format):
@@ -159,6 +231,8 @@ def _batch_norm_call(self, inputs, training=None, mask=None):
     if (mask is not None or self.renorm or self.synchronized or not _eligible(self, inputs)
             or axis not in (1, 3)):
         return _keras_call(self, inputs, training=training, mask=mask)
+    if getattr(inputs, "_kcnn_normalized_by", None) is self:  # folded into the convolution before
+        return inputs
     x = inputs.permute(0, 3, 1, 2) if axis == 3 else inputs
     channels = x.shape[1]
     count = x.numel() // channels

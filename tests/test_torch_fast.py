@@ -32,6 +32,7 @@ def within_floor(report, key):
 @pytest.mark.parametrize("case", CASES)
 def test_outputs_equal_keras_layers_to_float32_rounding(report, case):
     assert report[case]["inference"] <= 1e-6
+    assert report[case]["predict"] <= 1e-5  # with the batch norms folded into the kernels
     # Batch statistics: Keras computes the variance as E[x^2] - E[x]^2, torch in a more accurate pass.
     assert report[case]["training_mode"] <= 1e-4
 
@@ -52,6 +53,9 @@ def test_only_the_cases_left_to_keras_take_its_code(report):
     assert report["cifar_resnet20"]["keras_call_layers"] == []
     assert report["mobilenet_v2"]["keras_call_layers"] == []
     assert report["mobilenet_v2"]["torch_kernel_layers"] >= 100  # 52 convolutions, 52 batch norms
+    assert report["mobilenet_v2"]["folded"] == 52  # every batch norm follows a convolution
+    # grouped_dilated -> bn_no_gamma and channels_first -> bn_channels_first; odd_padding has a ReLU between
+    assert report["edge_cases"]["folded"] == 2
     assert report["one_value"] == {"took_keras_call": True, "finite": True}
 
 

@@ -95,7 +95,11 @@ def compare(build, input_shape, batch):
     nudged = images * (1 + 5e-7 * rng.standard_normal(images.shape)).astype("float32")
     labels = rng.integers(0, plain.output_shape[-1], 2 * batch)
     first = images[:batch]
-    report = {"inference": relative([numpy(fast(first, training=False))], [numpy(plain(first, training=False))]),
+    expected = numpy(plain(first, training=False))
+    report = {"inference": relative([numpy(fast(first, training=False))], [expected]),
+              # predict() runs without gradients: batch norms folded into the convolutions before them
+              "predict": relative([fast.predict(first, verbose=0)], [expected]),
+              "folded": sum("_kcnn_fold" in vars(layer) for layer in torch_fast.layers_of(fast)),
               "training_mode": relative([numpy(fast(first, training=True))], [numpy(plain(first, training=True))])}
     reference = gradients(plain, first, labels[:batch])
     report["gradients"] = relative(gradients(fast, first, labels[:batch]), reference)
