@@ -29,6 +29,7 @@ from typing import Optional, Union
 import numpy as np
 
 from kcnn.errors import InvalidArgumentError, KcnnError
+from kcnn.utils import mixed_precision_policy
 
 # dataset -> (split trained on, split evaluated on, extra evaluation split)
 SPLITS = {"cifar10_sample": ("train", "test", None), "cifar10": ("holdout_train", "holdout", "test_first1000"),
@@ -159,8 +160,7 @@ def finetune(config: FinetuneConfig, callbacks=()):
         try:
             keras.utils.set_random_seed(config.seed)
             if config.mixed_precision:
-                keras.mixed_precision.set_global_policy("mixed_bfloat16" if keras.backend.backend() != "torch"
-                                                        else "mixed_float16")
+                keras.mixed_precision.set_global_policy(mixed_precision_policy())
             backbone = kcnn.build(config.backbone, weights=config.weights, include_top=False, pooling="avg",
                                   input_shape=(size, size, 3))
             for layer in backbone.layers:

@@ -19,6 +19,7 @@ import numpy as np
 
 from kcnn import runs
 from kcnn.errors import InvalidArgumentError, KcnnError
+from kcnn.utils import mixed_precision_policy
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "plateau", "cosine", "onecycle")
@@ -209,8 +210,7 @@ def _fit_and_save(config, run_dir, train_data, eval_data, train_ds, eval_ds, ima
     try:
         keras.utils.set_random_seed(config.seed)
         if config.mixed_precision:
-            keras.mixed_precision.set_global_policy("mixed_bfloat16" if keras.backend.backend() != "torch"
-                                                    else "mixed_float16")
+            keras.mixed_precision.set_global_policy(mixed_precision_policy())
         model, trainer = _models(config, num_classes, image_shape, train_data.images)
         loss = (keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
                 if one_hot else keras.losses.SparseCategoricalCrossentropy(from_logits=True))

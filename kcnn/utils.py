@@ -48,3 +48,18 @@ def replace_file(temporary, path):
     with open(temporary, "rb") as f:
         os.fsync(f.fileno())
     os.replace(temporary, path)
+
+
+def mixed_precision_policy():
+    """Keras' mixed-precision policy for the active backend and device: float16 where torch runs on a
+    CUDA GPU (its usual choice there), bfloat16 everywhere else. On a CPU float16 has no fast kernels:
+    airbench's training step on torch ran at 11 images/s in float16 against 176 in float32 and 288 in
+    bfloat16 (this 2-core CPU, AVX512-BF16; measured in issue 6/8, see BENCHMARKS.md)."""
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            return "mixed_float16"
+    return "mixed_bfloat16"
