@@ -28,6 +28,9 @@ import keras
 
 # KCNN_TORCH_FAST=0 turns this off (for comparisons: bench/throughput.py --keras-layers).
 ENV_SWITCH = "KCNN_TORCH_FAST"
+# Parts that bench/torch_fast_parts.py switches off one by one to measure each.
+STORE_KERNELS_IN_TORCH_LAYOUT = True
+FOLD_BATCH_NORMS = True
 
 
 def enabled():
@@ -46,13 +49,20 @@ def accelerate(model):
         if fast_call is not None and "call" not in vars(layer):
             # An instance attribute: the class (and so saving, loading, cloning) stays Keras' own.
             object.__setattr__(layer, "call", fast_call.__get__(layer))
-    for layer in layers_of(model):
-        if is_accelerated(layer) and isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
-            _store_kernel_in_torch_layout(layer)
-    for convolution, batch_norm in _foldable_pairs(model):
-        # A weak reference: Keras' saving walks a layer's attributes and would save the batch norm twice.
-        object.__setattr__(convolution, "_kcnn_fold", weakref.ref(batch_norm))
+            if STORE_KERNELS_IN_TORCH_LAYOUT and type(layer) in _WEIGHT_PERMUTATION:
+                _store_kernel_in_torch_layout(layer)
+    if isinstance(model, keras.Model) and "predict_step" not in vars(model):
+        object.__setattr__(model, "predict_step", _predict_step.__get__(model))
     return model
+
+
+def _predict_step(self, data):
+    """Keras' predict_step under torch.inference_mode (Keras uses no_grad): no version counters or
+    view tracking for the many views above, as native PyTorch inference runs."""
+    import torch
+
+    with torch.inference_mode():
+        return type(self).predict_step(self, data)
 
 
 # How _convolve views each kernel as torch's (out, in/groups, kh, kw) weight.
@@ -64,7 +74,7 @@ def _store_kernel_in_torch_layout(layer):
     """Re-store the kernel's values so that the weight view _convolve takes is already laid out as
     torch's convolution wants it (channels_last, or contiguous NCHW): the variable keeps Keras' shape
     (kh, kw, in, out) as a strided view, and no step copies the kernels any more. Measured on ResNet-50,
-    batch 16: forward and backward 4.19 -> 2.93 s (`python bench/throughput.py --profile`, BENCHMARKS.md).
+    batch 16: forward and backward 4.19 -> 2.93 s (`python bench/torch_fast_parts.py`, BENCHMARKS.md).
     Gradients then come in the same strides (torch's layout contract), so the optimizer's in-place updates
     keep them. To be done before an optimizer holds the torch parameters (kcnn.build does it at once)."""
     import torch
@@ -81,9 +91,10 @@ def _store_kernel_in_torch_layout(layer):
     layer._track_variables()  # Keras' torch layer lists its parameters for torch (named_parameters)
 
 
-def _foldable_pairs(model):
-    """(convolution, batch norm) pairs where the batch norm is the convolution's only consumer:
-    in inference the normalisation can go into the convolution's kernel and bias (one pass less)."""
+def foldable_pairs(model):
+    """(convolution, batch norm) pairs of `model` where the batch norm is the convolution's only
+    consumer and the convolution's output is not one of the model's outputs: in inference the
+    normalisation can go into the convolution's kernel and bias (one pass over the maps less)."""
     for layer in layers_of(model):
         if not (is_accelerated(layer) and isinstance(layer, keras.layers.BatchNormalization)):
             continue
@@ -166,18 +177,24 @@ def _batch_norm_to_fold(layer):
     `training` value the batch norm will get (private; without it nothing is folded)."""
     import torch
 
-    reference = vars(layer).get("_kcnn_fold")
-    batch_norm = reference() if reference is not None else None
-    if batch_norm is None or torch.is_grad_enabled():
+    if not FOLD_BATCH_NORMS or torch.is_grad_enabled():
         return None
     try:
         from keras.src.backend.common import global_state
 
         context = global_state.get_global_attribute("current_call_ctx")
-        training = context.training if context is not None else None
+        entry, training = context.entry_layer, context.training
     except (ImportError, AttributeError):
         return None
-    if training and batch_norm.trainable:
+    # Pairs of the model being run (the call's entry), so that the batch norm runs in this same call:
+    # a model cut after the convolution (fine-tuning's bottom half) returns its maps unfolded.
+    pairs = vars(entry).get("_kcnn_fold_pairs")
+    if pairs is None:
+        # Weak references: Keras' saving walks a layer's attributes and would save the layers twice.
+        pairs = {id(conv): weakref.ref(batch_norm) for conv, batch_norm in foldable_pairs(entry)}
+        object.__setattr__(entry, "_kcnn_fold_pairs", pairs)
+    batch_norm = pairs[id(layer)]() if id(layer) in pairs else None
+    if batch_norm is None or (training and batch_norm.trainable):
         return None
     return batch_norm
 

@@ -54,6 +54,7 @@ def test_only_the_cases_left_to_keras_take_its_code(report):
     assert report["mobilenet_v2"]["keras_call_layers"] == []
     assert report["mobilenet_v2"]["torch_kernel_layers"] >= 100  # 52 convolutions, 52 batch norms
     assert report["mobilenet_v2"]["folded"] == 52  # every batch norm follows a convolution
+    assert report["mobilenet_v2"]["folded_in_predict"] == 52  # ...and predict() used the folded kernels
     # grouped_dilated -> bn_no_gamma and channels_first -> bn_channels_first; odd_padding has a ReLU between
     assert report["edge_cases"]["folded"] == 2
     assert report["one_value"] == {"took_keras_call": True, "finite": True}
@@ -63,6 +64,10 @@ def test_only_the_cases_left_to_keras_take_its_code(report):
 def test_saved_model_is_plain_keras(report, case):
     assert report[case]["loaded_accelerated_layers"] == 0
     assert report[case]["loaded_vs_fast"] <= 1e-6
+
+
+def test_a_model_cut_after_a_convolution_does_not_fold_the_batch_norm_it_lacks(report):
+    assert report["cut_after_folded_convolution"] <= 1e-5
 
 
 def test_kcnn_build_gives_torch_kernels_without_being_asked(report):
