@@ -134,7 +134,7 @@ def finetune(config: FinetuneConfig, callbacks=()):
     import keras
 
     import kcnn
-    from kcnn import jax_cpu, runs
+    from kcnn import jax_cpu, runs, torch_fast
     from kcnn import train as training
     from kcnn.weights import get_source
 
@@ -166,7 +166,7 @@ def finetune(config: FinetuneConfig, callbacks=()):
             for layer in backbone.layers:
                 layer.trainable = False  # phase 1; BatchNormalization with trainable=False runs in inference mode
             cut = cut_layer(backbone, config.unfreeze)
-            bottom, top = split(backbone, cut)
+            bottom, top = (torch_fast.accelerate(part) for part in split(backbone, cut))  # predict(): torch
             # Copies that compute the same faster where XLA's depthwise convolution is slow (JAX on a CPU).
             fast_bottom, fast_top = jax_cpu.with_fast_depthwise(bottom), jax_cpu.with_fast_depthwise(top)
 
@@ -228,7 +228,7 @@ def finetune(config: FinetuneConfig, callbacks=()):
         outputs = backbone.output
         for layer in head.layers:  # flat: the head's layers follow the backbone's
             outputs = layer(outputs)
-        model = keras.Model(backbone.input, outputs, name=f"{config.backbone}_finetuned")
+        model = torch_fast.accelerate(keras.Model(backbone.input, outputs, name=f"{config.backbone}_finetuned"))
         logits = keras.ops.convert_to_numpy(head.predict(_predict(fast_top, eval_activations, None, config.batch_size),
                                                          verbose=0))
         predicted = np.argmax(logits, axis=-1)

@@ -12,13 +12,16 @@ An NHWC tensor viewed as NCHW (a permute, no copy) already is channels_last
 memory, which is what torch's CPU convolutions and batch norm run fastest on.
 `accelerate(model)` gives the model's Conv2D, DepthwiseConv2D and
 BatchNormalization layers a `call` that does exactly that: one `F.conv2d`
-(bias and symmetric padding inside it) and one `F.batch_norm`. Same weights,
-same formulas (Keras' momentum and biased batch variance for the moving
+(bias and symmetric padding inside it) and one `F.batch_norm`; it stores each
+kernel's values in torch's layout (Keras' shape kept as a strided view), and
+in inference (no gradients) folds each batch norm into the convolution before
+it; the model's predict() runs under torch.inference_mode. Same weights, same
+formulas (Keras' momentum and biased batch variance for the moving
 statistics), outputs equal to float32 rounding. Only the instances change:
 their classes, configs and saved files stay Keras' own, so `model.save()`
 writes a plain Keras model that loads anywhere. Layers in a case this does not
-cover (other dtypes, masks, renorm, LoRA, quantization, dilated depthwise...)
-keep Keras' code.
+cover (float16/bfloat16, masks, renorm, LoRA, quantization, depth multipliers
+above 1, torch.compile tracing) keep Keras' code.
 """
 
 import os
@@ -61,6 +64,8 @@ def _predict_step(self, data):
     view tracking for the many views above, as native PyTorch inference runs."""
     import torch
 
+    if torch.compiler.is_compiling():  # jit_compile=True: left to torch.compile
+        return type(self).predict_step(self, data)
     with torch.inference_mode():
         return type(self).predict_step(self, data)
 
@@ -244,14 +249,17 @@ def _keras_call(layer, *args, **kwargs):
     """Keras' own code, for the cases the torch kernels here do not cover; marks the layer
     so tests can find which layers of a model still take it."""
     if not _is_symbolic(args[0]):
-        object.__setattr__(layer, "_kcnn_took_keras_call", True)
+        object.__setattr__(layer, "_kcnn_took_keras_call", True)  # (not while tracing: dynamo refuses it)
     return type(layer).call(layer, *args, **kwargs)
 
 
 def _is_symbolic(inputs):
+    """Keras' shape inference (meta tensors), or torch.compile tracing (jit_compile=True), which
+    compiles Keras' own code: the shape arithmetic here does not trace with symbolic sizes."""
     import torch
 
-    return not isinstance(inputs, torch.Tensor) or inputs.device.type == "meta"
+    return (not isinstance(inputs, torch.Tensor) or inputs.device.type == "meta"
+            or torch.compiler.is_compiling())
 
 
 def _conv2d_call(self, inputs):

@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from kcnn import runs
+from kcnn import runs, torch_fast
 from kcnn.errors import InvalidArgumentError, KcnnError
 from kcnn.utils import mixed_precision_policy
 
@@ -303,7 +303,7 @@ def _models(config, num_classes, image_shape, train_images):
     main = keras.Model(backbone.inputs, backbone.outputs[0], name=config.arch)
     inputs = keras.Input(shape=image_shape, name="image")
     inference = keras.Model(inputs, main(model.get_layer("normalize")(inputs)), name=config.arch)
-    return inference, trainer
+    return torch_fast.accelerate(inference), trainer
 
 
 def _labels_per_output(images, labels):
@@ -339,7 +339,7 @@ def normalized_model(arch, num_classes, image_shape, train_images, **build_kwarg
             airbench.init_whitening(backbone, (sample - mean) / np.sqrt(variance))
     inputs = keras.Input(shape=image_shape, name="image")
     x = keras.layers.Normalization(mean=mean.tolist(), variance=variance.tolist(), name="normalize")(inputs)
-    return keras.Model(inputs, backbone(x), name=arch)
+    return torch_fast.accelerate(keras.Model(inputs, backbone(x), name=arch))  # predict() under inference_mode
 
 
 def evaluate_model(model, data, image_shape, batch_size):
