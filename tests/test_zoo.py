@@ -100,8 +100,11 @@ def test_keras_file_loads_without_kcnn_with_identical_outputs(name, backend, bac
     assert name not in run["load_errors"], run["load_errors"].get(name)
     if backend == "torch":
         # kcnn ran the convolutions and batch norms on torch's own kernels (kcnn.torch_fast); the file
-        # holds Keras' layers, which compute the same in another order: equal to float32 rounding.
-        np.testing.assert_allclose(run["loaded"][name], run["outputs"][name], rtol=1e-5, atol=1e-6)
+        # holds Keras' layers, which compute the same in another order: the cross-backend tolerance
+        # (deep plain networks such as cifar_resnet110 grow float32 rounding to about 1e-5).
+        loaded, outputs = run["loaded"][name], run["outputs"][name]
+        relative = np.linalg.norm(loaded - outputs) / np.linalg.norm(outputs)
+        assert relative <= 1e-4, f"{name}: the loaded file and kcnn differ by {relative:.2e} (relative)"
     else:
         np.testing.assert_array_equal(run["loaded"][name], run["outputs"][name])
 
