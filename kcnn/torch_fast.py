@@ -79,7 +79,7 @@ def _store_kernel_in_torch_layout(layer):
     """Re-store the kernel's values so that the weight view _convolve takes is already laid out as
     torch's convolution wants it (channels_last, or contiguous NCHW): the variable keeps Keras' shape
     (kh, kw, in, out) as a strided view, and no step copies the kernels any more. Measured on ResNet-50,
-    batch 16: forward and backward 4.19 -> 2.93 s (`python bench/torch_fast_parts.py`, BENCHMARKS.md).
+    batch 16: forward and backward 3.72 -> 3.07 s (`python bench/torch_fast_parts.py`, BENCHMARKS.md).
     Gradients then come in the same strides (torch's layout contract), so the optimizer's in-place updates
     keep them. To be done before an optimizer holds the torch parameters (kcnn.build does it at once)."""
     import torch

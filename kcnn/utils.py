@@ -53,8 +53,8 @@ def replace_file(temporary, path):
 def mixed_precision_policy():
     """Keras' mixed-precision policy for the active backend and device: float16 where torch runs on a
     CUDA GPU (its usual choice there), bfloat16 everywhere else. On a CPU float16 has no fast kernels:
-    airbench's training step on torch ran at 11 images/s in float16 against 176 in float32 and 288 in
-    bfloat16 (this 2-core CPU, AVX512-BF16; measured in issue 6/8, see BENCHMARKS.md)."""
+    airbench's training step on torch ran at 10 images/s in float16 against 185 in float32 and 262 in
+    bfloat16 (`KERAS_BACKEND=torch python bench/mixed_precision.py`, this 2-core CPU with AVX512-BF16)."""
     import keras
 
     if keras.backend.backend() == "torch":
