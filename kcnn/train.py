@@ -19,7 +19,7 @@ import numpy as np
 
 from kcnn import runs, torch_fast
 from kcnn.errors import InvalidArgumentError, KcnnError
-from kcnn.utils import mixed_precision_policy
+from kcnn.utils import mixed_precision_policy, replace_file
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "plateau", "cosine", "onecycle")
@@ -572,8 +572,6 @@ def _plots(run_dir, history, eval_data, predicted, config, phase_starts=None):
 
 
 def _save_model(model, path):
-    from kcnn.utils import replace_file
-
     temporary = path[: -len(".keras")] + ".tmp.keras"
     model.save(temporary)
     replace_file(temporary, path)

@@ -55,8 +55,6 @@ def mixed_precision_policy():
     CUDA GPU (its usual choice there), bfloat16 everywhere else. On a CPU float16 has no fast kernels:
     airbench's training step on torch ran at 10 images/s in float16 against 185 in float32 and 262 in
     bfloat16 (`KERAS_BACKEND=torch python bench/mixed_precision.py`, this 2-core CPU with AVX512-BF16)."""
-    import keras
-
     if keras.backend.backend() == "torch":
         import torch
 
