@@ -61,6 +61,11 @@ def _parser():
     return parser
 
 
+DISTRIBUTE_HELP = ("data-parallel training on the backend's engine: tf.distribute (every GPU; TF_CONFIG for several "
+                   "machines), torch DDP (launch with torchrun), keras.distribution on JAX; --batch-size is the "
+                   "global batch")
+
+
 def _add_train_arguments(parser):
     from kcnn.train import OPTIMIZERS, SCHEDULES
     from kcnn.data.pipeline import AUGMENTATIONS
@@ -85,6 +90,7 @@ def _add_train_arguments(parser):
                         help="stop after PATIENCE epochs without a better validation accuracy; keep the best weights")
     parser.add_argument("--mixed-precision", action="store_true")
     parser.add_argument("--no-jit", dest="jit_compile", action="store_false", default="auto")
+    parser.add_argument("--distribute", action="store_true", help=DISTRIBUTE_HELP)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="train on the first N images only")
     parser.add_argument("--output-dir")
@@ -121,6 +127,7 @@ def _add_finetune_arguments(parser):
     parser.add_argument("--validation-split", type=float, default=defaults.validation_split,
                         help="fraction of the training images the callbacks watch")
     parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--distribute", action="store_true", help=DISTRIBUTE_HELP)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, help="train on the first N images only")
     parser.add_argument("--output-dir")

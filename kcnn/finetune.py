@@ -21,6 +21,7 @@ writes (config, model.keras taking raw 0-255 RGB images, history, curves,
 confusion matrix, sample predictions, metrics).
 """
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -56,6 +57,7 @@ class FinetuneConfig:
     validation_split: float = 0.1  # of the training images, for the callbacks (not the evaluation set)
     folder_validation_split: float = 0.2  # image folders: fraction of each class held out for evaluation
     mixed_precision: bool = False
+    distribute: bool = False  # data-parallel on the backend's own engine (kcnn.distribute); batch_size is global
     seed: int = 0
     limit: Optional[int] = None  # train on the first N images only (quick checks)
     output_dir: Optional[str] = None  # default: saved_models/finetune_BACKBONE_DATASET
@@ -131,6 +133,17 @@ class FinetuneConfig:
 def finetune(config: FinetuneConfig, callbacks=()):
     """Fine-tune `config.backbone` with `config.weights` on `config.dataset`;
     returns a `kcnn.train.Run` (directory, model, history, metrics)."""
+    from kcnn import distribute
+
+    config = config.resolved()
+    plan = distribute.plan(config.distribute)
+    try:
+        return _finetune(config, plan, callbacks)
+    finally:
+        plan.close()
+
+
+def _finetune(config, plan, callbacks):
     import keras
 
     import kcnn
@@ -138,7 +151,7 @@ def finetune(config: FinetuneConfig, callbacks=()):
     from kcnn import train as training
     from kcnn.weights import get_source
 
-    config = config.resolved()
+    plan.check_batch(config.batch_size)
     info = kcnn.get_model_info(config.backbone)  # unknown names and missing weights fail before any work
     get_source(config.backbone, config.weights)
     if config.image_size < info.min_input_size:
@@ -154,8 +167,10 @@ def finetune(config: FinetuneConfig, callbacks=()):
         raise KcnnError(f"{config.dataset_name} has {len(class_names)} class; fine-tuning needs at least two.")
     size = config.image_size
     policy = keras.mixed_precision.global_policy()
-    with training._prepare_run_dir(config) as lock, runs.write_errors_explained(lock.run_dir):
-        run_dir = lock.run_dir
+    run_dir = config.output_dir
+    lock = plan.on_chief(lambda: training._prepare_run_dir(config))  # the chief alone writes the run
+    with lock or contextlib.nullcontext(), runs.write_errors_explained(run_dir), contextlib.ExitStack() as engine:
+        engine.enter_context(plan.scope())  # models, training and evaluation on the engine's devices
         started = time.perf_counter()
         try:
             keras.utils.set_random_seed(config.seed)
@@ -178,9 +193,15 @@ def finetune(config: FinetuneConfig, callbacks=()):
                       f"(up to {cut or 'the input'}) ...", flush=True)
             fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed,
                                                      mirrored=config.flip)
-            activations = _predict(fast_bottom, train_images, size, config.batch_size)
-            eval_activations = _predict(fast_bottom, eval_data.images, size, config.batch_size)
-            features = _predict(fast_top, activations, None, config.batch_size)
+            # Data-parallel: each worker computes and trains on its own part of the images (kcnn.distribute).
+            fit_index, val_index = plan.worker_rows(fit_index), plan.worker_rows(val_index)
+            batch_size = plan.worker_batch(config.batch_size)
+            mine = np.concatenate([fit_index, val_index])
+            fit_rows, val_rows = np.arange(len(fit_index)), np.arange(len(fit_index), len(mine))
+            activations = _predict(fast_bottom, train_images[mine], size, batch_size, plan.batch_multiple)
+            eval_activations = _predict(fast_bottom, eval_data.images, size, config.batch_size, plan.batch_multiple)
+            features = _predict(fast_top, activations, None, batch_size, plan.batch_multiple)
+            one_hot = keras.utils.to_categorical(train_labels[mine], len(class_names))
             extract_seconds = time.perf_counter() - started
 
             if config.verbose:
@@ -191,12 +212,13 @@ def finetune(config: FinetuneConfig, callbacks=()):
                                      keras.layers.Dense(len(class_names), name="predictions", dtype="float32")],
                                     name="head")
             loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
-            one_hot = keras.utils.to_categorical(train_labels, len(class_names))
             head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate), loss=loss, metrics=["accuracy"])
-            phase1 = head.fit(features[fit_index], one_hot[fit_index], validation_data=(features[val_index],
-                              one_hot[val_index]), epochs=config.head_epochs, batch_size=config.batch_size,
-                              callbacks=_phase_callbacks(config) + list(callbacks),
-                              verbose=config.verbose) if config.head_epochs else None
+            phase1 = plan.wrap(head).fit(
+                features[fit_rows], one_hot[fit_rows], validation_data=(features[val_rows], one_hot[val_rows]),
+                epochs=config.head_epochs, batch_size=batch_size,
+                callbacks=plan.callbacks() + _phase_callbacks(config) + list(callbacks),
+                verbose=config.verbose if plan.is_chief else 0) if config.head_epochs else None
+            plan.unwrap(head)
 
             # ---- phase 2: the top of the backbone at a lower learning rate ----------
             phase2 = None
@@ -212,11 +234,12 @@ def finetune(config: FinetuneConfig, callbacks=()):
                 trainable = keras.Model(fast_top.input, head(fast_top.output), name="finetune")
                 trainable.compile(optimizer=keras.optimizers.Adam(config.finetune_learning_rate), loss=loss,
                                   metrics=["accuracy"])
-                phase2 = trainable.fit(
-                    activations[fit_index], one_hot[fit_index], epochs=config.finetune_epochs,
-                    validation_data=(activations[val_index], one_hot[val_index]), batch_size=config.batch_size,
-                    callbacks=_phase_callbacks(config, finetune=True) + list(callbacks),
-                    verbose=config.verbose)
+                phase2 = plan.wrap(trainable).fit(
+                    activations[fit_rows], one_hot[fit_rows], epochs=config.finetune_epochs,
+                    validation_data=(activations[val_rows], one_hot[val_rows]), batch_size=batch_size,
+                    callbacks=plan.callbacks() + _phase_callbacks(config, finetune=True) + list(callbacks),
+                    verbose=config.verbose if plan.is_chief else 0)
+                plan.unwrap(trainable)
                 jax_cpu.copy_weights(fast_top, top)
             train_seconds = time.perf_counter() - started
         finally:
@@ -229,8 +252,11 @@ def finetune(config: FinetuneConfig, callbacks=()):
         for layer in head.layers:  # flat: the head's layers follow the backbone's
             outputs = layer(outputs)
         model = torch_fast.accelerate(keras.Model(backbone.input, outputs, name=f"{config.backbone}_finetuned"))
-        logits = keras.ops.convert_to_numpy(head.predict(_predict(fast_top, eval_activations, None, config.batch_size),
-                                                         verbose=0))
+        # Every worker evaluates (under TensorFlow's multi-worker strategy predict() is a collective).
+        fast_top.make_predict_function(force=True)  # trainable flags changed since extraction: JAX's
+        # distributed predict() keeps the variables' split into trainable and not from its first call.
+        eval_features = _predict(fast_top, eval_activations, None, config.batch_size, plan.batch_multiple)
+        logits = _predict(head, eval_features, None, config.batch_size, plan.batch_multiple)
         predicted = np.argmax(logits, axis=-1)
         metrics = {
             "accuracy": float(np.mean(predicted == eval_data.labels)),
@@ -240,8 +266,8 @@ def finetune(config: FinetuneConfig, callbacks=()):
         }
         if extra_split:
             extra = config.load(extra_split)
-            extra_logits = jax_cpu.with_fast_depthwise(model).predict(_resized(extra.images, size, config.batch_size),
-                                                                      verbose=0)
+            extra_logits = _predict(jax_cpu.with_fast_depthwise(model), extra.images, size, config.batch_size,
+                                    plan.batch_multiple)
             metrics[f"{extra_split}_accuracy"] = float(np.mean(np.argmax(extra_logits, axis=-1) == extra.labels))
         history = _joined_history(phase1, phase2)
         metrics.update(
@@ -250,21 +276,30 @@ def finetune(config: FinetuneConfig, callbacks=()):
             epochs_run=len(history.get("loss", [])), parameters=int(model.count_params()),
             backend=keras.backend.backend(), class_names=list(class_names),
             skipped_files=int(getattr(train_data, "skipped", 0)))
-        training._save_model(model, os.path.join(run_dir, "model.keras"))
-        training._write_json(os.path.join(run_dir, "metrics.json"), metrics)
-        _write_history(os.path.join(run_dir, "history.csv"), history, len(phase1.epoch) if phase1 else 0)
-        eval_for_plots = dataclasses.replace(eval_data, class_names=class_names)
+        if config.distribute:
+            metrics["distribute"] = plan.describe()
+        engine.close()
+        model = plan.single_device(model)
         head_epochs = len(phase1.epoch) if phase1 else 0
-        phases = {"fine-tuning": head_epochs + 1} if phase2 is not None and head_epochs else None
-        training._plots(run_dir, history, eval_for_plots, predicted, config, phase_starts=phases)
-        if config.export:
-            from kcnn.export import export
 
-            metrics["export"] = export(run_dir, "saved_model", verbose=False)
+        def save():  # the chief's work
+            training._save_model(model, os.path.join(run_dir, "model.keras"))
             training._write_json(os.path.join(run_dir, "metrics.json"), metrics)
-        if config.verbose:
-            print(summary_table(config, metrics))
-        return training.Run(run_dir, model, history, metrics)
+            _write_history(os.path.join(run_dir, "history.csv"), history, head_epochs)
+            eval_for_plots = dataclasses.replace(eval_data, class_names=class_names)
+            phases = {"fine-tuning": head_epochs + 1} if phase2 is not None and head_epochs else None
+            training._plots(run_dir, history, eval_for_plots, predicted, config, phase_starts=phases)
+            if config.export:
+                from kcnn.export import export
+
+                metrics["export"] = export(run_dir, "saved_model", verbose=False)
+                training._write_json(os.path.join(run_dir, "metrics.json"), metrics)
+            if config.verbose:
+                print(summary_table(config, metrics))
+            return training.Run(run_dir, model, history, metrics)
+
+        # The other workers return without metrics once the chief has written the run.
+        return plan.on_chief(save) or training.Run(run_dir, model, history, None)
 
 
 def summary_table(config, metrics):
@@ -386,10 +421,14 @@ def _resized(images, size, batch_size):
     return tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(prepare).prefetch(tf.data.AUTOTUNE)
 
 
-def _predict(model, inputs, size, batch_size):
-    """model.predict on images (resized to `size`) or on activations (size None)."""
+def _predict(model, inputs, size, batch_size, multiple=1):
+    """model.predict on images (resized to `size`) or on activations (size None); `multiple`: the inputs
+    are padded to a multiple of it (copies of the last one) and the outputs cut back (kcnn.distribute)."""
+    count = len(inputs)
+    if count % multiple:
+        inputs = np.concatenate([inputs, np.repeat(inputs[-1:], multiple - count % multiple, axis=0)])
     data = _resized(inputs, size, batch_size) if size else inputs
-    return np.asarray(model.predict(data, batch_size=batch_size, verbose=0), dtype="float32")
+    return np.asarray(model.predict(data, batch_size=batch_size, verbose=0), dtype="float32")[:count]
 
 
 def _phase_callbacks(config, finetune=False):

@@ -116,12 +116,15 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
     into place last, names the weights file it belongs with.
     """
 
-    def __init__(self, backup_dir):
+    def __init__(self, backup_dir, write=True):
         # The run deletes the backup itself once everything else is written,
         # so that a kill after fit() but before the last file resumes too.
         super().__init__(backup_dir, delete_checkpoint=False)
+        self.write = write  # False: a data-parallel worker that is not the chief only restores
 
     def _save_model(self):
+        if not self.write:
+            return
         os.makedirs(self.backup_dir, exist_ok=True)
         name = f"epoch_{self._current_epoch}.weights.h5"
         temporary = os.path.join(self.backup_dir, f"epoch_{self._current_epoch}.tmp.weights.h5")

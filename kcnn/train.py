@@ -9,15 +9,17 @@ curves.png, confusion.png, samples.png and TensorBoard logs. `resume=True`
 continues an interrupted run from its last finished epoch (BackupAndRestore).
 """
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 from typing import Optional
 
 import numpy as np
 
-from kcnn import runs, torch_fast
+from kcnn import distribute, runs, torch_fast
 from kcnn.errors import InvalidArgumentError, KcnnError
 from kcnn.utils import mixed_precision_policy, replace_file
 
@@ -68,6 +70,7 @@ class TrainConfig:
     early_stopping: Optional[int] = None  # stop after this many epochs without a better val accuracy
     mixed_precision: bool = False
     jit_compile: object = "auto"
+    distribute: bool = False  # data-parallel on the backend's own engine (kcnn.distribute); batch_size is global
     seed: int = 0
     limit: Optional[int] = None  # train on the first N images only (quick checks)
     output_dir: Optional[str] = None  # default: saved_models/ARCH_DATASET
@@ -95,6 +98,10 @@ class TrainConfig:
                 )
         defaults = self.defaults
         values = {k: (defaults[k] if v is None and k in defaults else v) for k, v in dataclasses.asdict(self).items()}
+        if self.learning_rate is None and isinstance(self.batch_size, int) and self.batch_size > 0 \
+                and values["optimizer"] in OPTIMIZERS:
+            values["learning_rate"] = scaled_learning_rate(defaults["learning_rate"], defaults["batch_size"],
+                                                           self.batch_size, values["optimizer"])
         config = TrainConfig(**values)
         if config.is_folder:
             config.dataset = os.path.abspath(config.dataset)  # the run records where its data came from
@@ -155,6 +162,14 @@ class TrainConfig:
             raise InvalidArgumentError("resume and overwrite contradict each other; pass one of them.")
 
 
+def scaled_learning_rate(learning_rate, batch_size, new_batch_size, optimizer):
+    """A recipe's learning rate for another (global) batch size, as timm's --lr-base-scale does: in
+    proportion to the batch for SGD (Goyal et al. 2017, "Accurate, large minibatch SGD"), with its square
+    root for Adam and AdamW. The recipes' warm-up (one-cycle) keeps the first large steps stable."""
+    ratio = new_batch_size / batch_size
+    return learning_rate * (ratio if optimizer == "sgd" else math.sqrt(ratio))
+
+
 @dataclasses.dataclass
 class Run:
     directory: str
@@ -171,6 +186,20 @@ def train(config: TrainConfig, callbacks=()) -> Run:
 
     config = config.resolved()
     info = kcnn.get_model_info(config.arch)  # unknown architectures fail here, before any work
+    plan = distribute.plan(config.distribute)
+    if plan.restarted and _resumed_epoch(config.output_dir) > 0:
+        # torchrun --max-restarts started the workers again after one failed: continue from the backup.
+        config = dataclasses.replace(config, resume=True, overwrite=False)
+    try:
+        return _train(config, info, plan, callbacks)
+    finally:
+        plan.close()
+
+
+def _train(config, info, plan, callbacks):
+    from kcnn.data.pipeline import make_dataset
+
+    plan.check_batch(config.batch_size)
 
     # ---- data (checked before the run directory is touched) ----------------
     train_data = config.load(config.train_split_name())
@@ -191,18 +220,30 @@ def train(config: TrainConfig, callbacks=()) -> Run:
     image_shape = (height, width, channels)
     one_hot = config.label_smoothing > 0 or config.augment in ("mixup", "cutmix")
     first_epoch = _resumed_epoch(config.output_dir) if config.resume else 0
-    train_ds = make_dataset(train_data, batch_size=config.batch_size, training=True, num_classes=num_classes,
-                            image_shape=image_shape, augment=config.augment, seed=config.seed, one_hot=one_hot,
-                            epochs=config.epochs, first_epoch=first_epoch)
-    eval_ds = make_dataset(eval_data, batch_size=config.batch_size, training=False, num_classes=num_classes,
-                           image_shape=image_shape, one_hot=one_hot)
-    with _prepare_run_dir(config) as lock, runs.write_errors_explained(lock.run_dir, resumable=True):
-        return _fit_and_save(config, lock.run_dir, train_data, eval_data, train_ds, eval_ds, image_shape,
-                             one_hot, first_epoch, callbacks)
+    aux = _uses_aux_heads(config.arch, image_shape)
+
+    def training_batches(shard):  # shard: this worker's part of each global batch (kcnn.distribute)
+        dataset = make_dataset(train_data, batch_size=config.batch_size, training=True, num_classes=num_classes,
+                               image_shape=image_shape, augment=config.augment, seed=config.seed, one_hot=one_hot,
+                               epochs=config.epochs, first_epoch=first_epoch, shard=shard)
+        return dataset.map(_labels_per_output) if aux else dataset
+
+    train_ds = plan.training_data(training_batches, config.batch_size)
+    kept = plan.validation_size(len(eval_data))
+    validation = dataclasses.replace(eval_data, images=eval_data.images[:kept], labels=eval_data.labels[:kept])
+    eval_ds = make_dataset(validation, batch_size=config.batch_size, training=False, num_classes=num_classes,
+                           image_shape=image_shape, one_hot=one_hot, shard=plan.input_shard)
+    if aux:
+        eval_ds = eval_ds.map(_labels_per_output)
+    # The chief alone takes the lock and writes the run directory; the other workers wait for it.
+    lock = plan.on_chief(lambda: _prepare_run_dir(config))
+    with lock or contextlib.nullcontext(), runs.write_errors_explained(config.output_dir, resumable=True):
+        return _fit_and_save(config, plan, config.output_dir, train_data, eval_data, train_ds, eval_ds,
+                             image_shape, one_hot, first_epoch, callbacks)
 
 
-def _fit_and_save(config, run_dir, train_data, eval_data, train_ds, eval_ds, image_shape, one_hot, first_epoch,
-                  callbacks):
+def _fit_and_save(config, plan, run_dir, train_data, eval_data, train_ds, eval_ds, image_shape, one_hot,
+                  first_epoch, callbacks):
     import keras
 
     num_classes = len(train_data.class_names)
@@ -211,27 +252,38 @@ def _fit_and_save(config, run_dir, train_data, eval_data, train_ds, eval_ds, ima
         keras.utils.set_random_seed(config.seed)
         if config.mixed_precision:
             keras.mixed_precision.set_global_policy(mixed_precision_policy())
-        model, trainer = _models(config, num_classes, image_shape, train_data.images)
-        loss = (keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
-                if one_hot else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         steps_per_epoch = len(train_data) // config.batch_size
-        if trainer is model:
-            trainer.compile(optimizer=_optimizer(config, steps_per_epoch), loss=loss, metrics=["accuracy"],
-                            jit_compile=config.jit_compile)
-        else:
-            # GoogLeNet: the paper's auxiliary heads each add 0.3 of their loss during training.
-            trainer.compile(optimizer=_optimizer(config, steps_per_epoch), loss={k: loss for k in AUX_OUTPUTS},
-                            loss_weights=AUX_OUTPUTS, metrics={"logits": ["accuracy"]},
-                            jit_compile=config.jit_compile)
-            train_ds, eval_ds = (ds.map(_labels_per_output) for ds in (train_ds, eval_ds))
+        with plan.scope():
+            model, trainer = _models(config, num_classes, image_shape, train_data.images)
+            loss = (keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+                    if one_hot else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+            if trainer is model:
+                trainer.compile(optimizer=_optimizer(config, steps_per_epoch), loss=loss, metrics=["accuracy"],
+                                jit_compile=config.jit_compile)
+            else:
+                # GoogLeNet: the paper's auxiliary heads each add 0.3 of their loss during training.
+                trainer.compile(optimizer=_optimizer(config, steps_per_epoch), loss={k: loss for k in AUX_OUTPUTS},
+                                loss_weights=AUX_OUTPUTS, metrics={"logits": ["accuracy"]},
+                                jit_compile=config.jit_compile)
+            trainer = plan.wrap(trainer)
 
-        # ---- fit with Keras' callbacks (a resumed run starts at its backup's epoch) ----
-        trainer.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                    shuffle=False,  # the dataset shuffles, per epoch
-                    callbacks=_callbacks(config, run_dir, model, trainer, first_epoch) + list(callbacks),
-                    verbose=config.verbose)
+            # ---- fit with Keras' callbacks (a resumed run starts at its backup's epoch) ----
+            trainer.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
+                        shuffle=False,  # the dataset shuffles, per epoch
+                        callbacks=plan.callbacks() + _callbacks(config, run_dir, model, trainer, first_epoch,
+                                                                chief=plan.is_chief) + list(callbacks),
+                        verbose=config.verbose if plan.is_chief else 0)
+        model = plan.single_device(model)
     finally:
         keras.mixed_precision.set_global_policy(policy)  # leave the caller's process as it was
+    # The chief evaluates and writes; the other workers return without metrics once it has.
+    run = plan.on_chief(lambda: _evaluate_and_save(config, plan, run_dir, model, train_data, eval_data, image_shape))
+    return run or Run(run_dir, model, None, None)
+
+
+def _evaluate_and_save(config, plan, run_dir, model, train_data, eval_data, image_shape):
+    import keras
+
     rows = runs.read_history_rows(os.path.join(run_dir, "history.csv"))
     history = _read_history(run_dir)
     if any(not np.isfinite(value) for value in history.get("loss", [])) or \
@@ -259,6 +311,8 @@ def _fit_and_save(config, run_dir, train_data, eval_data, train_ds, eval_ds, ima
         class_names=list(train_data.class_names),
         skipped_files=int(train_data.skipped),
     )
+    if config.distribute:
+        metrics["distribute"] = plan.describe()
     _save_model(model, os.path.join(run_dir, "model.keras"))
     _write_json(os.path.join(run_dir, "metrics.json"), metrics)
     _plots(run_dir, history, eval_data, predicted, config)
@@ -288,10 +342,7 @@ def _models(config, num_classes, image_shape, train_images):
     GoogLeNet, whose training model adds the auxiliary heads' outputs."""
     import keras
 
-    from kcnn.models import googlenet
-
-    # The auxiliary heads pool 5x5 features: below 79x79 pixels GoogLeNet trains without them.
-    aux = config.arch == "googlenet" and min(image_shape[:2]) >= googlenet.AUX_MIN_SIZE
+    aux = _uses_aux_heads(config.arch, image_shape)
     model = normalized_model(config.arch, num_classes, image_shape, train_images,
                              **({"aux_logits": True} if aux else {}))
     if not aux:
@@ -304,6 +355,13 @@ def _models(config, num_classes, image_shape, train_images):
     inputs = keras.Input(shape=image_shape, name="image")
     inference = keras.Model(inputs, main(model.get_layer("normalize")(inputs)), name=config.arch)
     return torch_fast.accelerate(inference), trainer
+
+
+def _uses_aux_heads(arch, image_shape):
+    from kcnn.models import googlenet
+
+    # The auxiliary heads pool 5x5 features: below 79x79 pixels GoogLeNet trains without them.
+    return arch == "googlenet" and min(image_shape[:2]) >= googlenet.AUX_MIN_SIZE
 
 
 def _labels_per_output(images, labels):
@@ -454,10 +512,16 @@ def _resumed_epoch(run_dir):
     return int(metadata["epoch"]) if metadata else 0
 
 
-def _callbacks(config, run_dir, model, trainer, first_epoch):
+def _callbacks(config, run_dir, model, trainer, first_epoch, chief=True):
+    """kcnn's callbacks; a worker that is not the chief (kcnn.distribute) writes nothing but takes the same
+    decisions (its logs hold the same, reduced, metrics) and restores the same backup."""
     import keras
 
     accuracy = "val_accuracy" if trainer is model else "val_logits_accuracy"
+    if not chief:
+        callbacks = [runs.CrashSafeBackup(os.path.join(run_dir, "backup"), write=False),
+                     keras.callbacks.TerminateOnNaN()]
+        return callbacks + _decision_callbacks(config, accuracy)
     # A resumed run's best.keras is replaced only by a model better than the best of the epochs before.
     earlier = [float(row[accuracy]) for row in runs.read_history_rows(os.path.join(run_dir, "history.csv"))
                if int(row["epoch"]) < first_epoch and row.get(accuracy)]
@@ -472,6 +536,13 @@ def _callbacks(config, run_dir, model, trainer, first_epoch):
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
         keras.callbacks.TerminateOnNaN(),
     ]
+    return callbacks + _decision_callbacks(config, accuracy)
+
+
+def _decision_callbacks(config, accuracy):
+    import keras
+
+    callbacks = []
     if config.schedule == "plateau":
         # AlexNet's recipe: divide the learning rate by 10 when validation accuracy stops improving.
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor=accuracy, mode="max", factor=0.1,

@@ -38,7 +38,7 @@ def augmentation_layers(name, image_size, seed=0):
 
 
 def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, augment="none", seed=0,
-                 one_hot=None, epochs=None, first_epoch=0):
+                 one_hot=None, epochs=None, first_epoch=0, shard=(0, 1)):
     """A batched, prefetched `tf.data.Dataset` of (float32 0-255 images, labels).
 
     Args:
@@ -56,6 +56,11 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
             sees from epoch k on, augmentation included (tf.data's own
             reshuffling restarts with every new iterator). Use it with
             `fit(steps_per_epoch=...)`. `epochs=None`: an endless stream.
+        shard: (index, count) for data-parallel workers that each feed their
+            own part (kcnn.distribute): training batches hold the images
+            `index::count` of each global batch of `batch_size`, so the workers'
+            batches together are exactly the single-device batch (augmentation
+            draws differ per worker); evaluation takes every count-th image.
     """
     import tensorflow as tf
 
@@ -66,6 +71,10 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
             f"batch_size {batch_size} is larger than the {len(data)} training images of {data.name}; "
             f"use a batch_size of at most {len(data)}."
         )
+    shard_index, shard_count = shard
+    if batch_size % shard_count:
+        raise InvalidArgumentError(f"batch_size {batch_size} does not split over {shard_count} workers; pass a "
+                                   f"multiple of {shard_count}.")
     image_shape = tuple(image_shape or data.image_shape)
     mixing = augment in ("mixup", "cutmix")
     one_hot = mixing if one_hot is None else one_hot
@@ -86,7 +95,8 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
         return images, labels
 
     if not training:
-        dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels)).shard(shard_count, shard_index)
+        dataset = dataset.batch(batch_size // shard_count)
         return dataset.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
     count = len(data)
@@ -96,6 +106,8 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
         """(batch number counted from the run's start, image indices) for each batch of `epoch`."""
         order = tf.random.experimental.stateless_shuffle(tf.range(count), seed=tf.stack([seed, epoch]))
         batches = tf.data.Dataset.from_tensor_slices(order[: steps * batch_size]).batch(batch_size)
+        if shard_count > 1:
+            batches = batches.map(lambda indices: indices[shard_index::shard_count])
         return batches.enumerate(start=epoch * steps)
 
     def gather(batch_number, indices):
@@ -118,10 +130,10 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
     # thread: parallel, yet every draw depends only on (seed, batch number).
     # A resumed run simply starts at its epoch.
     streams = []
-    for shard in range(SHARDS):
+    for k in range(SHARDS):
         batches = tf.data.Dataset.range(first_epoch, last_epoch).flat_map(
-            lambda e, k=shard: epoch_batches(e).shard(SHARDS, k))
-        augmenter = _augmenter(augment, image_shape[:2], seed=seed)
+            lambda e, k=k: epoch_batches(e).shard(SHARDS, k))
+        augmenter = _augmenter(augment, image_shape[:2], seed=seed, stream=shard_index)
         streams.append(batches.map(gather).map(augmenter).prefetch(1))
     selector = tf.data.Dataset.range(first_epoch * steps, last_epoch * steps).map(lambda i: (i % steps) % SHARDS)
     dataset = tf.data.Dataset.choose_from_datasets(streams, selector)
@@ -131,10 +143,11 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
 SHARDS = 4  # parallel augmentation streams; fixed, so that results do not depend on the machine
 
 
-def _augmenter(augment, image_size, seed):
+def _augmenter(augment, image_size, seed, stream=0):
     """A function of (batch number, images, labels) applying fresh Keras
     augmentation layers (and MixUp or CutMix, which also mix the one-hot
-    labels), with draws that depend only on (seed, batch number)."""
+    labels), with draws that depend only on (seed, batch number, stream):
+    each data-parallel worker is its own stream."""
     import keras
     import tensorflow as tf
 
@@ -147,7 +160,7 @@ def _augmenter(augment, image_size, seed):
         for position, (layer, generator) in enumerate(zip(layers, generators)):
             # Stateless seeds [a, b] and [a, b + 1] give independent draws; a
             # layer makes far fewer than 1,024 draws from its generator per batch.
-            state = tf.stack([tf.cast(seed, tf.int64) * 64 + position, batch_number * 1024])
+            state = tf.stack([tf.cast(seed, tf.int64) * 64 + position + stream * 2**20, batch_number * 1024])
             generator.state.assign(tf.cast(state, generator.state.dtype))
             if isinstance(layer, (keras.layers.MixUp, keras.layers.CutMix)):
                 mixed = layer({"images": images, "labels": labels}, training=True)

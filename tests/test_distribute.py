@@ -1,0 +1,107 @@
+"""kcnn.distribute: data-parallel training on each backend's own engine, with two workers on the CPU
+(tests/distribute_worker.py): TensorFlow's MirroredStrategy over two logical CPU devices, JAX's
+keras.distribution.DataParallel over two host devices, torch DDP with two processes on gloo (torchrun)."""
+
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+from conftest import TESTS_DIR, _tail, run_python
+
+WORKER = os.path.join(TESTS_DIR, "distribute_worker.py")
+ENGINES = {"tensorflow": ("mirrored", 1), "torch": ("ddp", 2), "jax": ("data_parallel", 1)}  # (engine, processes)
+
+
+def launch(backend, modes, out_dir, *torchrun_options):
+    args = [WORKER, modes, str(out_dir)]
+    if backend == "torch":
+        args = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *torchrun_options, *args]
+    return run_python(args, backend, str(out_dir / "worker.log"))
+
+
+def finished(process, out_dir, timeout=900):
+    assert process.wait(timeout=timeout) == 0, _tail(out_dir / "worker.log")
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_one_process_with_two_devices(backend, tmp_path):
+    finished(launch(backend, "step+learn+finetune", tmp_path), tmp_path)
+    check_step(backend, tmp_path)
+    check_learned(backend, tmp_path)
+    check_finetuned(backend, tmp_path)
+
+
+def test_torch_ddp_with_two_processes(tmp_path):
+    finished(launch("torch", "step+finetune", tmp_path), tmp_path)
+    check_step("torch", tmp_path)
+    check_finetuned("torch", tmp_path)
+
+
+def check_step(backend, out_dir):
+    """One step on a global batch of 64 split over two workers gives the weights, loss and accuracy of one
+    step on the whole batch on one device."""
+    result = json.loads((out_dir / "step.json").read_text())
+    engine, processes = ENGINES[backend]
+    assert result["distributed"]["distribute"] == {"engine": engine, "replicas": 2, "workers": processes}
+    weights = np.load(out_dir / "weights.npz")
+    count = result["single"]["count"]
+    assert count == result["distributed"]["count"] == 10
+    for i in range(count):
+        np.testing.assert_allclose(weights[f"distributed_{i}"], weights[f"single_{i}"], rtol=1e-5, atol=1e-6)
+    distributed, single = result["distributed"], result["single"]
+    # the logged training metrics are the whole global batch's (reduced over the workers), not one worker's
+    assert distributed["history"]["loss"] == pytest.approx(single["history"]["loss"], rel=1e-5)
+    assert distributed["history"]["accuracy"] == pytest.approx(single["history"]["accuracy"], abs=1e-6)
+    assert distributed["accuracy"] == pytest.approx(single["accuracy"], abs=1e-9)
+
+
+def check_learned(backend, out_dir, epochs=4):
+    result = json.loads((out_dir / "learn.json").read_text())
+    assert result["distribute"]["replicas"] == 2
+    assert len(result["history"]["val_accuracy"]) == epochs
+    assert result["accuracy"] > 0.8, result  # 10 classes of real handwritten digits; chance is 0.1
+    run_dir = out_dir / "learn"
+    assert (run_dir / "model.keras").is_file() and not (run_dir / "backup").exists()
+
+
+def check_finetuned(backend, out_dir):
+    """Both phases of fine-tuning (the head, then the top blocks) ran data-parallel, and the model learned."""
+    result = json.loads((out_dir / "finetune.json").read_text())
+    assert result["distribute"] == {"engine": ENGINES[backend][0], "replicas": 2, "workers": ENGINES[backend][1]}
+    assert len(result["history"]["val_accuracy"]) == 4 and result["unfrozen_from"] == "blocks_12_add"
+    assert result["accuracy"] > 0.2, result  # 10 CIFAR-10 classes after 4 short epochs; chance is 0.1
+    assert (out_dir / "finetune" / "model.keras").is_file()
+
+
+def test_torch_workers_resume_after_one_is_killed(tmp_path):
+    """torchrun --max-restarts 1: one worker killed in epoch 2 of 4; torchrun starts both again and they
+    continue from the chief's backup, so that every epoch runs once and the run learns."""
+    pid_dir = tmp_path / "pids"
+    pid_dir.mkdir()
+    # TORCH_DISABLE_SHARE_RDZV_TCP_STORE: without it the restarted workers' gloo connects to the killed
+    # ones' ports (pytorch/pytorch#135712, #167288); the README says so too.
+    variables = dict(KCNN_TEST_PID_DIR=str(pid_dir), KCNN_TEST_PAUSE_AT_EPOCH="2", TORCH_DISABLE_SHARE_RDZV_TCP_STORE="1")
+    os.environ.update(variables)
+    try:
+        process = launch("torch", "learn", tmp_path, "--max-restarts", "1")
+    finally:
+        for name in variables:
+            del os.environ[name]
+    metadata = tmp_path / "learn" / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 600
+    while not (metadata.exists() and json.loads(metadata.read_text())["epoch"] == 2):
+        assert process.poll() is None and time.monotonic() < deadline, _tail(tmp_path / "worker.log")
+        time.sleep(0.5)
+    first_rows = (tmp_path / "learn" / "history.csv").read_text().splitlines()
+    os.kill(int((pid_dir / "rank1.pid").read_text()), signal.SIGKILL)
+    finished(process, tmp_path)
+    result = json.loads((tmp_path / "learn.json").read_text())
+    assert result["restarts"] == 1
+    rows = (tmp_path / "learn" / "history.csv").read_text().splitlines()
+    assert len(first_rows) == 3 and rows[:3] == first_rows  # epochs 0 and 1 kept, not run again
+    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2", "3"]
+    check_learned("torch", tmp_path)
