@@ -94,10 +94,10 @@ class Plan:
         """Where models, optimizers and metrics are created (and fit() runs)."""
         return contextlib.nullcontext()
 
-    def training_data(self, make, batch_size):
-        """What fit() gets from `make(shard)`, a function that returns a dataset of this worker's part
-        (kcnn.data.make_dataset's `shard`) of each global batch of `batch_size`."""
-        return make(self.input_shard)
+    def dataset(self, dataset):
+        """The tf.data dataset of this worker's batches (kcnn.data.make_dataset with `shard=input_shard`)
+        as fit() should get it."""
+        return dataset
 
     def wrap(self, trainer):
         """After compile(): whatever the engine needs on the model (DDP)."""
@@ -116,6 +116,11 @@ class Plan:
         """Keras callbacks every worker runs (before kcnn's own)."""
         return []
 
+    def scratch_dir(self):
+        """A folder of this worker's own where it saves what the chief saves, for engines on which saving
+        is a collective every worker joins (several JAX processes); None: the others save nothing."""
+        return None
+
     def on_chief(self, work):
         """Run `work()` on the chief; the other workers wait for it, and a KcnnError it raises is raised on
         every worker."""
@@ -126,28 +131,28 @@ class Plan:
 
 
 class TensorFlowPlan(Plan):
+    engine = "mirrored"
+
     def __init__(self):
         super().__init__()
         import tensorflow as tf
 
         if os.environ.get("TF_CONFIG"):
-            self.engine = "multi_worker_mirrored"
-            self.strategy = tf.distribute.MultiWorkerMirroredStrategy()
-            resolver = self.strategy.cluster_resolver
-            cluster = resolver.cluster_spec().as_dict()
-            self.workers = len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-            # TensorFlow's convention: the chief is task "chief", or worker 0 in a cluster without one.
-            self.worker = 0 if resolver.task_type == "chief" else resolver.task_id + len(cluster.get("chief", []))
-        else:
-            self.engine = "mirrored"
-            gpus = tf.config.list_logical_devices("GPU")
-            devices = gpus or tf.config.list_logical_devices("CPU")
-            # Between CPU devices TensorFlow picks collective all-reduces, whose instance keys clash when a
-            # second model trains in the same strategy (fine-tuning's two phases: "Shape mismatch in the
-            # collective instance"); reduction to one device has no such state. GPUs keep NCCL.
-            self.strategy = tf.distribute.MirroredStrategy(
-                [device.name for device in devices],
-                cross_device_ops=None if gpus else tf.distribute.ReductionToOneDevice())
+            # Tried here with two workers on localhost: Keras' TensorFlow trainer reduces PerReplica values
+            # in ways MultiWorkerMirroredStrategy does not take (first in _maybe_symbolic_build, then in the
+            # metrics' reduce_per_replica), so fit() stops at its first step.
+            raise InvalidArgumentError(
+                "TF_CONFIG asks for TensorFlow's MultiWorkerMirroredStrategy, under which Keras 3's fit() does not "
+                "run (keras-team/keras#20585); train on several machines with the torch backend (torchrun) or "
+                "JAX (keras.distribution), or unset TF_CONFIG to use every GPU of this machine."
+            )
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = gpus or tf.config.list_logical_devices("CPU")
+        # Between CPU devices TensorFlow picks collective all-reduces, whose instance keys clash when a
+        # second model trains in the same strategy (fine-tuning's two phases: "Shape mismatch in the
+        # collective instance"); reduction to one device has no such state. GPUs keep NCCL.
+        self.strategy = tf.distribute.MirroredStrategy(
+            [device.name for device in devices], cross_device_ops=None if gpus else tf.distribute.ReductionToOneDevice())
         self.replicas = self.strategy.num_replicas_in_sync
 
     def scope(self):
@@ -155,24 +160,6 @@ class TensorFlowPlan(Plan):
 
     def single_device(self, model):
         return _single_device_copy(model)
-
-    def training_data(self, make, batch_size):
-        """What fit() gets from `make(shard)`, a function that returns a dataset of one worker's part of
-        each global batch of `batch_size`."""
-        if self.workers == 1:
-            return make((0, 1))  # fit() splits each global batch over the replicas itself
-
-        def per_worker(context):  # each replica of this worker takes the next per-replica batch
-            return make((context.input_pipeline_id, context.num_input_pipelines)).rebatch(
-                context.get_per_replica_batch_size(batch_size))
-
-        return self.strategy.distribute_datasets_from_function(per_worker)
-
-    def on_chief(self, work):
-        result = work() if self.is_chief else None
-        if self.workers > 1:  # a collective every worker joins: the others wait for the chief's work
-            self.strategy.reduce("SUM", self.strategy.run(lambda: keras.ops.ones(())), axis=None)
-        return result
 
 
 class TorchPlan(Plan):
@@ -268,6 +255,20 @@ class JaxPlan(Plan):
     @property
     def batch_multiple(self):
         return self.replicas
+
+    def scratch_dir(self):
+        if self.workers == 1:
+            return None
+        import tempfile  # Keras gathers a variable spread over several processes with a collective
+
+        self._scratch = tempfile.mkdtemp(prefix=f"kcnn-worker{self.worker}-")
+        return self._scratch
+
+    def close(self):
+        import shutil
+
+        if getattr(self, "_scratch", None):
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     def scope(self):
         return self.distribution.scope()

@@ -116,23 +116,26 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
     into place last, names the weights file it belongs with.
     """
 
-    def __init__(self, backup_dir, write=True):
+    def __init__(self, backup_dir, write_dir=None):
         # The run deletes the backup itself once everything else is written,
         # so that a kill after fit() but before the last file resumes too.
         super().__init__(backup_dir, delete_checkpoint=False)
-        self.write = write  # False: a data-parallel worker that is not the chief only restores
+        # Where the backups go: a data-parallel worker that is not the chief restores the chief's backup
+        # and writes nowhere (False) or, where saving is a collective every worker joins (several JAX
+        # processes), into a scratch folder of its own (kcnn.distribute).
+        self.write_dir = backup_dir if write_dir is None else write_dir
 
     def _save_model(self):
-        if not self.write:
+        if self.write_dir is False:
             return
-        os.makedirs(self.backup_dir, exist_ok=True)
+        os.makedirs(self.write_dir, exist_ok=True)
         name = f"epoch_{self._current_epoch}.weights.h5"
-        temporary = os.path.join(self.backup_dir, f"epoch_{self._current_epoch}.tmp.weights.h5")
+        temporary = os.path.join(self.write_dir, f"epoch_{self._current_epoch}.tmp.weights.h5")
         self.model.save_weights(temporary, overwrite=True)
-        replace_file(temporary, os.path.join(self.backup_dir, name))
-        with atomic_open(self._training_metadata_path) as f:
+        replace_file(temporary, os.path.join(self.write_dir, name))
+        with atomic_open(os.path.join(self.write_dir, "training_metadata.json")) as f:
             json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}, f)
-        for old in glob.glob(os.path.join(glob.escape(self.backup_dir), "epoch_*.weights.h5")):
+        for old in glob.glob(os.path.join(glob.escape(self.write_dir), "epoch_*.weights.h5")):
             if os.path.basename(old) != name:
                 os.remove(old)
 

@@ -222,19 +222,17 @@ def _train(config, info, plan, callbacks):
     first_epoch = _resumed_epoch(config.output_dir) if config.resume else 0
     aux = _uses_aux_heads(config.arch, image_shape)
 
-    def training_batches(shard):  # shard: this worker's part of each global batch (kcnn.distribute)
-        dataset = make_dataset(train_data, batch_size=config.batch_size, training=True, num_classes=num_classes,
-                               image_shape=image_shape, augment=config.augment, seed=config.seed, one_hot=one_hot,
-                               epochs=config.epochs, first_epoch=first_epoch, shard=shard)
-        return dataset.map(_labels_per_output) if aux else dataset
-
-    train_ds = plan.training_data(training_batches, config.batch_size)
+    # shard: this worker's part of each global batch (kcnn.distribute)
+    train_ds = make_dataset(train_data, batch_size=config.batch_size, training=True, num_classes=num_classes,
+                            image_shape=image_shape, augment=config.augment, seed=config.seed, one_hot=one_hot,
+                            epochs=config.epochs, first_epoch=first_epoch, shard=plan.input_shard)
     kept = plan.validation_size(len(eval_data))
     validation = dataclasses.replace(eval_data, images=eval_data.images[:kept], labels=eval_data.labels[:kept])
     eval_ds = make_dataset(validation, batch_size=config.batch_size, training=False, num_classes=num_classes,
                            image_shape=image_shape, one_hot=one_hot, shard=plan.input_shard)
     if aux:
-        eval_ds = eval_ds.map(_labels_per_output)
+        train_ds, eval_ds = (ds.map(_labels_per_output) for ds in (train_ds, eval_ds))
+    train_ds, eval_ds = plan.dataset(train_ds), plan.dataset(eval_ds)
     # The chief alone takes the lock and writes the run directory; the other workers wait for it.
     lock = plan.on_chief(lambda: _prepare_run_dir(config))
     with lock or contextlib.nullcontext(), runs.write_errors_explained(config.output_dir, resumable=True):
@@ -270,8 +268,8 @@ def _fit_and_save(config, plan, run_dir, train_data, eval_data, train_ds, eval_d
             # ---- fit with Keras' callbacks (a resumed run starts at its backup's epoch) ----
             trainer.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                         shuffle=False,  # the dataset shuffles, per epoch
-                        callbacks=plan.callbacks() + _callbacks(config, run_dir, model, trainer, first_epoch,
-                                                                chief=plan.is_chief) + list(callbacks),
+                        callbacks=plan.callbacks() + _callbacks(config, run_dir, model, trainer, first_epoch, plan)
+                        + list(callbacks),
                         verbose=config.verbose if plan.is_chief else 0)
         model = plan.single_device(model)
     finally:
@@ -512,15 +510,21 @@ def _resumed_epoch(run_dir):
     return int(metadata["epoch"]) if metadata else 0
 
 
-def _callbacks(config, run_dir, model, trainer, first_epoch, chief=True):
-    """kcnn's callbacks; a worker that is not the chief (kcnn.distribute) writes nothing but takes the same
-    decisions (its logs hold the same, reduced, metrics) and restores the same backup."""
+def _callbacks(config, run_dir, model, trainer, first_epoch, plan=distribute.Plan()):
+    """kcnn's callbacks. A data-parallel worker that is not the chief (kcnn.distribute) takes the same
+    decisions (its logs hold the same, reduced, metrics) and restores the same backup, but writes
+    nothing, or only into a scratch folder where saving is a collective every worker joins."""
     import keras
 
     accuracy = "val_accuracy" if trainer is model else "val_logits_accuracy"
-    if not chief:
-        callbacks = [runs.CrashSafeBackup(os.path.join(run_dir, "backup"), write=False),
+    if not plan.is_chief:
+        scratch = plan.scratch_dir()
+        callbacks = [runs.CrashSafeBackup(os.path.join(run_dir, "backup"),
+                                          write_dir=scratch and os.path.join(scratch, "backup")),
                      keras.callbacks.TerminateOnNaN()]
+        if scratch:
+            callbacks.append(runs.AtomicModelCheckpoint(os.path.join(scratch, "best.keras"), model=model,
+                                                        monitor=accuracy, save_best_only=True, mode="max"))
         return callbacks + _decision_callbacks(config, accuracy)
     # A resumed run's best.keras is replaced only by a model better than the best of the epochs before.
     earlier = [float(row[accuracy]) for row in runs.read_history_rows(os.path.join(run_dir, "history.csv"))

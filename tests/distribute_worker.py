@@ -17,9 +17,9 @@ import sys
 import time
 
 BACKEND = os.environ["KERAS_BACKEND"]
-if BACKEND == "jax":  # before JAX starts: two CPU devices in this process
+if BACKEND == "jax" and not os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES"):  # before JAX: two CPU devices
     os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
-if BACKEND == "tensorflow":  # before TensorFlow starts: the CPU as two logical devices
+if BACKEND == "tensorflow" and not os.environ.get("TF_CONFIG"):  # before TensorFlow starts: two CPU devices
     import tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]

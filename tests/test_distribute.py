@@ -5,6 +5,7 @@ keras.distribution.DataParallel over two host devices, torch DDP with two proces
 import json
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -41,11 +42,11 @@ def test_torch_ddp_with_two_processes(tmp_path):
     check_finetuned("torch", tmp_path)
 
 
-def check_step(backend, out_dir):
+def check_step(backend, out_dir, engine=None):
     """One step on a global batch of 64 split over two workers gives the weights, loss and accuracy of one
     step on the whole batch on one device."""
     result = json.loads((out_dir / "step.json").read_text())
-    engine, processes = ENGINES[backend]
+    engine, processes = engine or ENGINES[backend]
     assert result["distributed"]["distribute"] == {"engine": engine, "replicas": 2, "workers": processes}
     weights = np.load(out_dir / "weights.npz")
     count = result["single"]["count"]
@@ -105,3 +106,60 @@ def test_torch_workers_resume_after_one_is_killed(tmp_path):
     assert len(first_rows) == 3 and rows[:3] == first_rows  # epochs 0 and 1 kept, not run again
     assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2", "3"]
     check_learned("torch", tmp_path)
+
+
+def test_jax_with_two_processes(tmp_path):
+    """Several hosts on JAX: two processes (one CPU device each, gloo collectives) joined by Keras'
+    KERAS_DISTRIBUTION_* variables; a step equals the single-device step (saving is a collective there:
+    the other process saves into a scratch folder while the chief writes the run)."""
+    processes = []
+    for process_id in range(2):
+        out_dir = tmp_path if process_id == 0 else tmp_path / "process1"
+        out_dir.mkdir(exist_ok=True)
+        variables = dict(KERAS_DISTRIBUTION_JOB_ADDRESSES=f"localhost:{free_port()}" if process_id == 0 else
+                         processes[0][1], KERAS_DISTRIBUTION_NUM_PROCESSES="2",
+                         KERAS_DISTRIBUTION_PROCESS_ID=str(process_id), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+        os.environ.update(variables)
+        try:  # both write into tmp_path's run folders: only the chief may
+            processes.append((run_python([WORKER, "step", str(tmp_path)], "jax", str(out_dir / "worker.log")),
+                              variables["KERAS_DISTRIBUTION_JOB_ADDRESSES"]))
+        finally:
+            for name in variables:
+                del os.environ[name]
+    for (process, _), out_dir in zip(processes, (tmp_path, tmp_path / "process1")):
+        finished(process, out_dir)
+    check_step("jax", tmp_path, engine=("data_parallel", 2))
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("localhost", 0))
+        return listener.getsockname()[1]
+
+
+def test_learning_rate_follows_the_global_batch():
+    from kcnn.train import TrainConfig
+
+    cifar = TrainConfig(dataset="cifar10").resolved()  # SGD, batch 512, learning rate 1.0
+    assert TrainConfig(dataset="cifar10", batch_size=1024).resolved().learning_rate == pytest.approx(2 * cifar.learning_rate)
+    mnist = TrainConfig(dataset="mnist").resolved()  # AdamW: the square root
+    assert TrainConfig(dataset="mnist", batch_size=4 * mnist.batch_size).resolved().learning_rate == \
+        pytest.approx(2 * mnist.learning_rate)
+    assert TrainConfig(dataset="mnist", batch_size=512, learning_rate=0.1).resolved().learning_rate == 0.1
+
+
+@pytest.mark.parametrize("backend, variables, message", [
+    ("torch", {}, "runs one process per device under torchrun; launch it as `torchrun --nproc_per_node N"),
+    ("tensorflow", {"TF_CONFIG": '{"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 0}}'},
+     "under which Keras 3's fit() does not run (keras-team/keras#20585)"),
+])
+def test_distribute_where_the_engine_cannot_start(backend, variables, message, tmp_path):
+    import subprocess
+
+    env = dict(os.environ, KERAS_BACKEND=backend, **variables)
+    result = subprocess.run([sys.executable, "-m", "kcnn", "train", "--dataset", "digits", "--distribute",
+                             "--output-dir", str(tmp_path / "run")], capture_output=True, text=True, env=env)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()
