@@ -8,8 +8,8 @@ kcnn does not invent its own: `--distribute` picks the engine of the active back
 | backend    | engine                                                  | launched by                                  |
 |------------|---------------------------------------------------------|----------------------------------------------|
 | tensorflow | `tf.distribute.MirroredStrategy` (every GPU, else every | `python workflows/train.py --distribute`     |
-|            | logical CPU); `MultiWorkerMirroredStrategy` when        | on each machine, with its `TF_CONFIG`        |
-|            | `TF_CONFIG` is set                                      |                                              |
+|            | logical CPU device); not MultiWorkerMirroredStrategy:   |                                              |
+|            | Keras 3's fit() does not run under it (TF_CONFIG: error)|                                              |
 | torch      | `torch.distributed` + `DistributedDataParallel` (NCCL   | `torchrun --nproc_per_node N                 |
 |            | on GPUs, gloo on CPUs), inside Keras' `fit()`           | workflows/train.py --distribute`             |
 | jax        | `keras.distribution.DataParallel` over `jax.devices()`; | `python workflows/train.py --distribute`;    |
@@ -17,9 +17,9 @@ kcnn does not invent its own: `--distribute` picks the engine of the active back
 
 What stays the same whatever the engine: `batch_size` is the *global* batch (each of R replicas computes
 batch_size / R of it), so a distributed step on a batch equals a single-device step on that batch, and the
-learning rate needs no change; the chief (rank / task / process 0) alone writes the run directory; every
-worker restores the same backup on `--resume`; the metrics in logs and callbacks are those of the whole
-global batch (the engines reduce them; kcnn does it for DDP).
+learning rate needs no change; the chief (rank / process 0) alone writes the run directory (the others
+return a Run whose metrics are None); every worker restores the same backup on `--resume`; the metrics in
+logs and callbacks are those of the whole global batch (the engines reduce them; kcnn does it for DDP).
 
 Batch normalisation: on TensorFlow and torch each replica normalises with its own part of the batch (the
 engines' default, as torch DDP without SyncBatchNorm); the moving statistics kept are the chief's. JAX
@@ -93,11 +93,6 @@ class Plan:
     def scope(self):
         """Where models, optimizers and metrics are created (and fit() runs)."""
         return contextlib.nullcontext()
-
-    def dataset(self, dataset):
-        """The tf.data dataset of this worker's batches (kcnn.data.make_dataset with `shard=input_shard`)
-        as fit() should get it."""
-        return dataset
 
     def wrap(self, trainer):
         """After compile(): whatever the engine needs on the model (DDP)."""

@@ -182,7 +182,6 @@ def train(config: TrainConfig, callbacks=()) -> Run:
     """Train `config.arch` on `config.dataset`; `callbacks` are extra Keras
     callbacks, added to kcnn's own (checkpoints, logs, schedules)."""
     import kcnn
-    from kcnn.data.pipeline import make_dataset
 
     config = config.resolved()
     info = kcnn.get_model_info(config.arch)  # unknown architectures fail here, before any work
@@ -232,7 +231,6 @@ def _train(config, info, plan, callbacks):
                            image_shape=image_shape, one_hot=one_hot, shard=plan.input_shard)
     if aux:
         train_ds, eval_ds = (ds.map(_labels_per_output) for ds in (train_ds, eval_ds))
-    train_ds, eval_ds = plan.dataset(train_ds), plan.dataset(eval_ds)
     # The chief alone takes the lock and writes the run directory; the other workers wait for it.
     lock = plan.on_chief(lambda: _prepare_run_dir(config))
     with lock or contextlib.nullcontext(), runs.write_errors_explained(config.output_dir, resumable=True):
