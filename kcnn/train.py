@@ -508,17 +508,17 @@ def _resumed_epoch(run_dir):
     return int(metadata["epoch"]) if metadata else 0
 
 
-def _callbacks(config, run_dir, model, trainer, first_epoch, plan=distribute.Plan()):
+def _callbacks(config, run_dir, model, trainer, first_epoch, plan=None):
     """kcnn's callbacks. A data-parallel worker that is not the chief (kcnn.distribute) takes the same
     decisions (its logs hold the same, reduced, metrics) and restores the same backup, but writes
     nothing, or only into a scratch folder where saving is a collective every worker joins."""
     import keras
 
     accuracy = "val_accuracy" if trainer is model else "val_logits_accuracy"
-    if not plan.is_chief:
+    if plan is not None and not plan.is_chief:
         scratch = plan.scratch_dir()
         callbacks = [runs.CrashSafeBackup(os.path.join(run_dir, "backup"),
-                                          write_dir=scratch and os.path.join(scratch, "backup")),
+                                          write_dir=os.path.join(scratch, "backup") if scratch else False),
                      keras.callbacks.TerminateOnNaN()]
         if scratch:
             callbacks.append(runs.AtomicModelCheckpoint(os.path.join(scratch, "best.keras"), model=model,
