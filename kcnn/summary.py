@@ -73,6 +73,14 @@ class ModelSummary:
         )
 
 
+def conv_output_size(size, kernel_size, padding=0, stride=1):
+    """The output size of a convolution or pooling window, the lecture notes' formula
+    (W - K + 2P) / S + 1, rounded down (a window that would hang over the edge is dropped).
+
+    Keras' padding="valid" is P = 0; padding="same" with stride 1 is P = (K - 1) / 2 for odd K."""
+    return (size - kernel_size + 2 * padding) // stride + 1
+
+
 def summary(model_or_name, input_shape=None, *, print_fn=print) -> ModelSummary:
     """Print and return the per-layer table of a model or a registered name.
 

