@@ -48,7 +48,11 @@ def training_curves(history, title=None, phase_starts=None):
         if f"val_{metric}" in logs:
             axis.plot(epochs, logs[f"val_{metric}"], "s-", label="validation")
         axis.set_xlabel("epoch")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) <= 15:
+            axis.set_xticks(epochs)  # whole epochs, also for a run of one or two
+            axis.set_xlim(0.5, len(epochs) + 0.5)
+        else:
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(label.lower())
         axis.set_title(label)
         axis.grid(alpha=0.3)
