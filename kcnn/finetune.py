@@ -152,6 +152,8 @@ def _finetune(config, plan, callbacks):
     from kcnn.weights import get_source
 
     plan.check_batch(config.batch_size)
+    if not plan.is_chief:
+        config = dataclasses.replace(config, verbose=0)  # the chief reports for every worker
     info = kcnn.get_model_info(config.backbone)  # unknown names and missing weights fail before any work
     get_source(config.backbone, config.weights)
     if config.image_size < info.min_input_size:
@@ -217,7 +219,7 @@ def _finetune(config, plan, callbacks):
                 features[fit_rows], one_hot[fit_rows], validation_data=(features[val_rows], one_hot[val_rows]),
                 epochs=config.head_epochs, batch_size=batch_size,
                 callbacks=plan.callbacks() + _phase_callbacks(config) + list(callbacks),
-                verbose=config.verbose if plan.is_chief else 0) if config.head_epochs else None
+                verbose=config.verbose) if config.head_epochs else None
             plan.unwrap(head)
 
             # ---- phase 2: the top of the backbone at a lower learning rate ----------
@@ -238,7 +240,7 @@ def _finetune(config, plan, callbacks):
                     activations[fit_rows], one_hot[fit_rows], epochs=config.finetune_epochs,
                     validation_data=(activations[val_rows], one_hot[val_rows]), batch_size=batch_size,
                     callbacks=plan.callbacks() + _phase_callbacks(config, finetune=True) + list(callbacks),
-                    verbose=config.verbose if plan.is_chief else 0)
+                    verbose=config.verbose)
                 plan.unwrap(trainable)
                 jax_cpu.copy_weights(fast_top, top)
             train_seconds = time.perf_counter() - started

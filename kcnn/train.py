@@ -199,6 +199,8 @@ def _train(config, info, plan, callbacks):
     from kcnn.data.pipeline import make_dataset
 
     plan.check_batch(config.batch_size)
+    if not plan.is_chief:
+        config = dataclasses.replace(config, verbose=0)  # the chief reports for every worker
 
     # ---- data (checked before the run directory is touched) ----------------
     train_data = config.load(config.train_split_name())
@@ -268,7 +270,7 @@ def _fit_and_save(config, plan, run_dir, train_data, eval_data, train_ds, eval_d
                         shuffle=False,  # the dataset shuffles, per epoch
                         callbacks=plan.callbacks() + _callbacks(config, run_dir, model, trainer, first_epoch, plan)
                         + list(callbacks),
-                        verbose=config.verbose if plan.is_chief else 0)
+                        verbose=config.verbose)
         model = plan.single_device(model)
     finally:
         keras.mixed_precision.set_global_policy(policy)  # leave the caller's process as it was

@@ -163,3 +163,38 @@ def test_distribute_where_the_engine_cannot_start(backend, variables, message, t
                              "--output-dir", str(tmp_path / "run")], capture_output=True, text=True, env=env)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_only_the_chief_writes_the_run(tmp_path):
+    """The callbacks of a worker that is not the chief restore the chief's backup but write nothing (torch),
+    or only into a scratch folder of their own where saving is a collective (several JAX processes)."""
+    import keras
+
+    from kcnn import distribute, runs
+    from kcnn.train import TrainConfig, _callbacks
+
+    config = TrainConfig(dataset="digits", arch="lenet5", image_size=32).resolved()
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+
+    class Worker(distribute.Plan):
+        def __init__(self, index, scratch=None):
+            super().__init__()
+            self.worker, self.workers, self._scratch_dir = index, 2, scratch
+
+        def scratch_dir(self):
+            return self._scratch_dir
+
+    def writers(callbacks):
+        return {type(c).__name__: getattr(c, "write_dir", getattr(c, "filepath", getattr(c, "log_dir", None)))
+                for c in callbacks if isinstance(c, (runs.CrashSafeBackup, runs.HistoryLog, runs.AtomicModelCheckpoint,
+                                                      keras.callbacks.TensorBoard))}
+
+    run_dir = str(tmp_path / "run")
+    chief = writers(_callbacks(config, run_dir, model, model, 0, Worker(0)))
+    assert set(chief) == {"CrashSafeBackup", "HistoryLog", "AtomicModelCheckpoint", "TensorBoard"}
+    assert writers(_callbacks(config, run_dir, model, model, 0, Worker(1))) == {"CrashSafeBackup": False}
+    scratch = str(tmp_path / "scratch")
+    other = writers(_callbacks(config, run_dir, model, model, 0, Worker(1, scratch)))
+    assert all(path.startswith(scratch) for path in other.values()) and "HistoryLog" not in other
+    backup = next(c for c in _callbacks(config, run_dir, model, model, 0, Worker(1)) if isinstance(c, runs.CrashSafeBackup))
+    assert backup.backup_dir == str(tmp_path / "run" / "backup")  # it restores the chief's backup
