@@ -171,11 +171,15 @@ class TorchPlan(Plan):
                 f"`{TORCHRUN_HINT}` (one machine) or with --nnodes and --rdzv-endpoint (several)."
             )
         self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self._created_group = not dist.is_initialized()
-        if self._created_group:
+        if not dist.is_initialized():
             if torch.cuda.is_available():
                 torch.cuda.set_device(self.local_rank)  # Keras' "cuda" device is the current one
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            # The group lives as long as the process: a second one from torchrun's same store can read the
+            # first one's addresses and hang (found running training, then fine-tuning, in one process).
+            import atexit
+
+            atexit.register(dist.destroy_process_group)
         self.workers = self.replicas = dist.get_world_size()
         self.worker = dist.get_rank()
         self.restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
@@ -217,12 +221,6 @@ class TorchPlan(Plan):
         if failure[0] is not None:
             raise KcnnError(failure[0])
         return result
-
-    def close(self):
-        import torch.distributed as dist
-
-        if self._created_group and dist.is_initialized():
-            dist.destroy_process_group()
 
 
 class JaxPlan(Plan):
