@@ -255,8 +255,8 @@ def _finetune(config, plan, callbacks):
             outputs = layer(outputs)
         model = torch_fast.accelerate(keras.Model(backbone.input, outputs, name=f"{config.backbone}_finetuned"))
         # Every worker evaluates (under TensorFlow's multi-worker strategy predict() is a collective).
-        fast_top.make_predict_function(force=True)  # trainable flags changed since extraction: JAX's
-        # distributed predict() keeps the variables' split into trainable and not from its first call.
+        if config.distribute:  # JAX's distributed predict() keeps the split into trainable variables and the
+            fast_top.make_predict_function(force=True)  # rest from its first call, before the unfreezing
         eval_features = _predict(fast_top, eval_activations, None, config.batch_size, plan.batch_multiple)
         logits = _predict(head, eval_features, None, config.batch_size, plan.batch_multiple)
         predicted = np.argmax(logits, axis=-1)
