@@ -61,9 +61,9 @@ def _parser():
     return parser
 
 
-DISTRIBUTE_HELP = ("data-parallel training on the backend's engine: tf.distribute (every GPU; TF_CONFIG for several "
-                   "machines), torch DDP (launch with torchrun), keras.distribution on JAX; --batch-size is the "
-                   "global batch")
+DISTRIBUTE_HELP = ("data-parallel training on the backend's engine: tf.distribute (every GPU of this machine), "
+                   "torch DDP (launch with torchrun), keras.distribution on JAX (KERAS_DISTRIBUTION_* for several "
+                   "machines); --batch-size is the global batch")
 
 
 def _add_train_arguments(parser):
