@@ -26,11 +26,15 @@ demo: $(STAMP)
 tour: $(STAMP)
 	KERAS_BACKEND=$(or $(KERAS_BACKEND),jax) $(PY) workflows/zoo_tour.py
 
+# Two pytest processes (pytest-xdist): in one, 1.4 of the 2 cores were busy on average. Tests
+# that share an expensive module or session fixture carry an xdist_group mark, so it runs once.
+PYTEST := $(PY) -m pytest -n 2 --dist loadgroup
+
 test: $(STAMP)
-	$(PY) -m pytest --durations=15
+	$(PYTEST) --durations=25
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) kcnn.egg-info .pytest_cache

@@ -7,9 +7,11 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -39,26 +41,36 @@ def _tail(path, size=3000):
         return f.read()[-size:]
 
 
-_STARTED = {}
+# One folder per pytest session for the cross-backend runs, named by the main
+# process (pytest-xdist's controller, or pytest itself) before any worker starts,
+# so that every worker finds the same one in its environment.
+BACKEND_RUNS_ENV = "KCNN_TEST_BACKEND_RUNS"
+
+
+def pytest_configure(config):
+    if not hasattr(config, "workerinput"):
+        os.environ[BACKEND_RUNS_ENV] = tempfile.mkdtemp(prefix="kcnn-backends-")
 
 
 def pytest_collection_modifyitems(session, config, items):
-    """Start the per-backend builders as soon as the tests that need them are
+    """Start the per-backend runs as soon as the tests that need them are
     collected, so that they run while the in-process tests do."""
     if any("backend_runs" in getattr(item, "fixturenames", ()) for item in items):
-        _start_builders()
+        _start_backend_runs()
 
 
-def _start_builders():
-    if not _STARTED:
-        root = tempfile.mkdtemp(prefix="kcnn-backends-")
-        _STARTED["root"] = root
-        _STARTED["builders"] = {
-            b: run_python([os.path.join(TESTS_DIR, "backend_worker.py"), os.path.join(root, b)], b,
-                          os.path.join(root, b, "build.log"))
-            for b in BACKENDS
-        }
-    return _STARTED["root"], _STARTED["builders"]
+def _start_backend_runs():
+    """Start tests/backend_runs.py once per session: the first process to
+    create ROOT/started starts it (xdist workers collect at the same time)."""
+    root = pathlib.Path(os.environ[BACKEND_RUNS_ENV])
+    try:
+        (root / "started").mkdir()
+    except FileExistsError:
+        return
+    with open(root / "runs.log", "w") as log:
+        process = subprocess.Popen([sys.executable, os.path.join(TESTS_DIR, "backend_runs.py"), str(root)],
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    (root / "started" / "pid").write_text(str(process.pid))
 
 
 @pytest.fixture(scope="session")
@@ -66,37 +78,38 @@ def backend_runs():
     """Per backend: every registered model built with the same weights
     (outputs.npz, report.json), saved as .keras, and loaded back in a fresh
     process that never imports kcnn (loaded.npz). The three backends run in
-    parallel; their files are deleted at the end of the session."""
-    root, builders = _start_builders()
-    root = pathlib.Path(root)
-    for process in builders.values():
-        process.wait()
-    loaders = {
-        b: run_python([os.path.join(TESTS_DIR, "load_worker.py"), str(root / b / "models"), str(root / b / "loaded.npz")],
-                      b, str(root / b / "load.log"))
-        for b in BACKENDS
-        if builders[b].returncode == 0
-    }
-    for process in loaders.values():
-        process.wait()
+    parallel (tests/backend_runs.py); their files are deleted at the end of
+    the session."""
+    _start_backend_runs()
+    root = pathlib.Path(os.environ[BACKEND_RUNS_ENV])
+    deadline = time.monotonic() + 3600
+    while not all((root / b / "done.json").exists() for b in BACKENDS):
+        assert time.monotonic() < deadline, f"the backend runs did not finish in an hour:\n{_tail(root / 'runs.log')}"
+        time.sleep(1)
     runs = {}
     for b in BACKENDS:
-        assert builders[b].returncode == 0, f"{b} worker failed:\n{_tail(root / b / 'build.log')}"
-        assert loaders[b].returncode == 0, f"{b} loader failed:\n{_tail(root / b / 'load.log')}"
+        codes = json.loads((root / b / "done.json").read_text())
+        assert codes["build"] == 0, f"{b} worker failed:\n{_tail(root / b / 'build.log')}"
+        assert codes["load"] == 0, f"{b} loader failed:\n{_tail(root / b / 'load.log')}"
         runs[b] = {
             "outputs": dict(np.load(root / b / "outputs.npz")),
             "loaded": dict(np.load(root / b / "loaded.npz")),
             "load_errors": json.loads((root / b / "loaded.npz.errors.json").read_text()),
             "report": json.loads((root / b / "report.json").read_text()),
         }
-    yield runs
-    shutil.rmtree(root, ignore_errors=True)
+    return runs
 
 
 def pytest_unconfigure(config):
-    """Stop builders a failed or interrupted session never waited for."""
-    for process in _STARTED.get("builders", {}).values():
-        if process.poll() is None:
-            process.kill()
-    if "root" in _STARTED:
-        shutil.rmtree(_STARTED["root"], ignore_errors=True)
+    """The main process ends the runs a failed or interrupted session never
+    waited for, and deletes their folder."""
+    if hasattr(config, "workerinput") or BACKEND_RUNS_ENV not in os.environ:
+        return
+    root = pathlib.Path(os.environ[BACKEND_RUNS_ENV])
+    pid_file = root / "started" / "pid"
+    if pid_file.exists() and not all((root / b / "done.json").exists() for b in BACKENDS):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,55 @@
+"""The cross-backend runs behind conftest's `backend_runs` fixture, for all
+three backends at once, detached from the pytest process that starts them.
+
+    python tests/backend_runs.py ROOT
+
+Per backend B, in parallel: tests/backend_worker.py into ROOT/B (build every
+model, save it), then tests/load_worker.py (load the files with plain Keras
+in a fresh process), then ROOT/B/done.json with both exit codes. Detached so
+that, under pytest-xdist, the worker that happened to start it may finish
+first while the one running tests/test_zoo.py waits for done.json.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+BACKENDS = ("tensorflow", "torch", "jax")
+
+
+def run(args, backend, log_path):
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    with open(log_path, "w") as log:
+        return subprocess.run([sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+
+
+def build_then_load(root, backend):
+    out_dir = os.path.join(root, backend)
+    codes = {"build": None, "load": None}
+    try:
+        codes["build"] = run([os.path.join(TESTS_DIR, "backend_worker.py"), out_dir], backend,
+                             os.path.join(out_dir, "build.log"))
+        if codes["build"] == 0:
+            codes["load"] = run([os.path.join(TESTS_DIR, "load_worker.py"), os.path.join(out_dir, "models"),
+                                 os.path.join(out_dir, "loaded.npz")], backend, os.path.join(out_dir, "load.log"))
+    finally:  # always answer, so that the fixture never waits for nothing
+        with open(os.path.join(out_dir, "done.json.tmp"), "w") as f:
+            json.dump(codes, f)
+        os.replace(os.path.join(out_dir, "done.json.tmp"), os.path.join(out_dir, "done.json"))
+
+
+def main(root):
+    for backend in BACKENDS:
+        os.makedirs(os.path.join(root, backend), exist_ok=True)
+    threads = [threading.Thread(target=build_then_load, args=(root, b)) for b in BACKENDS]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
