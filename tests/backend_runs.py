@@ -7,14 +7,19 @@ Per backend B, in parallel: tests/backend_worker.py into ROOT/B (build every
 model, save it), then tests/load_worker.py (load the files with plain Keras
 in a fresh process), then ROOT/B/done.json with both exit codes. Detached so
 that, under pytest-xdist, the worker that happened to start it may finish
-first while the one running tests/test_zoo.py waits for done.json.
+first while the one running tests/test_zoo.py waits for done.json; it ends
+itself (and deletes ROOT) if the pytest process named in ROOT/owner.pid is
+killed.
 """
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("tensorflow", "torch", "jax")
@@ -41,9 +46,25 @@ def build_then_load(root, backend):
         os.replace(os.path.join(out_dir, "done.json.tmp"), os.path.join(out_dir, "done.json"))
 
 
+def end_with_owner(root):
+    """Kill this process group (the runs and their workers) once the pytest
+    process that owns ROOT is gone: killed, it could not stop them itself."""
+    with open(os.path.join(root, "owner.pid")) as f:
+        owner = int(f.read())
+    while True:
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            shutil.rmtree(root, ignore_errors=True)
+            os.killpg(os.getpgid(0), signal.SIGKILL)
+        time.sleep(2)
+
+
 def main(root):
     for backend in BACKENDS:
         os.makedirs(os.path.join(root, backend), exist_ok=True)
+    if os.path.exists(os.path.join(root, "owner.pid")):
+        threading.Thread(target=end_with_owner, args=(root,), daemon=True).start()
     threads = [threading.Thread(target=build_then_load, args=(root, b)) for b in BACKENDS]
     for thread in threads:
         thread.start()

@@ -50,8 +50,11 @@ BACKEND_RUNS_ENV = "KCNN_TEST_BACKEND_RUNS"
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):
         os.environ[BACKEND_RUNS_ENV] = tempfile.mkdtemp(prefix="kcnn-backends-")
+        # tests/backend_runs.py ends itself when this process is gone (killed: no pytest_unconfigure)
+        (pathlib.Path(os.environ[BACKEND_RUNS_ENV]) / "owner.pid").write_text(str(os.getpid()))
 
 
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: `make test-fast` needs no backend runs
 def pytest_collection_modifyitems(session, config, items):
     """Start the per-backend runs as soon as the tests that need them are
     collected, so that they run while the in-process tests do."""
@@ -85,6 +88,9 @@ def backend_runs():
     deadline = time.monotonic() + 3600
     while not all((root / b / "done.json").exists() for b in BACKENDS):
         assert time.monotonic() < deadline, f"the backend runs did not finish in an hour:\n{_tail(root / 'runs.log')}"
+        pid_file = root / "started" / "pid"
+        assert not pid_file.exists() or _running(int(pid_file.read_text())), \
+            f"tests/backend_runs.py ended without its results:\n{_tail(root / 'runs.log')}"
         time.sleep(1)
     runs = {}
     for b in BACKENDS:
@@ -100,6 +106,15 @@ def backend_runs():
     return runs
 
 
+def _running(pid):
+    """Whether process `pid` runs (a zombie, dead but not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def pytest_unconfigure(config):
     """The main process ends the runs a failed or interrupted session never
     waited for, and deletes their folder."""
@@ -110,6 +125,6 @@ def pytest_unconfigure(config):
     if pid_file.exists() and not all((root / b / "done.json").exists() for b in BACKENDS):
         try:
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-        except ProcessLookupError:
+        except (ProcessLookupError, PermissionError):  # ended already
             pass
     shutil.rmtree(root, ignore_errors=True)

@@ -116,7 +116,7 @@ def test_offline_kaggle_preset_fails_fast_in_one_sentence(monkeypatch, error):
         message = rf"Cannot fetch the keras-hub preset '{preset}'.*needs the network"
         with pytest.raises(WeightsError, match=message) as raised:
             kcnn.build("hub:" + preset, num_classes=5)
-        assert time.perf_counter() - start < 5
+        assert time.perf_counter() - start < 20  # no retry, no network wait (20 s: the other test process shares the cores)
         assert raised.value.__cause__ is None and raised.value.__suppress_context__  # no kagglehub traceback
 
 

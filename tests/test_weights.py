@@ -4,6 +4,7 @@ offline, fresh heads, grey inputs, preprocessing inside, and bad weights."""
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import sys
@@ -159,10 +160,14 @@ def test_state_dict_for_another_architecture_or_truncated_is_refused(tmp_path):
 
 
 def _torch_models():
-    sys.path.insert(0, os.path.join(os.path.dirname(TESTS_DIR), "bench"))
-    import torch_models
-
-    return torch_models
+    """bench/torch_models.py, imported from its file (bench/ stays off sys.path: its
+    common.py, mnist.py, ... would shadow other imports later in this process)."""
+    if "torch_models" not in sys.modules:
+        path = os.path.join(os.path.dirname(TESTS_DIR), "bench", "torch_models.py")
+        spec = importlib.util.spec_from_file_location("torch_models", path)
+        sys.modules["torch_models"] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules["torch_models"]
 
 
 # kcnn architecture -> (the torch module of torchvision's layout that writes the checkpoint, input size).
