@@ -21,8 +21,6 @@ import pytest
 
 from conftest import TESTS_DIR
 
-# One xdist worker runs this file, so that its module fixture runs once (make test: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("crash")
 
 RUN = ["train", "--dataset", "digits", "--arch", "lenet5", "--image-size", "32", "--epochs", "2",
        "--batch-size", "64", "--limit", "256", "--seed", "1"]

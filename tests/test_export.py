@@ -58,7 +58,6 @@ def exported(tmp_path_factory):
     return processes
 
 
-@pytest.mark.xdist_group("export_trained")  # one worker: the module fixture runs once
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_model_trained_on_each_backend_serves_the_same_probabilities(exported, backend, tmp_path):
     import onnxruntime
@@ -93,7 +92,6 @@ def test_a_model_trained_on_each_backend_serves_the_same_probabilities(exported,
         session.run(None, {"image": np.zeros((1, 30, 32, 3), "float32")})
 
 
-@pytest.mark.xdist_group("export_trained")  # one worker: the module fixture runs once
 def test_saved_model_cli_describes_the_signatures(exported):
     report = json.loads((exported["tensorflow"] / "report.json").read_text())
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")

@@ -13,8 +13,6 @@ import pytest
 
 from conftest import TESTS_DIR, _tail, run_python
 
-# One xdist worker runs this file, so that its module fixture runs once (make test: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("torch_fast")
 
 CASES = ("edge_cases", "cifar_resnet20", "mobilenet_v2")
 

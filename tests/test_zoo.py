@@ -44,7 +44,6 @@ def default_input_counts():
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.xdist_group("zoo_counts")  # one worker: the session fixture runs once
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_parameter_count_matches_reference(name, default_input_counts):
     info = kcnn.get_model_info(name)
@@ -73,7 +72,6 @@ def _no_layers_please(*args, **kwargs):
     raise AssertionError("a layer was created before the arguments were checked")
 
 
-@pytest.mark.xdist_group("backend_runs")  # one worker: the session fixture runs once
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -83,7 +81,6 @@ def test_builds_with_expected_output_shape(name, backend, backend_runs):
     assert entry["output_shape"] == [BATCH, NUM_CLASSES]
 
 
-@pytest.mark.xdist_group("backend_runs")  # one worker: the session fixture runs once
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_same_weights_give_same_logits_on_every_backend(name, backend_runs):
@@ -95,7 +92,6 @@ def test_same_weights_give_same_logits_on_every_backend(name, backend_runs):
         assert relative <= 1e-4, f"{name}: {backend} vs tensorflow differ by {relative:.2e} (relative)"
 
 
-@pytest.mark.xdist_group("backend_runs")  # one worker: the session fixture runs once
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", MODEL_NAMES)
@@ -113,7 +109,6 @@ def test_keras_file_loads_without_kcnn_with_identical_outputs(name, backend, bac
         np.testing.assert_array_equal(run["loaded"][name], run["outputs"][name])
 
 
-@pytest.mark.xdist_group("backend_runs")  # one worker: the session fixture runs once
 @pytest.mark.slow
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_on_torch_every_convolution_and_batch_norm_runs_on_torch_kernels(name, backend_runs):
