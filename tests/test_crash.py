@@ -21,7 +21,6 @@ import pytest
 
 from conftest import TESTS_DIR
 
-
 RUN = ["train", "--dataset", "digits", "--arch", "lenet5", "--image-size", "32", "--epochs", "2",
        "--batch-size", "64", "--limit", "256", "--seed", "1"]
 KILL_POINTS = {  # point: extra arguments of that run

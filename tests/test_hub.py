@@ -15,7 +15,6 @@ import requests
 import kcnn
 from kcnn.weights import WeightsError
 
-
 SCALE = (1 / 58.4, 1 / 57.1, 1 / 57.4)  # ImageNet's std and mean, as keras-hub's converters store them
 OFFSET = (-2.12, -2.04, -1.80)
 SIZE = 64

@@ -13,7 +13,6 @@ import pytest
 
 from conftest import TESTS_DIR, _tail, run_python
 
-
 CASES = ("edge_cases", "cifar_resnet20", "mobilenet_v2")
 
 
