@@ -96,7 +96,8 @@ def _add_train_arguments(parser):
     parser.add_argument("--output-dir")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run in --output-dir from its last finished epoch")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the kcnn run in --output-dir (only the files it wrote)")
     parser.add_argument("--export", action="store_true",
                         help="also write a SavedModel for serving into RUN_DIR/export/1")
 
@@ -133,7 +134,10 @@ def _add_finetune_arguments(parser):
     parser.add_argument("--output-dir")
     parser.add_argument("--no-export", dest="export", action="store_false",
                         help="skip the SavedModel for serving in RUN_DIR/export/1")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the killed run in --output-dir (the same settings) where it stopped")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the kcnn run in --output-dir (only the files it wrote)")
 
 
 def _blocks(text):
@@ -161,7 +165,8 @@ def _train(args):
 def _evaluate(run_dir):
     import keras
 
-    from kcnn.train import evaluate_model, load_run
+    from kcnn.rundir import load_run
+    from kcnn.train import evaluate_model
 
     model, config, _ = load_run(run_dir)
     data = config.load(config.eval_split_name())
@@ -174,7 +179,8 @@ def _predict(run_dir, images, top):
     import os
 
     import kcnn
-    from kcnn.train import load_run, predict_files
+    from kcnn.rundir import load_run
+    from kcnn.train import predict_files
 
     if not os.path.exists(run_dir) and run_dir in {info.name for info in kcnn.list_models(pretrained=True)}:
         from kcnn.weights import get_source

@@ -30,7 +30,6 @@ replaced only with overwrite=True.
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -38,9 +37,13 @@ import tempfile
 
 import numpy as np
 
+from kcnn import modelfile
 from kcnn.errors import KcnnError
+from kcnn.utils import atomic_open, atomic_path
 
 FORMATS = ("saved_model", "onnx", "keras")
+# The file that marks a folder as kcnn's export folder (TensorFlow Serving looks only at the version folders).
+EXPORT_MARKER = "kcnn_export.json"
 ONNX_OPSET = 17
 
 
@@ -64,6 +67,7 @@ def export(source, format="saved_model", output=None, *, version=1, overwrite=Fa
                   else os.path.join("saved_models", f"{stem}_export"))
     destination = os.path.join(output, {"saved_model": str(version), "onnx": "model.onnx",
                                         "keras": "model.keras"}[format])
+    _check_output(output, run_dir, overwrite)
     if os.path.exists(destination) and not overwrite:
         raise ExportError(f"{destination} already exists; pass overwrite=True (--overwrite) to replace it"
                           + (", or another version (--version)." if format == "saved_model" else "."))
@@ -74,9 +78,11 @@ def export(source, format="saved_model", output=None, *, version=1, overwrite=Fa
     try:
         if format == "keras":
             load_model(model_path)  # refuse what Keras cannot load, as the other formats do
-            _replace_atomically(destination, lambda temporary: shutil.copyfile(model_path, temporary))
+            with atomic_path(destination) as temporary:
+                shutil.copyfile(model_path, temporary)
         else:
             _run_on_tensorflow(model_path, format, destination, class_names)
+        _mark_output(output, destination, format, model_path)
     except BaseException:
         if created and not os.listdir(output):
             os.rmdir(output)  # leave no trace of a failed export
@@ -102,6 +108,45 @@ def find_model(source):
     return source, (run_dir if os.path.isfile(os.path.join(run_dir, "metrics.json")) else None)
 
 
+def _check_output(output, run_dir, overwrite):
+    """An export goes into a new or empty folder, or one kcnn exported into before (its marker file, or
+    the export/ folder of a kcnn run); a folder holding files kcnn did not write is refused, even with
+    overwrite, and left as it was."""
+    from kcnn.rundir import RunDir
+
+    if not os.path.exists(output):
+        return
+    if not os.path.isdir(output):
+        raise ExportError(f"{output} is a file, not a folder; pass another --output.")
+    if os.path.isfile(os.path.join(output, EXPORT_MARKER)):
+        return
+    in_run = run_dir and os.path.abspath(output) == os.path.abspath(os.path.join(run_dir, "export")) and \
+        RunDir(run_dir).is_run()
+    entries = sorted(os.listdir(output))
+    if entries and not in_run:
+        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+        raise ExportError(
+            f"{output} holds files kcnn did not write ({shown}), which kcnn leaves alone"
+            f"{' (--overwrite replaces only what kcnn exported)' if overwrite else ''}; pass a new or empty "
+            f"folder as --output.")
+
+
+def _mark_output(output, destination, format, model_path):
+    """kcnn_export.json: what kcnn exported into this folder (so that a later export may replace it)."""
+    path = os.path.join(output, EXPORT_MARKER)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        record = {}
+    import kcnn
+
+    exports = dict(record.get("kcnn", {}).get("exports", {}))
+    exports[os.path.basename(destination)] = {"format": format, "model": os.path.abspath(model_path)}
+    with atomic_open(path) as f:
+        json.dump({"kcnn": {"version": kcnn.__version__, "exports": exports}}, f, indent=1)
+
+
 def _run_class_names(run_dir):
     try:
         with open(os.path.join(run_dir, "metrics.json")) as f:
@@ -113,39 +158,10 @@ def _run_class_names(run_dir):
 def load_model(model_path):
     """The model of a .keras file, loaded in Keras' safe mode (no code from the file runs);
     on torch with kcnn.torch_fast's kernels, as kcnn.build gives."""
-    import keras
-
-    from kcnn import torch_fast
-
-    try:
-        model = keras.saving.load_model(model_path, compile=False)
-    except Exception as error:  # zip, JSON, unknown-layer and safe-mode errors all mean one thing here
-        raise ExportError(refusal(model_path, error)) from None
-    return torch_fast.accelerate(model)
+    return modelfile.load_model(model_path, error=ExportError, compile=False, accelerate=True)
 
 
-def refusal(model_path, error):
-    """One sentence on why Keras (in safe mode) did not load the .keras file `model_path`."""
-    text = str(error)
-    if "safe_mode" in text and "lambda" in text.lower():  # Keras' safe mode refused Python code
-        what = "a Lambda layer with Python code" if "`Lambda` layer" in text else "Python code (a lambda)"
-        return (f"{model_path} holds {what}, which kcnn never runs (it loads models in Keras' safe mode); rebuild "
-                f"the model with built-in or registered layers and functions in its place and save it again.")
-    located = re.search(r"Could not locate (class|function) '([^']+)'(?:.*?Full object config: \{'module': "
-                        r"'([^']*)')?", text, re.DOTALL)
-    unknown_layer = re.search(r"Unknown layer: '?([^'.]+)", text)
-    if located or unknown_layer:
-        kind, name, module = located.groups() if located else ("class", unknown_layer.group(1), None)
-        return (f"{model_path} uses a {'function' if kind == 'function' else 'layer'} Keras does not know ({name})"
-                f"{f' from the module {module}' if module else ''}, and safe mode imports no code a model file names; "
-                f"if you trust the file, use it from a program that imports and registers it.")
-    forbidden = re.search(r"deserialize [`']([^`']+)[`'] because it is not a (modeling function|KerasSaveable)", text)
-    if forbidden:
-        return (f"{model_path} names {forbidden.group(1)}, which is not part of a model (Keras refuses it for "
-                f"security); do not use this file.")
-    inner = re.search(r"Exception encountered: (.+)", text)
-    message = (inner.group(1) if inner else text.strip().split("\n")[0] if text.strip() else "no details")
-    return f"{model_path} cannot be loaded as a Keras model ({type(error).__name__}: {message.strip()})."
+refusal = modelfile.refusal  # one sentence on why a .keras file did not load
 
 
 def _run_on_tensorflow(model_path, format, destination, class_names):
@@ -178,11 +194,13 @@ def export_on_tensorflow(model_path, format, destination, class_names):
         raise ExportError(f"{len(class_names)} class names for a model with {num_classes} outputs (or a name with "
                           f"a line break); pass one name per class.")
     if format == "saved_model":
-        _replace_atomically(destination, lambda temporary: _write_saved_model(model, temporary, class_names))
+        with atomic_path(destination) as temporary:
+            _write_saved_model(model, temporary, class_names)
     else:
-        _replace_atomically(destination, lambda temporary: _write_onnx(model, temporary, class_names))
-        _replace_atomically(os.path.join(os.path.dirname(destination), "class_names.txt"),
-                            lambda temporary: _write_lines(temporary, class_names))
+        with atomic_path(destination) as temporary:
+            _write_onnx(model, temporary, class_names)
+        with atomic_path(os.path.join(os.path.dirname(destination), "class_names.txt")) as temporary:
+            _write_lines(temporary, class_names)
 
 
 def _serving_function(model):
@@ -274,28 +292,6 @@ def _erfc(ctx, node, name, args):
 def _write_lines(path, lines):
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
-
-
-def _replace_atomically(destination, write):
-    """Call `write(temporary)` for a temporary path beside `destination`, then
-    rename it into place (replacing what was there only after it succeeded)."""
-    parent = os.path.dirname(destination) or "."
-    name = os.path.basename(destination)
-    workspace = tempfile.mkdtemp(prefix=f".{name}.", dir=parent)
-    temporary = os.path.join(workspace, name)
-    old = os.path.join(workspace, "old")
-    try:
-        write(temporary)
-        if os.path.isdir(destination):  # a folder cannot be replaced in one rename: move it aside first
-            os.replace(destination, old)
-        try:
-            os.replace(temporary, destination)
-        except OSError:
-            if os.path.exists(old):
-                os.replace(old, destination)  # put the previous export back
-            raise
-    finally:
-        shutil.rmtree(workspace, ignore_errors=True)
 
 
 def main(argv):

@@ -17,24 +17,33 @@ the images (and their mirror images, the augmentation) go through the frozen
 bottom of the backbone a single time, and both phases train on those
 activations. The answer is the one a frozen backbone in `fit()` gives, at a
 fraction of the cost on a CPU. The run directory holds what `kcnn train`
-writes (config, model.keras taking raw 0-255 RGB images, history, curves,
-confusion matrix, sample predictions, metrics).
+writes (config, model.keras taking raw 0-255 RGB images, history with a
+phase column, curves, confusion matrix, sample predictions, metrics).
+
+A killed run resumes (`resume=True`, `--resume`) to the weights an
+uninterrupted one reaches: the frozen activations are cached in the run's
+backup once computed, each phase keeps a crash-safe backup of every epoch
+(with its callbacks' state and the layers' random state), and each finished
+phase its final weights. The steps, in order: `extract_features`,
+`fit_head`, `fit_top`, `assemble`, `evaluate`.
 """
 
 import contextlib
 import dataclasses
+import math
 import os
-import time
 from typing import Optional, Union
 
 import numpy as np
 
+from kcnn import runs, workflow
+from kcnn.data.datasets import FOLDER_SPLITS, SPLITS  # noqa: F401 (SPLITS: kcnn.finetune.SPLITS, as before)
 from kcnn.errors import InvalidArgumentError, KcnnError
-from kcnn.utils import mixed_precision_policy
+from kcnn.rundir import config_record
+from kcnn.utils import atomic_path
+from kcnn.workflow import Run, summary_table  # noqa: F401 (kcnn.finetune.summary_table, as before)
 
-# dataset -> (split trained on, split evaluated on, extra evaluation split)
-SPLITS = {"cifar10_sample": ("train", "test", None), "cifar10": ("holdout_train", "holdout", "test_first1000"),
-          "mnist": ("train", "test", None), "digits": ("train", "test", None)}
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")  # history.csv's metrics, in both phases
 
 
 @dataclasses.dataclass
@@ -62,6 +71,7 @@ class FinetuneConfig:
     limit: Optional[int] = None  # train on the first N images only (quick checks)
     output_dir: Optional[str] = None  # default: saved_models/finetune_BACKBONE_DATASET
     export: bool = True  # a SavedModel for serving in RUN_DIR/export/1 (kcnn.export)
+    resume: bool = False  # continue the killed run in output_dir (the same settings) where it stopped
     overwrite: bool = False
     verbose: int = 1
 
@@ -114,6 +124,8 @@ class FinetuneConfig:
             bad("dropout", self.dropout, "in [0, 1)")
         if not 0 <= self.label_smoothing < 1:
             bad("label_smoothing", self.label_smoothing, "in [0, 1)")
+        if self.resume and self.overwrite:
+            raise InvalidArgumentError("resume and overwrite contradict each other; pass one of them.")
 
     def load(self, split):
         from kcnn import data as kdata
@@ -124,7 +136,7 @@ class FinetuneConfig:
         return kdata.load(self.dataset, split)
 
     def splits(self):
-        return ("training", "validation", None) if self.is_folder else SPLITS[self.dataset]
+        return FOLDER_SPLITS if self.is_folder else SPLITS[self.dataset]
 
     def eval_split_name(self):
         return self.splits()[1]
@@ -133,196 +145,279 @@ class FinetuneConfig:
 def finetune(config: FinetuneConfig, callbacks=()):
     """Fine-tune `config.backbone` with `config.weights` on `config.dataset`;
     returns a `kcnn.train.Run` (directory, model, history, metrics)."""
-    from kcnn import distribute
+    return workflow.run_workflow(config, lambda config, plan: _finetune(config, plan, callbacks))
 
-    config = config.resolved()
-    plan = distribute.plan(config.distribute)
-    try:
-        return _finetune(config, plan, callbacks)
-    finally:
-        plan.close()
+
+@dataclasses.dataclass
+class Backbone:
+    """The pretrained backbone split at `cut`: `bottom` stays frozen, `top` is fine-tuned in phase 2;
+    `fast_*` compute the same where XLA's depthwise convolution is slow (JAX on a CPU), else are them."""
+
+    model: object
+    cut: Optional[str]
+    bottom: object
+    top: object
+    fast_bottom: object
+    fast_top: object
+
+
+@dataclasses.dataclass
+class Frozen:
+    """What the frozen layers computed, once: activations at the cut (this worker's training rows, then
+    the held-out images), pooled features of the training rows, their one-hot labels and the rows."""
+
+    activations: np.ndarray
+    eval_activations: np.ndarray
+    features: np.ndarray
+    one_hot: np.ndarray
+    fit_rows: np.ndarray
+    val_rows: np.ndarray
+    batch_size: int  # this worker's part of the global batch
+    seconds: float
 
 
 def _finetune(config, plan, callbacks):
     import keras
 
+    info, train_data, eval_data = _checked_inputs(config)
+    class_names = train_data.class_names
+    with workflow.owned_run_dir(config, "finetune", plan) as run, contextlib.ExitStack() as engine:
+        engine.enter_context(plan.scope())  # models, training and evaluation on the engine's devices
+        clock = workflow.Stopwatch()
+        with workflow.precision(config.mixed_precision):
+            keras.utils.set_random_seed(config.seed)
+            backbone = _backbone(config)
+            frozen = extract_features(config, plan, run, backbone, train_data, eval_data)
+            head = fit_head(config, plan, run, frozen, len(class_names), callbacks)
+            fine_tuned = fit_top(config, plan, run, backbone, head, frozen, callbacks)
+            train_seconds = clock.seconds
+        model = assemble(config, backbone, head)
+        metrics, predicted = evaluate(config, plan, backbone, head, model, frozen, eval_data)
+        metrics.update(
+            train_seconds=round(train_seconds, 2), feature_seconds=round(frozen.seconds, 2),
+            train_images=int(len(train_data)), image_size=config.image_size, unfrozen_from=backbone.cut or "all",
+            parameters=int(model.count_params()), backend=keras.backend.backend(), class_names=list(class_names),
+            skipped_files=int(getattr(train_data, "skipped", 0)))
+        engine.close()
+        model = plan.single_device(model)
+
+        def save():  # the chief's work
+            rows = run.history_rows()
+            head_epochs = sum(row.get("phase") == "head" for row in rows)
+            metrics["epochs_run"] = len(rows)
+            phases = {"fine-tuning": head_epochs + 1} if fine_tuned and head_epochs else None
+            eval_for_plots = dataclasses.replace(eval_data, class_names=class_names)
+            return workflow.save_run(run, config, plan, model, metrics, eval_for_plots, predicted,
+                                     phase_starts=phases)
+
+        # The other workers return without metrics once the chief has written the run.
+        return plan.on_chief(save) or Run(run.path, model, None, None)
+
+
+def _checked_inputs(config):
+    """(model info, training data, evaluation data), every argument checked before any work."""
     import kcnn
-    from kcnn import jax_cpu, runs, torch_fast
-    from kcnn import train as training
+    from kcnn.registry import check_input_size
     from kcnn.weights import get_source
 
-    plan.check_batch(config.batch_size)
-    if not plan.is_chief:
-        config = dataclasses.replace(config, verbose=0)  # the chief reports for every worker
     info = kcnn.get_model_info(config.backbone)  # unknown names and missing weights fail before any work
     get_source(config.backbone, config.weights)
-    if config.image_size < info.min_input_size:
-        raise InvalidArgumentError(f"{config.backbone} needs images of at least {info.min_input_size}x"
-                                   f"{info.min_input_size}. Received: image_size={config.image_size}")
-    train_split, eval_split, extra_split = config.splits()
+    check_input_size(info, (config.image_size, config.image_size),
+                     hint=f"for its downsampling. Received: image_size={config.image_size}")
+    train_split, eval_split, _ = config.splits()
     train_data, eval_data = config.load(train_split), config.load(eval_split)
     if config.limit:
         train_data = dataclasses.replace(train_data, images=train_data.images[: config.limit],
                                          labels=train_data.labels[: config.limit])
-    class_names = train_data.class_names
-    if len(class_names) < 2:
-        raise KcnnError(f"{config.dataset_name} has {len(class_names)} class; fine-tuning needs at least two.")
+    if len(train_data.class_names) < 2:
+        raise KcnnError(f"{config.dataset_name} has {len(train_data.class_names)} class; fine-tuning needs at "
+                        f"least two.")
+    return info, train_data, eval_data
+
+
+def _backbone(config):
+    import kcnn
+    from kcnn import jax_cpu, torch_fast
+
     size = config.image_size
-    policy = keras.mixed_precision.global_policy()
-    run_dir = config.output_dir
-    lock = plan.on_chief(lambda: training._prepare_run_dir(config))  # the chief alone writes the run
-    with lock or contextlib.nullcontext(), runs.write_errors_explained(run_dir), contextlib.ExitStack() as engine:
-        engine.enter_context(plan.scope())  # models, training and evaluation on the engine's devices
-        started = time.perf_counter()
-        try:
-            keras.utils.set_random_seed(config.seed)
-            if config.mixed_precision:
-                keras.mixed_precision.set_global_policy(mixed_precision_policy())
-            backbone = kcnn.build(config.backbone, weights=config.weights, include_top=False, pooling="avg",
-                                  input_shape=(size, size, 3))
-            for layer in backbone.layers:
-                layer.trainable = False  # phase 1; BatchNormalization with trainable=False runs in inference mode
-            cut = cut_layer(backbone, config.unfreeze)
-            bottom, top = (torch_fast.accelerate(part) for part in split(backbone, cut))  # predict(): torch
-            # Copies that compute the same faster where XLA's depthwise convolution is slow (JAX on a CPU).
-            fast_bottom, fast_top = jax_cpu.with_fast_depthwise(bottom), jax_cpu.with_fast_depthwise(top)
-
-            # ---- everything frozen runs once --------------------------------------
-            train_images, train_labels = _with_mirrors(train_data, config.flip)
-            if config.verbose:
-                print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: {len(train_images):,} training "
-                      f"and {len(eval_data):,} held-out images at {size}x{size} go through the frozen layers once "
-                      f"(up to {cut or 'the input'}) ...", flush=True)
-            fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed,
-                                                     mirrored=config.flip)
-            # Data-parallel: each worker computes and trains on its own part of the images (kcnn.distribute).
-            fit_index, val_index = plan.worker_rows(fit_index), plan.worker_rows(val_index)
-            batch_size = plan.worker_batch(config.batch_size)
-            mine = np.concatenate([fit_index, val_index])
-            fit_rows, val_rows = np.arange(len(fit_index)), np.arange(len(fit_index), len(mine))
-            activations = _predict(fast_bottom, train_images[mine], size, batch_size, plan.batch_multiple)
-            eval_activations = _predict(fast_bottom, eval_data.images, size, config.batch_size, plan.batch_multiple)
-            features = _predict(fast_top, activations, None, batch_size, plan.batch_multiple)
-            one_hot = keras.utils.to_categorical(train_labels[mine], len(class_names))
-            extract_seconds = time.perf_counter() - started
-
-            if config.verbose:
-                print(f"... {extract_seconds:.0f} s. Phase 1: a new head on the pooled features.", flush=True)
-            # ---- phase 1: the new head on pooled features ---------------------------
-            head = keras.Sequential([keras.Input(features.shape[1:]),
-                                     keras.layers.Dropout(config.dropout, name="dropout"),
-                                     keras.layers.Dense(len(class_names), name="predictions", dtype="float32")],
-                                    name="head")
-            loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
-            head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate), loss=loss, metrics=["accuracy"])
-            phase1 = plan.wrap(head).fit(
-                features[fit_rows], one_hot[fit_rows], validation_data=(features[val_rows], one_hot[val_rows]),
-                epochs=config.head_epochs, batch_size=batch_size,
-                callbacks=plan.callbacks() + _phase_callbacks(config) + list(callbacks),
-                verbose=config.verbose) if config.head_epochs else None
-            plan.unwrap(head)
-
-            # ---- phase 2: the top of the backbone at a lower learning rate ----------
-            phase2 = None
-            if config.finetune_epochs and top_has_weights(top):
-                for layer in fast_top.layers:
-                    # Batch normalisation stays frozen (inference mode): its statistics come from ImageNet, and a
-                    # few thousand images would only make them worse (Keras' transfer-learning guide).
-                    layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-                if config.verbose:
-                    layers = f"the layers after {cut}" if cut else "every layer"
-                    print(f"Phase 2: {layers} and the head, learning rate {config.finetune_learning_rate:g}.",
-                          flush=True)
-                trainable = keras.Model(fast_top.input, head(fast_top.output), name="finetune")
-                trainable.compile(optimizer=keras.optimizers.Adam(config.finetune_learning_rate), loss=loss,
-                                  metrics=["accuracy"])
-                phase2 = plan.wrap(trainable).fit(
-                    activations[fit_rows], one_hot[fit_rows], epochs=config.finetune_epochs,
-                    validation_data=(activations[val_rows], one_hot[val_rows]), batch_size=batch_size,
-                    callbacks=plan.callbacks() + _phase_callbacks(config, finetune=True) + list(callbacks),
-                    verbose=config.verbose)
-                plan.unwrap(trainable)
-                jax_cpu.copy_weights(fast_top, top)
-            train_seconds = time.perf_counter() - started
-        finally:
-            keras.mixed_precision.set_global_policy(policy)
-
-        # ---- the model to keep: raw RGB images in, logits out --------------------
-        for layer in backbone.layers:
-            layer.trainable = True
-        outputs = backbone.output
-        for layer in head.layers:  # flat: the head's layers follow the backbone's
-            outputs = layer(outputs)
-        model = torch_fast.accelerate(keras.Model(backbone.input, outputs, name=f"{config.backbone}_finetuned"))
-        # Every worker evaluates (under TensorFlow's multi-worker strategy predict() is a collective).
-        if config.distribute:  # JAX's distributed predict() keeps the split into trainable variables and the
-            fast_top.make_predict_function(force=True)  # rest from its first call, before the unfreezing
-        eval_features = _predict(fast_top, eval_activations, None, config.batch_size, plan.batch_multiple)
-        logits = _predict(head, eval_features, None, config.batch_size, plan.batch_multiple)
-        predicted = np.argmax(logits, axis=-1)
-        metrics = {
-            "accuracy": float(np.mean(predicted == eval_data.labels)),
-            "eval_split": eval_split,
-            "per_class_accuracy": {name: float(np.mean(predicted[eval_data.labels == i] == i))
-                                   for i, name in enumerate(class_names) if np.any(eval_data.labels == i)},
-        }
-        if extra_split:
-            extra = config.load(extra_split)
-            extra_logits = _predict(jax_cpu.with_fast_depthwise(model), extra.images, size, config.batch_size,
-                                    plan.batch_multiple)
-            metrics[f"{extra_split}_accuracy"] = float(np.mean(np.argmax(extra_logits, axis=-1) == extra.labels))
-        history = _joined_history(phase1, phase2)
-        metrics.update(
-            train_seconds=round(train_seconds, 2), feature_seconds=round(extract_seconds, 2),
-            train_images=int(len(train_data)), image_size=size, unfrozen_from=cut or "all",
-            epochs_run=len(history.get("loss", [])), parameters=int(model.count_params()),
-            backend=keras.backend.backend(), class_names=list(class_names),
-            skipped_files=int(getattr(train_data, "skipped", 0)))
-        if config.distribute:
-            metrics["distribute"] = plan.describe()
-        engine.close()
-        model = plan.single_device(model)
-        head_epochs = len(phase1.epoch) if phase1 else 0
-
-        def save():  # the chief's work
-            training._save_model(model, os.path.join(run_dir, "model.keras"))
-            training._write_json(os.path.join(run_dir, "metrics.json"), metrics)
-            _write_history(os.path.join(run_dir, "history.csv"), history, head_epochs)
-            eval_for_plots = dataclasses.replace(eval_data, class_names=class_names)
-            phases = {"fine-tuning": head_epochs + 1} if phase2 is not None and head_epochs else None
-            training._plots(run_dir, history, eval_for_plots, predicted, config, phase_starts=phases)
-            if config.export:
-                from kcnn.export import export
-
-                metrics["export"] = export(run_dir, "saved_model", verbose=False)
-                training._write_json(os.path.join(run_dir, "metrics.json"), metrics)
-            if config.verbose:
-                print(summary_table(config, metrics))
-            return training.Run(run_dir, model, history, metrics)
-
-        # The other workers return without metrics once the chief has written the run.
-        return plan.on_chief(save) or training.Run(run_dir, model, history, None)
+    model = kcnn.build(config.backbone, weights=config.weights, include_top=False, pooling="avg",
+                       input_shape=(size, size, 3))
+    for layer in model.layers:
+        layer.trainable = False  # phase 1; BatchNormalization with trainable=False runs in inference mode
+    cut = cut_layer(model, config.unfreeze)
+    bottom, top = (torch_fast.accelerate(part) for part in split(model, cut))  # predict(): torch
+    return Backbone(model, cut, bottom, top, jax_cpu.with_fast_depthwise(bottom), jax_cpu.with_fast_depthwise(top))
 
 
-def summary_table(config, metrics):
-    lines = [
-        f"{'run':26s} {config.output_dir}",
-        f"{'backbone / dataset':26s} {config.backbone} ({config.weights}) / {config.dataset_name} "
-        f"({metrics['backend']})",
-        f"{metrics['eval_split'] + ' accuracy':26s} {metrics['accuracy']:.4f}",
-    ]
-    for key, value in metrics.items():
-        if key.endswith("_accuracy") and key != "per_class_accuracy" and isinstance(value, float):
-            lines.append(f"{key:26s} {value:.4f}")
-    lines += [
-        f"{'image size':26s} {metrics['image_size']}x{metrics['image_size']}",
-        f"{'fine-tuned from':26s} {metrics['unfrozen_from']}",
-        f"{'time':26s} {metrics['train_seconds']:.1f} s ({metrics['feature_seconds']:.1f} s of it through the "
-        f"frozen layers, once)",
-    ]
-    if "export" in metrics:
-        lines.append(f"{'export (SavedModel)':26s} {metrics['export']}")
-    return "\n".join(lines)
+def extract_features(config, plan, run, backbone, train_data, eval_data):
+    """Step 1: the training images (and their mirrors) and the held-out images through the frozen layers,
+    once; cached in the run's backup (atomically), so that a resumed run does not compute them again."""
+    import keras
+
+    train_images, train_labels = _with_mirrors(train_data, config.flip)
+    fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed,
+                                             mirrored=config.flip)
+    # Data-parallel: each worker computes and trains on its own part of the images (kcnn.distribute).
+    fit_index, val_index = plan.worker_rows(fit_index), plan.worker_rows(val_index)
+    batch_size = plan.worker_batch(config.batch_size)
+    mine = np.concatenate([fit_index, val_index])
+    fit_rows, val_rows = np.arange(len(fit_index)), np.arange(len(fit_index), len(mine))
+    one_hot = keras.utils.to_categorical(train_labels[mine], len(train_data.class_names))
+    cache = run.file("backup", f"frozen_{plan.worker}_of_{plan.workers}.npz")
+    if config.resume and os.path.exists(cache):
+        with np.load(cache) as saved:
+            return Frozen(saved["activations"], saved["eval_activations"], saved["features"], one_hot, fit_rows,
+                          val_rows, batch_size, float(saved["seconds"]))
+    clock = workflow.Stopwatch()
+    if config.verbose:
+        print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: {len(train_images):,} training and "
+              f"{len(eval_data):,} held-out images at {config.image_size}x{config.image_size} go through the frozen "
+              f"layers once (up to {backbone.cut or 'the input'}) ...", flush=True)
+    size = config.image_size
+    activations = _predict(backbone.fast_bottom, train_images[mine], size, batch_size, plan.batch_multiple)
+    eval_activations = _predict(backbone.fast_bottom, eval_data.images, size, config.batch_size, plan.batch_multiple)
+    features = _predict(backbone.fast_top, activations, None, batch_size, plan.batch_multiple)
+    seconds = clock.seconds
+    if plan.is_chief:  # the others' rows are their own: they compute them again on a resume
+        os.makedirs(run.backup, exist_ok=True)
+        with atomic_path(cache) as temporary:
+            np.savez(temporary, activations=activations, eval_activations=eval_activations, features=features,
+                     seconds=seconds)
+    if config.verbose:
+        print(f"... {seconds:.0f} s.", flush=True)
+    return Frozen(activations, eval_activations, features, one_hot, fit_rows, val_rows, batch_size, seconds)
+
+
+def fit_head(config, plan, run, frozen, num_classes, callbacks):
+    """Step 2 (phase 1): a new head (dropout, dense) on the pooled features."""
+    import keras
+
+    head = keras.Sequential([keras.Input(frozen.features.shape[1:]),
+                             keras.layers.Dropout(config.dropout, name="dropout"),
+                             keras.layers.Dense(num_classes, name="predictions", dtype="float32")], name="head")
+    head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate), loss=_loss(config), metrics=["accuracy"])
+    if config.head_epochs:
+        if config.verbose:
+            print("Phase 1: a new head on the pooled features.", flush=True)
+        _fit_phase(config, plan, run, "head", head, frozen.features, frozen, config.head_epochs, callbacks)
+    return head
+
+
+def fit_top(config, plan, run, backbone, head, frozen, callbacks):
+    """Step 3 (phase 2): the top of the backbone and the head at a lower learning rate; False where there
+    is nothing to fine-tune."""
+    import keras
+
+    from kcnn import jax_cpu
+
+    if not (config.finetune_epochs and top_has_weights(backbone.top)):
+        return False
+    for layer in backbone.fast_top.layers:
+        # Batch normalisation stays frozen (inference mode): its statistics come from ImageNet, and a
+        # few thousand images would only make them worse (Keras' transfer-learning guide).
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+    if config.verbose:
+        layers = f"the layers after {backbone.cut}" if backbone.cut else "every layer"
+        print(f"Phase 2: {layers} and the head, learning rate {config.finetune_learning_rate:g}.", flush=True)
+    trainable = keras.Model(backbone.fast_top.input, head(backbone.fast_top.output), name="finetune")
+    trainable.compile(optimizer=keras.optimizers.Adam(config.finetune_learning_rate), loss=_loss(config),
+                      metrics=["accuracy"])
+    _fit_phase(config, plan, run, "finetune", trainable, frozen.activations, frozen, config.finetune_epochs,
+               callbacks)
+    jax_cpu.copy_weights(backbone.fast_top, backbone.top)
+    return True
+
+
+def _loss(config):
+    import keras
+
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
+
+
+def _fit_phase(config, plan, run, phase, model, inputs, frozen, epochs, callbacks):
+    """One phase's fit(), resumable: its backup in backup/PHASE/, its rows in history.csv, and when it is
+    done its final weights in backup/PHASE_final.*, which a resumed run loads instead of fitting again."""
+    final = run.file("backup", f"{phase}_final")
+    if config.resume and runs.load_model_state(model, final):
+        return
+    first_epoch = run.resumed_epoch(phase) if config.resume else 0
+    offset = sum(row.get("phase") == "head" for row in run.history_rows()) if phase == "finetune" else 0
+    decisions = _phase_callbacks(config, finetune=phase == "finetune")
+    backup_dir = run.file("backup", phase)
+    if plan.is_chief:
+        writers = [runs.HistoryLog(run.file("history.csv"), first_epoch, phase=phase, epoch_offset=offset,
+                                   keys=HISTORY_KEYS),
+                   runs.CrashSafeBackup(backup_dir, callbacks=decisions)]
+    else:  # restores the chief's backup, writes nothing (kcnn.distribute)
+        writers = [runs.CrashSafeBackup(backup_dir, write_dir=False, callbacks=decisions)]
+    steps = math.ceil(len(frozen.fit_rows) / frozen.batch_size)
+    plan.wrap(model).fit(
+        _epoch_batches(inputs[frozen.fit_rows], frozen.one_hot[frozen.fit_rows], frozen.batch_size,
+                       (config.seed, phase == "finetune"), first_epoch, epochs),
+        steps_per_epoch=steps, epochs=epochs, shuffle=False,  # _epoch_batches shuffles
+        validation_data=(inputs[frozen.val_rows], frozen.one_hot[frozen.val_rows]),
+        validation_batch_size=frozen.batch_size,
+        callbacks=plan.callbacks() + decisions + writers + list(callbacks), verbose=config.verbose)
+    plan.unwrap(model)
+    if plan.is_chief:
+        runs.save_model_state(model, final)
+
+
+def _epoch_batches(inputs, targets, batch_size, seed, first_epoch, epochs):
+    """The training batches of epochs first_epoch, ..., epochs - 1, each epoch in an order drawn from
+    (seed, epoch) alone: a resumed run sees the batches the uninterrupted one saw (Keras' own shuffle
+    draws from the process's random state)."""
+    for epoch in range(first_epoch, epochs):
+        order = np.random.default_rng([*seed, epoch]).permutation(len(inputs))
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            yield inputs[rows], targets[rows]
+
+
+def assemble(config, backbone, head):
+    """Step 4: the model to keep: raw RGB images in, logits out (the head's layers follow the backbone's)."""
+    import keras
+
+    from kcnn import torch_fast
+
+    for layer in backbone.model.layers:
+        layer.trainable = True
+    outputs = backbone.model.output
+    for layer in head.layers:
+        outputs = layer(outputs)
+    return torch_fast.accelerate(keras.Model(backbone.model.input, outputs, name=f"{config.backbone}_finetuned"))
+
+
+def evaluate(config, plan, backbone, head, model, frozen, eval_data):
+    """Step 5: (metrics, predicted classes) on the held-out images (and a second check where the dataset
+    has one). Every worker evaluates (under TensorFlow's multi-worker strategy predict() is a collective)."""
+    from kcnn import jax_cpu
+
+    if config.distribute:  # JAX's distributed predict() keeps the split into trainable variables and the
+        backbone.fast_top.make_predict_function(force=True)  # rest from its first call, before the unfreezing
+    eval_features = _predict(backbone.fast_top, frozen.eval_activations, None, config.batch_size,
+                             plan.batch_multiple)
+    logits = _predict(head, eval_features, None, config.batch_size, plan.batch_multiple)
+    predicted = np.argmax(logits, axis=-1)
+    class_names = eval_data.class_names
+    metrics = {
+        "accuracy": float(np.mean(predicted == eval_data.labels)),
+        "eval_split": config.eval_split_name(),
+        "per_class_accuracy": {name: float(np.mean(predicted[eval_data.labels == i] == i))
+                               for i, name in enumerate(class_names) if np.any(eval_data.labels == i)},
+    }
+    extra_split = config.splits()[2]
+    if extra_split:
+        extra = config.load(extra_split)
+        extra_logits = _predict(jax_cpu.with_fast_depthwise(model), extra.images, config.image_size,
+                                config.batch_size, plan.batch_multiple)
+        metrics[f"{extra_split}_accuracy"] = float(np.mean(np.argmax(extra_logits, axis=-1) == extra.labels))
+    return metrics, predicted
+
+
+def _config_record(config):
+    """config.json of a `kcnn finetune` run (kcnn.rundir.config_record)."""
+    return config_record(config, "finetune")
 
 
 # ---------------------------------------------------------------------------
@@ -443,28 +538,3 @@ def _phase_callbacks(config, finetune=False):
         callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max", factor=0.2,
                                                            patience=2, verbose=config.verbose))
     return callbacks
-
-
-def _write_history(path, history, head_epochs):
-    """history.csv: one row per epoch of both phases."""
-    import csv
-
-    from kcnn.utils import atomic_open
-
-    keys = [key for key in ("loss", "accuracy", "val_loss", "val_accuracy") if key in history]
-    with atomic_open(path, newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["epoch", "phase", *keys])
-        for epoch in range(len(history.get("loss", []))):
-            writer.writerow([epoch, "head" if epoch < head_epochs else "finetune",
-                             *(history[key][epoch] for key in keys)])
-
-
-def _joined_history(*histories):
-    joined = {}
-    for history in histories:
-        if history is None:
-            continue
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            joined.setdefault(key, []).extend(float(v) for v in history.history.get(key, []))
-    return joined

@@ -61,6 +61,7 @@ class ModelInfo:
     test_input_shape: tuple
     description: str
     builder: Callable = dataclasses.field(repr=False, compare=False)
+    training: "TrainingHooks" = dataclasses.field(default=None, repr=False, compare=False)
 
     def __repr__(self):
         return (f"ModelInfo({self.name!r}, input_shape={self.default_input_shape}, "
@@ -83,6 +84,28 @@ def _size(variable):
 _REGISTRY: dict = {}
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingHooks:
+    """What training from scratch needs to know of one architecture, declared beside its builder (timm's
+    habit), so that the workflow names no architecture.
+
+    Attributes:
+        training_outputs: `image_shape -> {output name: loss weight}` when the model trains with outputs
+            it does not predict with (built with `training_kwargs`; the first name is the prediction), or
+            None to train on the one output at that input size.
+        training_kwargs: builder arguments of that training model.
+        init_from_data: `(model, images)`, layers set from the training images (normalised as the model
+            sees them) instead of learned, before training.
+    """
+
+    training_outputs: Callable = None
+    training_kwargs: dict = None
+    init_from_data: Callable = None
+
+    def outputs_for(self, image_shape):
+        return self.training_outputs(image_shape) if self.training_outputs else None
+
+
 def register_model(
     *,
     input_shape,
@@ -92,6 +115,7 @@ def register_model(
     counted=KERAS_COUNT,
     num_classes=1000,
     test_input_shape=None,
+    training=None,
 ):
     """Register a builder `fn(*, num_classes, input_shape, include_top, pooling,
     classifier_activation, name, **family_kwargs)` under its function name.
@@ -162,6 +186,7 @@ def register_model(
             test_input_shape=tuple(test_input_shape or input_shape),
             description=(inspect.getdoc(fn) or "").split("\n")[0],
             builder=builder,
+            training=training,
         )
         if model_name in _REGISTRY:
             raise RuntimeError(f"Model {model_name!r} is registered twice.")
@@ -305,13 +330,17 @@ def _check_input_shape(info, input_shape):
         )
     input_shape = tuple(input_shape)
     height, width = input_shape[1:] if channels_first else input_shape[:2]
-    if min(height, width) < info.min_input_size:
-        raise InvalidArgumentError(
-            f"{info.name} needs inputs of at least {info.min_input_size}x{info.min_input_size} "
-            f"pixels for its downsampling; use a larger input_shape or a model made for "
-            f"small images (e.g. lenet5, cifar_resnet20). Received: input_shape={input_shape}"
-        )
+    check_input_size(info, (height, width), hint=f"for its downsampling; use a larger input_shape or a model "
+                     f"made for small images (e.g. lenet5, cifar_resnet20). Received: input_shape={input_shape}")
     return input_shape
+
+
+def check_input_size(info, image_shape, *, hint):
+    """The one check of an input's height and width (image_shape[:2]) against the model's smallest;
+    `hint` ends the sentence: why, and what to do."""
+    if min(image_shape[:2]) < info.min_input_size:
+        raise InvalidArgumentError(
+            f"{info.name} needs inputs of at least {info.min_input_size}x{info.min_input_size} pixels {hint}")
 
 
 def _check_head(include_top, pooling, classifier_activation):

@@ -1,122 +1,57 @@
-"""What keeps a run directory whole when its process is killed at any moment.
+"""Keras callbacks that keep a run directory whole when its process is killed at any moment.
 
-- `RunLock`: one process at a time writes a run directory (an OS file lock,
-  which the kernel releases when the holder dies, even by SIGKILL).
-- Every file is written under a temporary name and renamed into place
-  (`kcnn.utils.replace_file` and `atomic_open`), so a reader sees the old file
-  or the new one, never half of one.
-- `CrashSafeBackup`, `HistoryLog` and `AtomicModelCheckpoint`: Keras'
-  BackupAndRestore, CSVLogger and ModelCheckpoint with those writes (why each
-  differs from Keras' own is in its docstring).
+`CrashSafeBackup`, `HistoryLog` and `AtomicModelCheckpoint` are Keras' BackupAndRestore, CSVLogger and
+ModelCheckpoint with atomic writes (`kcnn.utils.atomic_path`); why each differs from Keras' own is in its
+docstring. The run directory they write into is owned by `kcnn.rundir` (paths, lock, checks); its names are
+re-exported here for code written against earlier versions.
 
 TensorBoard's event files are the one exception: they are append-only logs,
 whose reader skips a torn last record.
 """
 
-import contextlib
-import csv
-import errno
 import glob
 import json
 import os
-import shutil
 
 import keras
+import numpy as np
 
-from kcnn.errors import KcnnError
-from kcnn.utils import atomic_open, replace_file
+from kcnn import keras_private
+from kcnn.errors import KcnnError  # noqa: F401 (re-exported)
+from kcnn.rundir import (LOCK_NAME, RunLock, RunLockedError, RunWriteError,  # noqa: F401 (re-exported)
+                         read_backup_metadata, read_history_rows, remove_stale_temporaries, write_errors_explained,
+                         write_history_rows)
+from kcnn.utils import atomic_open, atomic_path
 
-LOCK_NAME = ".kcnn.lock"
-
-
-class RunLockedError(KcnnError):
-    """Another process is writing to the same run directory."""
-
-
-class RunLock:
-    """Held while a process writes `run_dir`; refused to a second one."""
-
-    def __init__(self, run_dir):
-        from filelock import FileLock
-
-        self.run_dir = run_dir
-        self._lock = FileLock(os.path.join(run_dir, LOCK_NAME), timeout=0)
-
-    def acquire(self):
-        from filelock import Timeout
-
-        try:
-            self._lock.acquire()
-        except Timeout:
-            raise RunLockedError(
-                f"Another kcnn process is writing to {self.run_dir}; wait until it ends (or stop it, then pass "
-                f"--resume), or choose another output directory."
-            ) from None
-        return self
-
-    def release(self):
-        self._lock.release()
-
-    def __enter__(self):  # the block releases it; acquire() may have taken it before
-        return self if self._lock.is_locked else self.acquire()
-
-    def __exit__(self, *exc):
-        self.release()
+# The state of Keras' callbacks that decides what a run does next: saved in the backup with the weights,
+# so that a resumed run stops, and lowers its learning rate, exactly when the uninterrupted one would.
+DECISION_STATE = {
+    keras.callbacks.EarlyStopping: ("wait", "stopped_epoch", "best", "best_epoch"),
+    keras.callbacks.ReduceLROnPlateau: ("wait", "best", "cooldown_counter"),
+}
 
 
-class RunWriteError(KcnnError):
-    """The operating system refused a write (a read-only folder, a full disk)."""
-
-
-# errno values that mean "this folder cannot take the file", as opposed to a bug
-_WRITE_REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-
-
-@contextlib.contextmanager
-def write_errors_explained(run_dir, resumable=False):
-    """Turn the operating system's refusals to write into one sentence that
-    says what to do; files already in place stay as they were (every write
-    goes to a temporary name first)."""
-    try:
-        yield
-    except OSError as error:
-        if error.errno not in _WRITE_REFUSED:
-            raise
-        where = error.filename or run_dir
-        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            fix = "free some disk space" + (", then pass --resume to continue the run" if resumable else
-                                            ", then run it again with --overwrite")
-        else:
-            fix = "choose an output directory you can write to (--output-dir)"
-        raise RunWriteError(f"Could not write {where} ({error.strerror}); {fix}.") from None
-
-
-def remove_stale_temporaries(run_dir):
-    """Temporaries a killed process left behind (a finished write renames
-    its own away): `*.tmp.*` files and the exporter's `.NAME.*` folders."""
-    patterns = ("*.tmp.*", os.path.join("backup", "*.tmp.*"), os.path.join("export", ".*"))
-    for pattern in patterns:
-        for path in glob.glob(os.path.join(glob.escape(run_dir), pattern)):
-            if os.path.basename(path) == LOCK_NAME:
-                continue
-            if os.path.isdir(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.remove(path)
+def _json_number(value):
+    return None if value is None else float(value) if isinstance(value, (float, np.floating)) else int(value)
 
 
 class CrashSafeBackup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore whose state on disk is always one finished epoch.
+    """BackupAndRestore whose state on disk is always one finished epoch, with everything that decides
+    the rest of the run.
 
-    Keras' callback writes `latest.weights.h5` in place and then
-    `training_metadata.json`: a kill during the first write leaves a corrupt
-    file, and a kill between the two resumes epoch N's weights (with the
-    optimizer's state) as if they were epoch N-1's. Here each epoch's weights
-    go to their own file under a temporary name, and the metadata, renamed
-    into place last, names the weights file it belongs with.
+    Keras' callback writes `latest.weights.h5` in place and then `training_metadata.json`: a kill during
+    the first write leaves a corrupt file, and a kill between the two resumes epoch N's weights (with the
+    optimizer's state) as if they were epoch N-1's. Here each epoch's files go to their own names under a
+    temporary name, and the metadata, renamed into place last, names the files it belongs with.
+
+    Keras' backup also leaves out what a resumed run needs to continue exactly as the uninterrupted one:
+    the random state of the model's layers (dropout, augmentation layers: Keras saves no seed generator
+    state with the weights), the state of EarlyStopping and ReduceLROnPlateau (`callbacks`: they must come
+    before this one in fit's list, so that an epoch's decisions are taken before it is saved), EarlyStopping's
+    best weights, and whether the run stopped early (a resumed run that had stopped trains no more epochs).
     """
 
-    def __init__(self, backup_dir, write_dir=None):
+    def __init__(self, backup_dir, write_dir=None, callbacks=()):
         # The run deletes the backup itself once everything else is written,
         # so that a kill after fit() but before the last file resumes too.
         super().__init__(backup_dir, delete_checkpoint=False)
@@ -124,39 +59,61 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
         # and writes nowhere (False) or, where saving is a collective every worker joins (several JAX
         # processes), into a scratch folder of its own (kcnn.distribute).
         self.write_dir = backup_dir if write_dir is None else write_dir
+        self.decision_callbacks = [c for c in callbacks if type(c) in DECISION_STATE]
 
-    def _save_model(self):
+    def _save_model(self):  # Keras' hook: called at the end of each epoch
         if self.write_dir is False:
             return
+        epoch = keras_private.backup_epoch(self)
         os.makedirs(self.write_dir, exist_ok=True)
-        name = f"epoch_{self._current_epoch}.weights.h5"
-        temporary = os.path.join(self.write_dir, f"epoch_{self._current_epoch}.tmp.weights.h5")
-        self.model.save_weights(temporary, overwrite=True)
-        replace_file(temporary, os.path.join(self.write_dir, name))
+        name, state_name = f"epoch_{epoch}.weights.h5", f"epoch_{epoch}.state.npz"
+        with atomic_path(os.path.join(self.write_dir, name)) as temporary:
+            self.model.save_weights(temporary, overwrite=True)
+        arrays = {f"seed:{variable.path}": keras.ops.convert_to_numpy(variable)
+                  for variable in _seed_states(self.model)}
+        states = []
+        for index, callback in enumerate(self.decision_callbacks):
+            states.append({key: _json_number(getattr(callback, key, None)) for key in DECISION_STATE[type(callback)]})
+            for position, array in enumerate(getattr(callback, "best_weights", None) or []):
+                arrays[f"best_weights:{index}:{position:05d}"] = np.asarray(array)
+        with atomic_path(os.path.join(self.write_dir, state_name)) as temporary:
+            np.savez(temporary, **arrays)
         with atomic_open(os.path.join(self.write_dir, "training_metadata.json")) as f:
-            json.dump({"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": name}, f)
-        for old in glob.glob(os.path.join(glob.escape(self.write_dir), "epoch_*.weights.h5")):
-            if os.path.basename(old) != name:
+            json.dump({"epoch": epoch, "weights": name, "state": state_name, "callbacks": states,
+                       "stopped": bool(self.model.stop_training)}, f)
+        for old in glob.glob(os.path.join(glob.escape(self.write_dir), "epoch_*")):
+            if os.path.basename(old) not in (name, state_name):
                 os.remove(old)
 
-    def _load_model(self):
+    def _load_model(self):  # Keras' hook: called by on_train_begin
         metadata = read_backup_metadata(self.backup_dir)
         if metadata is None:
             return
         if self.model.optimizer is not None and not self.model.optimizer.built:
             self.model.optimizer.build(self.model.trainable_variables)
         self.model.load_weights(os.path.join(self.backup_dir, metadata["weights"]))
-        self.model._initial_epoch = metadata["epoch"]  # how Keras' own callback tells fit() where to start
+        arrays = {}
+        if metadata.get("state"):
+            with np.load(os.path.join(self.backup_dir, metadata["state"])) as saved:
+                arrays = {key: saved[key] for key in saved.files}
+        for variable in _seed_states(self.model):
+            if f"seed:{variable.path}" in arrays:
+                variable.assign(arrays[f"seed:{variable.path}"])
+        for index, (callback, state) in enumerate(zip(self.decision_callbacks, metadata.get("callbacks", []))):
+            for key, value in state.items():
+                setattr(callback, key, value)
+            best = [arrays[key] for key in sorted(arrays) if key.startswith(f"best_weights:{index}:")]
+            if hasattr(callback, "best_weights"):
+                callback.best_weights = best or None
+        epoch = metadata["epoch"]
+        if metadata.get("stopped"):  # stopped early: fit() runs no more epochs (EarlyStopping still restores)
+            epoch = self.params.get("epochs", epoch) if self.params else epoch
+        keras_private.set_initial_epoch(self.model, epoch)
 
 
-def read_backup_metadata(backup_dir):
-    """{"epoch": the next epoch to run, "weights": file name}, or None."""
-    try:
-        with open(os.path.join(backup_dir, "training_metadata.json")) as f:
-            metadata = json.load(f)
-        return metadata if "weights" in metadata else None
-    except (OSError, ValueError):
-        return None
+def _seed_states(model):
+    """The random state of a model's layers (Keras' SeedGenerator variables), which save_weights leaves out."""
+    return [variable for variable in model.variables if variable.path.endswith("seed_generator_state")]
 
 
 class HistoryLog(keras.callbacks.Callback):
@@ -164,16 +121,24 @@ class HistoryLog(keras.callbacks.Callback):
     epoch, with each epoch's seconds. Keras' CSVLogger appends in place: a
     kill mid-write leaves a torn row, and a resumed run repeats the rows of
     epochs finished after the last backup. Here a resumed run keeps only the
-    rows of the epochs its backup holds."""
+    rows of the epochs its backup holds.
 
-    def __init__(self, path, first_epoch=0):
+    For runs in phases (fine-tuning), `phase` names this fit's phase in a `phase` column and
+    `epoch_offset` counts its epochs on from the phases before (whose rows are kept); `keys` keeps only
+    those metrics, so that every row has the same columns."""
+
+    def __init__(self, path, first_epoch=0, *, phase=None, epoch_offset=0, keys=None):
         super().__init__()
         self.path = path
         self.first_epoch = first_epoch
+        self.phase = phase
+        self.epoch_offset = epoch_offset
+        self.keys = keys
         self.rows = []
 
     def on_train_begin(self, logs=None):
-        self.rows = [row for row in read_history_rows(self.path) if int(row["epoch"]) < self.first_epoch]
+        self.rows = [row for row in read_history_rows(self.path)
+                     if int(row["epoch"]) < self.epoch_offset + self.first_epoch]
 
     def on_epoch_begin(self, epoch, logs=None):
         import time
@@ -183,21 +148,12 @@ class HistoryLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         import time
 
-        row = {"epoch": epoch, **{key: float(value) for key, value in sorted((logs or {}).items())}}
+        logs = {key: value for key, value in (logs or {}).items() if self.keys is None or key in self.keys}
+        row = {"epoch": self.epoch_offset + epoch, **({"phase": self.phase} if self.phase else {}),
+               **{key: float(value) for key, value in sorted(logs.items())}}
         row["seconds"] = round(time.perf_counter() - self._started, 3)
         self.rows.append(row)
-        keys = list(dict.fromkeys(key for row in self.rows for key in row))
-        with atomic_open(self.path, newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.rows)
-
-
-def read_history_rows(path):
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        write_history_rows(self.path, self.rows)
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -215,12 +171,31 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
     def _save_model(self, epoch, batch, logs):
         final = self.filepath
-        root, extension = os.path.splitext(final)
-        temporary = f"{root}.tmp{extension}"
-        self.filepath = temporary
-        try:
-            super()._save_model(epoch, batch, logs)
-        finally:
-            self.filepath = final
-        if os.path.exists(temporary):  # it saved (a better model)
-            replace_file(temporary, final)
+        with atomic_path(final) as temporary:  # nothing is written when the model is not better
+            self.filepath = temporary
+            try:
+                super()._save_model(epoch, batch, logs)
+            finally:
+                self.filepath = final
+
+
+def save_model_state(model, stem):
+    """A phase's final state, written when the phase is done: `STEM.weights.h5` (the weights) and
+    `STEM.seeds.npz` (the random state of its layers), the second written last, so that it marks the
+    state as whole."""
+    with atomic_path(f"{stem}.weights.h5") as temporary:
+        model.save_weights(temporary)
+    with atomic_path(f"{stem}.seeds.npz") as temporary:
+        np.savez(temporary, **{variable.path: keras.ops.convert_to_numpy(variable) for variable in _seed_states(model)})
+
+
+def load_model_state(model, stem):
+    """Restore what `save_model_state` wrote; False (and nothing changed) when it has not been written."""
+    if not os.path.exists(f"{stem}.seeds.npz"):
+        return False
+    model.load_weights(f"{stem}.weights.h5")
+    with np.load(f"{stem}.seeds.npz") as seeds:
+        for variable in _seed_states(model):
+            if variable.path in seeds.files:
+                variable.assign(seeds[variable.path])
+    return True

@@ -3,8 +3,12 @@
     python tests/crash_worker.py POINT kcnn-arguments...
 
 POINT is where the process dies, as a user's `kill -9` or a lost machine
-would stop it:
-    batch:E:B     during epoch E (0-based), after batch B
+would stop it (fit() calls are counted from 0: fine-tuning's phase 1 is 0, its phase 2 is 1):
+    batch:E:B     during epoch E (0-based) of the first fit(), after batch B
+    fitbatch:F:E:B  during epoch E of fit() call F, after batch B
+    predict:N     at the start of the N-th predict() call (0-based): fine-tuning's frozen-layer pass
+    cache         halfway through writing fine-tuning's cached frozen activations
+    final:PHASE   halfway through writing the final weights of a fine-tuning phase (head, finetune)
     backup:E      halfway through writing the backup at the end of epoch E
     best:E        halfway through writing best.keras at the end of epoch E
     history:E     halfway through writing history.csv at the end of epoch E
@@ -38,25 +42,55 @@ def truncate_half(path):
 def install(point):
     import keras
 
-    from kcnn import train as training
+    import numpy as np
 
     kind, *numbers = point.split(":")
+    phase = numbers.pop() if kind == "final" else None
     numbers = [int(n) for n in numbers]
-    state = {"epoch": -1}
+    if kind == "batch":
+        kind, numbers = "fitbatch", [0, *numbers]
+    state = {"fit": -1, "epoch": -1, "predict": -1}
 
     class Killer(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            state["fit"] += 1
+
         def on_epoch_begin(self, epoch, logs=None):
             state["epoch"] = epoch
 
         def on_train_batch_end(self, batch, logs=None):
-            if kind == "batch" and [state["epoch"], batch] == numbers:
+            if kind == "fitbatch" and [state["fit"], state["epoch"], batch] == numbers:
                 die()
 
-    original_callbacks = training._callbacks
-    training._callbacks = lambda *args: [Killer()] + original_callbacks(*args)
+    # every fit() of the run gets the Killer first (train's and both fine-tuning phases)
+    original_fit = keras.Model.fit
+
+    def fit(self, *args, callbacks=None, **kwargs):
+        return original_fit(self, *args, callbacks=[Killer(), *(callbacks or [])], **kwargs)
+
+    keras.Model.fit = fit
+    original_predict = keras.Model.predict
+
+    def predict(self, *args, **kwargs):
+        state["predict"] += 1
+        if kind == "predict" and state["predict"] == numbers[0]:
+            die()
+        return original_predict(self, *args, **kwargs)
+
+    keras.Model.predict = predict
+    if kind == "cache":
+        original_savez = np.savez
+
+        def savez(path, *args, **kwargs):
+            original_savez(path, *args, **kwargs)
+            if "frozen" in str(path) and ".tmp." in str(path):
+                truncate_half(str(path))
+                die()
+
+        np.savez = savez
 
     def at_epoch():
-        return not numbers or state["epoch"] == numbers[0]
+        return kind not in ("backup", "history") or state["epoch"] == numbers[0]
 
     def wrap_save(cls, method, matches):
         original = getattr(cls, method)
@@ -71,25 +105,26 @@ def install(point):
         setattr(cls, method, save)
 
     if kind == "backup":
-        wrap_save(keras.Model, "save_weights", lambda path: "backup" in path and ".tmp." in path)
+        wrap_save(keras.Model, "save_weights", lambda path: "epoch_" in path and ".tmp." in path)
+    elif kind == "final":
+        wrap_save(keras.Model, "save_weights", lambda path: f"{phase}_final.tmp." in path)
     elif kind == "best":
         wrap_save(keras.Model, "save", lambda path: path.endswith("best.tmp.keras"))
     elif kind == "model":
         wrap_save(keras.Model, "save", lambda path: path.endswith("model.tmp.keras"))
     elif kind == "history":
-        from kcnn import runs
+        # inside kcnn's own writer: its temporary is written whole and about to be renamed (kcnn.utils.atomic_path
+        # flushes it to disk first); the kill leaves half of it
+        original_fsync = os.fsync
 
-        original_log = runs.HistoryLog.on_epoch_end
-
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == numbers[0]:
-                self.rows.append({"epoch": epoch, **(logs or {})})
-                with open(self.path.replace(".csv", ".tmp.csv"), "w") as f:
-                    f.write("epoch,accuracy,loss\n0,0.1")  # a torn temporary, as a kill mid-write leaves
+        def fsync(fd):
+            path = os.readlink(f"/proc/self/fd/{fd}")
+            if path.endswith("history.tmp.csv") and state["epoch"] == numbers[0]:
+                os.truncate(path, os.path.getsize(path) // 2)
                 die()
-            original_log(self, epoch, logs)
+            return original_fsync(fd)
 
-        runs.HistoryLog.on_epoch_end = on_epoch_end
+        os.fsync = fsync
     elif kind == "export":
         from kcnn import export
 
@@ -101,7 +136,7 @@ def install(point):
             die()
 
         export._write_saved_model = write
-    elif kind != "batch":
+    elif kind not in ("fitbatch", "predict", "cache"):
         raise SystemExit(f"unknown kill point {point!r}")
 
 

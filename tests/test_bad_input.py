@@ -107,6 +107,31 @@ def finished_run(tmp):
     return run_dir
 
 
+def users_folder(root, config_json=False):
+    """A folder of the user's own files, named as a run's would be (and, `config_json`, a config.json
+    that kcnn did not write): kcnn must leave every byte of it alone."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "model.keras").write_bytes(b"the user's own model")
+    (root / "history.csv").write_text("epoch,loss\n0,1.0\n")
+    if config_json:
+        (root / "config.json").write_text(json.dumps({"arch": "lenet5", "epochs": 1}))
+        (root / "metrics.json").write_text(json.dumps({"class_names": ["a", "b"]}))
+    return root
+
+
+def finetune_run(tmp):
+    """A fine-tuning run directory with a real config.json (kcnn's marker) and placeholder results."""
+    from kcnn.finetune import FinetuneConfig, _config_record
+
+    run_dir = tmp / "ft"
+    run_dir.mkdir()
+    config = FinetuneConfig(limit=64, head_epochs=1, finetune_epochs=0, verbose=0, export=False,
+                            output_dir=str(run_dir)).resolved()
+    (run_dir / "config.json").write_text(json.dumps(_config_record(config)))
+    (run_dir / "backup").mkdir()  # not finished
+    return run_dir
+
+
 def tiny_model_file(path):
     import keras
 
@@ -245,6 +270,48 @@ BAD_INPUTS = [
         lambda t, p: train(t, epochs=3, resume=True),
         lambda t, p: ["train", *DIGITS, "--epochs", "3", "--resume", "--output-dir", str(t / "run")],
         setup=lambda t, mp: finished_run(t)),
+    Row("output folder holding the user's own files", KcnnError,
+        r"run holds files kcnn did not write \(history.csv, model.keras\).*new or empty output directory",
+        lambda t, p: train(t), lambda t, p: ["train", *DIGITS, "--output-dir", str(t / "run")],
+        setup=lambda t, mp: users_folder(t / "run")),
+    Row("overwrite of a folder that is not a kcnn run", KcnnError,
+        r"holds files kcnn did not write.*--overwrite replaces only a kcnn run",
+        lambda t, p: train(t, overwrite=True),
+        lambda t, p: ["train", *DIGITS, "--overwrite", "--output-dir", str(t / "run")],
+        setup=lambda t, mp: users_folder(t / "run")),
+    Row("overwrite of a folder that only looks like a run", KcnnError,
+        r"holds files kcnn did not write \(config.json, history.csv, metrics.json and 1 more\).*--overwrite",
+        lambda t, p: train(t, overwrite=True),
+        lambda t, p: ["train", *DIGITS, "--overwrite", "--output-dir", str(t / "run")],
+        setup=lambda t, mp: users_folder(t / "run", config_json=True)),
+    Row("resume of a folder that only looks like a run", KcnnError, r"holds files kcnn did not write",
+        lambda t, p: train(t, resume=True),
+        lambda t, p: ["train", *DIGITS, "--resume", "--output-dir", str(t / "run")],
+        setup=lambda t, mp: users_folder(t / "run", config_json=True)),
+    Row("output folder that is a file", KcnnError, r"run is a file, not a folder",
+        lambda t, p: train(t), lambda t, p: ["train", *DIGITS, "--output-dir", str(t / "run")],
+        setup=lambda t, mp: _written(t / "run", b"a file")),
+    Row("fine-tuning into the user's own files", KcnnError, r"ft holds files kcnn did not write.*new or empty",
+        lambda t, p: finetune(t), lambda t, p: ["finetune", "--limit", "64", "--output-dir", str(t / "ft")],
+        setup=lambda t, mp: users_folder(t / "ft")),
+    Row("fine-tuning overwrite of a folder that only looks like a run", KcnnError,
+        r"ft holds files kcnn did not write.*--overwrite replaces only a kcnn run",
+        lambda t, p: finetune(t, overwrite=True),
+        lambda t, p: ["finetune", "--limit", "64", "--overwrite", "--output-dir", str(t / "ft")],
+        setup=lambda t, mp: users_folder(t / "ft", config_json=True)),
+    Row("fine-tuning resume with other settings", KcnnError, r"other settings \(head_epochs\).*same ones",
+        lambda t, p: finetune(t, head_epochs=2, resume=True),
+        lambda t, p: ["finetune", "--limit", "64", "--head-epochs", "2", "--finetune-epochs", "0", "--no-export",
+                      "--resume", "--output-dir", str(t / "ft")],
+        setup=lambda t, mp: finetune_run(t)),
+    Row("fine-tuning resume of a training run", KcnnError, r"is a `kcnn train` run, not a `kcnn finetune` run",
+        lambda t, p: finetune(t, resume=True, output_dir=str(t / "run")),
+        lambda t, p: ["finetune", "--limit", "64", "--head-epochs", "1", "--finetune-epochs", "0", "--no-export",
+                      "--resume", "--output-dir", str(t / "run")],
+        setup=lambda t, mp: finished_run(t)),
+    Row("fine-tuning resume and overwrite together", InvalidArgumentError, r"resume and overwrite contradict",
+        lambda t, p: finetune(t, resume=True, overwrite=True),
+        lambda t, p: ["finetune", "--resume", "--overwrite"]),
     Row("resume without a run", KcnnError, r"no run to resume.*without --resume",
         lambda t, p: train(t, resume=True),
         lambda t, p: ["train", *DIGITS, "--resume", "--output-dir", str(t / "run")]),
@@ -343,7 +410,20 @@ BAD_INPUTS = [
         lambda t, p: kcnn.export.export(str(p), output=str(t / "out")),
         lambda t, p: ["export", str(p), "--output", str(t / "out")],
         setup=lambda t, mp: (t / "out" / "1").mkdir(parents=True)
-        or _written(t / "out" / "1" / "saved_model.pb", b"old") and tiny_model_file(t / "m.keras")),
+        or _written(t / "out" / "1" / "saved_model.pb", b"old")
+        and _written(t / "out" / "kcnn_export.json", b'{"kcnn": {"exports": {"1": {}}}}')  # kcnn exported it
+        and tiny_model_file(t / "m.keras")),
+    Row("export into the user's own folder", ExportError,
+        r"out holds files kcnn did not write \(history.csv, model.keras\).*new or empty folder as --output",
+        lambda t, p: kcnn.export.export(str(p), format="onnx", output=str(t / "out")),
+        lambda t, p: ["export", str(p), "--format", "onnx", "--output", str(t / "out")],
+        setup=lambda t, mp: users_folder(t / "out") and tiny_model_file(t / "m.keras")),
+    Row("export overwrite of the user's own folder", ExportError,
+        r"out holds files kcnn did not write \(1\).*--overwrite replaces only what kcnn exported",
+        lambda t, p: kcnn.export.export(str(p), output=str(t / "out"), overwrite=True),
+        lambda t, p: ["export", str(p), "--output", str(t / "out"), "--overwrite"],
+        setup=lambda t, mp: (t / "out" / "1").mkdir(parents=True)
+        or _written(t / "out" / "1" / "saved_model.pb", b"the user's") and tiny_model_file(t / "m.keras")),
     Row("export of a missing file", ExportError, r"No such file or directory.*run directory or a \.keras",
         lambda t, p: kcnn.export.export(str(t / "nope.keras")), lambda t, p: ["export", str(t / "nope.keras")]),
     Row("export to an unknown format", ExportError, r"Unknown export format 'tflite'",

@@ -1,13 +1,22 @@
-"""Crash safety: a training run killed with SIGKILL at each point of
+"""Crash safety: a run killed with SIGKILL at each point of
 tests/crash_worker.py, then `--resume`d, ends with the same weights as a run
 never interrupted (bit for bit: TensorFlow on a CPU is deterministic for
-this model), and no file in the run directory is ever corrupt: at the
+these models), and no file in the run directory is ever corrupt: at the
 moment of the kill, every file under its final name is whole.
 
-The runs are processes of `kcnn train` on the TensorFlow backend, where
-the export runs in the training process too. They run side by side (each
-is mostly start-up), the kills first, then the resumes."""
+Three groups of runs, each against its own uninterrupted reference:
+- `kcnn train` (LeNet-5 on digits), killed at each kind of write;
+- `kcnn train --schedule plateau --early-stopping 2`, whose reference lowers
+  its learning rate and stops early, killed before and after those decisions
+  (the callbacks' state, and EarlyStopping's best weights, are in the backup);
+- `kcnn finetune` (EfficientNet-Lite0 on the CIFAR-10 sample), killed during
+  the frozen-layer pass, in phase 1, in phase 2,
+  while a phase's final weights, the model and the export are written.
 
+The runs are processes on the TensorFlow backend, where the export runs in
+the training process too; four at a time (each kill, then its resume)."""
+
+import concurrent.futures
 import csv
 import json
 import os
@@ -23,14 +32,37 @@ from conftest import TESTS_DIR
 
 RUN = ["train", "--dataset", "digits", "--arch", "lenet5", "--image-size", "32", "--epochs", "2",
        "--batch-size", "64", "--limit", "256", "--seed", "1"]
-KILL_POINTS = {  # point: extra arguments of that run
-    "batch:1:1": [],  # during the second epoch
-    "backup:0": [],  # while the backup of the first epoch is written
-    "best:0": [],  # while best.keras is written (the first epoch always saves one)
-    "history:0": [],  # while history.csv is written
-    "model": [],  # while the final model.keras is written
-    "export": ["--export"],  # while the SavedModel is written
+# The reference lowers the learning rate after epoch 6 (0-based) and stops there, restoring epoch 4's weights.
+PLATEAU = ["train", "--dataset", "digits", "--arch", "lenet5", "--image-size", "32", "--epochs", "8",
+           "--batch-size", "64", "--limit", "256", "--seed", "1", "--schedule", "plateau", "--early-stopping", "2",
+           "--learning-rate", "0.01", "--optimizer", "adam"]
+FINETUNE = ["finetune", "--limit", "96", "--image-size", "32", "--head-epochs", "6", "--finetune-epochs", "4",
+            "--batch-size", "32", "--no-export", "--seed", "2"]
+GROUPS = {  # group: (its run's arguments, {kill point: extra arguments of that run})
+    "train": (RUN, {
+        "batch:1:1": [],  # during the second epoch
+        "backup:0": [],  # while the backup of the first epoch is written
+        "best:0": [],  # while best.keras is written (the first epoch always saves one)
+        "history:0": [],  # while history.csv is written
+        "model": [],  # while the final model.keras is written
+        "export": ["--export"],  # while the SavedModel is written
+    }),
+    "plateau": (PLATEAU, {
+        "batch:5:1": [],  # early stopping's patience half used
+        "backup:5": [],  # the backup of epoch 5 is torn: epoch 5 runs again from epoch 4's state
+        "history:6": [],  # after the last epoch's decisions (stop, lower the rate), before its backup
+        "model": [],  # after stopping early: the resumed run trains no more epochs and keeps epoch 4's weights
+    }),
+    "finetune": (FINETUNE, {
+        "predict:1": [],  # the frozen-layer pass (its second predict())
+        "fitbatch:0:2:1": [],  # phase 1 (the head), third epoch
+        "final:head": [],  # while the head's final weights are written
+        "fitbatch:1:1:0": [],  # phase 2 (the top blocks), second epoch
+        "model": [],  # while model.keras is written
+        "export": ["--export"],  # while the SavedModel is written
+    }),
 }
+KILLED = [(group, point) for group, (_, points) in GROUPS.items() for point in points]
 
 
 def _start(args, log_path):
@@ -73,30 +105,45 @@ def _check_whole(run_dir):
                 saved_model_pb2.SavedModel().ParseFromString(open(path, "rb").read())
 
 
+def _name(group, point):
+    return f"{group}_{point.replace(':', '_')}"
+
+
+def _kill_then_resume(root, group, point):
+    """(files at the kill, the resume's exit code): the killed run, then its --resume."""
+    arguments, points = GROUPS[group]
+    name, extra = _name(group, point), points[point]
+    run_dir = root / name
+    worker = os.path.join(TESTS_DIR, "crash_worker.py")
+    killed = _start([worker, point, *arguments, *extra, "--output-dir", str(run_dir)], root / f"{name}.log")
+    killed.wait(timeout=900)
+    assert killed.returncode == -signal.SIGKILL, f"{name}: exit {killed.returncode}\n" + _tail(root / f"{name}.log")
+    _check_whole(run_dir)
+    state = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if "logs" not in p.parts)
+    resumed = _start(["-m", "kcnn", *arguments, *extra, "--output-dir", str(run_dir), "--resume"],
+                     root / f"{name}.resume.log")
+    resumed.wait(timeout=900)
+    assert resumed.returncode == 0, _tail(root / f"{name}.resume.log")
+    return state
+
+
+def _reference(root, group):
+    arguments, _ = GROUPS[group]
+    process = _start(["-m", "kcnn", *arguments, "--output-dir", str(root / f"{group}_reference")],
+                     root / f"{group}_reference.log")
+    process.wait(timeout=900)
+    assert process.returncode == 0, _tail(root / f"{group}_reference.log")
+
+
 @pytest.fixture(scope="module")
 def crashed_and_resumed(tmp_path_factory):
     root = tmp_path_factory.mktemp("crash")
-    worker = os.path.join(TESTS_DIR, "crash_worker.py")
-    reference = _start(["-m", "kcnn", *RUN, "--output-dir", str(root / "reference")], root / "reference.log")
-    killed = {point: _start([worker, point, *RUN, *extra, "--output-dir", str(root / point.replace(":", "_"))],
-                            root / f"{point.replace(':', '_')}.log")
-              for point, extra in KILL_POINTS.items()}
-    states = {}
-    for point, process in killed.items():
-        process.wait(timeout=600)
-        run_dir = root / point.replace(":", "_")
-        assert process.returncode == -signal.SIGKILL, f"{point}: exit {process.returncode}\n" + \
-            _tail(root / f"{point.replace(':', '_')}.log")
-        _check_whole(run_dir)
-        states[point] = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if "logs" not in p.parts)
-    resumed = {point: _start(["-m", "kcnn", *RUN, *extra, "--output-dir", str(root / point.replace(":", "_")),
-                              "--resume"], root / f"{point.replace(':', '_')}.resume.log")
-               for point, extra in KILL_POINTS.items()}
-    for point, process in resumed.items():
-        process.wait(timeout=600)
-        assert process.returncode == 0, _tail(root / f"{point.replace(':', '_')}.resume.log")
-    reference.wait(timeout=600)
-    assert reference.returncode == 0, _tail(root / "reference.log")
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # 4 TensorFlow processes at a time (memory, 2 cores)
+        references = [pool.submit(_reference, root, group) for group in GROUPS]
+        runs = {(group, point): pool.submit(_kill_then_resume, root, group, point) for group, point in KILLED}
+        for reference in references:
+            reference.result()
+        states = {key: future.result() for key, future in runs.items()}
     return root, states
 
 
@@ -112,14 +159,15 @@ def _weights(path):
     return arrays
 
 
-@pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_killed_run_resumes_to_identical_weights(crashed_and_resumed, point):
+@pytest.mark.parametrize("group, point", KILLED, ids=[_name(*key) for key in KILLED])
+def test_killed_run_resumes_to_identical_weights(crashed_and_resumed, group, point):
     root, states = crashed_and_resumed
-    run_dir = root / point.replace(":", "_")
-    # the kill left the temporary it was writing (or, mid-epoch, nothing half-written)
-    if point != "batch:1:1":
-        assert any(".tmp." in name or "/." in name for name in states[point]), states[point]
-    reference, resumed = _weights(root / "reference" / "model.keras"), _weights(run_dir / "model.keras")
+    run_dir = root / _name(group, point)
+    reference_dir = root / f"{group}_reference"
+    # the kill left the temporary it was writing (or, mid-epoch and mid-pass, nothing half-written)
+    if point.split(":")[0] not in ("batch", "fitbatch", "predict"):
+        assert any(".tmp." in name or "/." in name for name in states[(group, point)]), states[(group, point)]
+    reference, resumed = _weights(reference_dir / "model.keras"), _weights(run_dir / "model.keras")
     assert reference.keys() == resumed.keys() and len(reference) >= 10
     for name in reference:
         np.testing.assert_array_equal(reference[name], resumed[name], err_msg=name)
@@ -129,14 +177,29 @@ def test_killed_run_resumes_to_identical_weights(crashed_and_resumed, point):
     assert not left, left
     assert not (run_dir / "backup").exists()
     rows = list(csv.DictReader(open(run_dir / "history.csv")))
-    assert [int(row["epoch"]) for row in rows] == [0, 1]  # each epoch once
-    reference_rows = list(csv.DictReader(open(root / "reference" / "history.csv")))
-    assert [row["loss"] for row in rows] == [row["loss"] for row in reference_rows]
+    reference_rows = list(csv.DictReader(open(reference_dir / "history.csv")))
+    assert [int(row["epoch"]) for row in rows] == list(range(len(reference_rows)))  # each epoch once
+    assert [(row.get("phase"), row["loss"], row["val_accuracy"]) for row in rows] == \
+        [(row.get("phase"), row["loss"], row["val_accuracy"]) for row in reference_rows]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["epochs_run"] == 2
-    if "--export" in KILL_POINTS[point]:
+    assert metrics["epochs_run"] == len(reference_rows)
+    assert metrics["accuracy"] == json.loads((reference_dir / "metrics.json").read_text())["accuracy"]
+    if "--export" in GROUPS[group][1][point]:
         assert (run_dir / "export" / "1" / "saved_model.pb").stat().st_size > 0
         assert metrics["export"].endswith(os.path.join("export", "1"))
+
+
+def test_the_references_take_the_decisions_the_resumed_runs_must_repeat(crashed_and_resumed):
+    """The plateau reference lowers its learning rate and stops early (so its kills test that state);
+    the fine-tuning reference runs both phases."""
+    root, _ = crashed_and_resumed
+    plateau = list(csv.DictReader(open(root / "plateau_reference" / "history.csv")))
+    assert len(plateau) < 8  # stopped early
+    assert len({row["learning_rate"] for row in plateau}) == 1  # lowered after the last epoch's row was logged
+    log = (root / "plateau_reference.log").read_text()
+    assert "ReduceLROnPlateau reducing learning rate" in log and "early stopping" in log
+    finetune = list(csv.DictReader(open(root / "finetune_reference" / "history.csv")))
+    assert {row["phase"] for row in finetune} == {"head", "finetune"}
 
 
 def test_a_second_run_into_the_same_directory_is_refused(tmp_path):

@@ -126,3 +126,32 @@ def test_a_folder_with_one_class_is_refused(tmp_path):
     with pytest.raises(kcnn.KcnnError, match="class"):
         finetune(FinetuneConfig(**dict(TINY, limit=None), dataset=str(photos), output_dir=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+def test_resume_after_the_frozen_pass_does_not_compute_it_again(tmp_path, monkeypatch):
+    """A run stopped in phase 1 resumes from its cached activations (no image goes through the frozen
+    layers again) to the weights of an uninterrupted run (bit for bit after SIGKILL: tests/test_crash.py)."""
+    config = dict(TINY, head_epochs=4, finetune_epochs=2, output_dir=str(tmp_path / "run"))
+    uninterrupted = finetune(FinetuneConfig(**dict(config, output_dir=str(tmp_path / "full"))))
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune(FinetuneConfig(**config), callbacks=[Crash()])
+    assert len(list((tmp_path / "run" / "backup").glob("frozen_0_of_1.npz"))) == 1
+    sizes = []
+    original = fine._predict
+    monkeypatch.setattr(fine, "_predict", lambda model, inputs, size, *args: sizes.append(size) or
+                        original(model, inputs, size, *args))
+    resumed = finetune(FinetuneConfig(**config, resume=True))
+    assert sizes and all(size is None for size in sizes), sizes  # activations in, never images
+    for a, b in zip(uninterrupted.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    rows = (tmp_path / "run" / "history.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("epoch,phase,") and len(rows) == 1 + uninterrupted.metrics["epochs_run"]
+    assert not (tmp_path / "run" / "backup").exists()
+    with pytest.raises(kcnn.KcnnError, match="has finished; there is nothing to resume"):
+        finetune(FinetuneConfig(**config, resume=True))

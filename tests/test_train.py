@@ -198,3 +198,18 @@ def test_folders_that_cannot_train_write_nothing(tmp_path, layout, message):
     with pytest.raises(kcnn.data.EmptyDatasetError, match=message):
         training.train(TrainConfig(dataset=str(data), epochs=1, verbose=0, output_dir=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_replaces_only_the_files_the_run_wrote(tmp_path):
+    """--overwrite of a kcnn run removes the run's own files; a file the user put beside them stays."""
+    run_dir = tmp_path / "run"
+    first = training.train(TrainConfig(**QUICK, output_dir=str(run_dir)))
+    (run_dir / "my notes.txt").write_text("mine")
+    (run_dir / "best.keras").unlink()  # a run file the second run may not write again (it is still removed)
+    run_id = json.loads((run_dir / "config.json").read_text())["kcnn"]["run_id"]
+    second = training.train(TrainConfig(**dict(QUICK, epochs=1), output_dir=str(run_dir), overwrite=True))
+    assert (run_dir / "my notes.txt").read_text() == "mine"
+    record = json.loads((run_dir / "config.json").read_text())
+    assert record["kcnn"]["kind"] == "train" and record["kcnn"]["run_id"] != run_id and record["epochs"] == 1
+    assert second.metrics["epochs_run"] == 1 and first.metrics["epochs_run"] == 2
+    assert len((run_dir / "history.csv").read_text().strip().splitlines()) == 2

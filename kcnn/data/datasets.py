@@ -202,6 +202,18 @@ def _load_sample(split, data_dir, download):
                      sources.CIFAR10_CLASSES, f"cifar10_sample/{split}")
 
 
+# What the workflows (kcnn train, kcnn finetune) train on and evaluate on, per dataset:
+# (training split, evaluation split, a second evaluation split or None). CIFAR-10's official test batch is not
+# always there: train on batches 1-4, evaluate on batch 5, check on the first 1,000 official test images.
+SPLITS = {
+    "mnist": ("train", "test", None),
+    "cifar10": ("holdout_train", "holdout", "test_first1000"),
+    "cifar10_sample": ("train", "test", None),
+    "digits": ("train", "test", None),
+}
+# An image folder (kcnn.data.image_folder): a validation_split of each class is held out.
+FOLDER_SPLITS = ("training", "validation", None)
+
 LOADERS = {
     "mnist": (_load_mnist, ("train", "test")),
     "cifar10": (_load_cifar10, tuple(CIFAR10_SPLITS)),

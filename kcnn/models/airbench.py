@@ -14,9 +14,11 @@ import numpy as np
 from keras import layers
 
 from kcnn.layers import channel_axis, image_input
-from kcnn.registry import TORCH_COUNT, register_model
+from kcnn.registry import TORCH_COUNT, TrainingHooks, register_model
 
 WHITEN_NAME = "whiten"
+# The first layer is set from the data, not learned: training whitens 2x2 patches of (up to 5,000) images.
+TRAINING = TrainingHooks(init_from_data=lambda model, images: init_whitening(model, images[:5000]))
 
 
 def _block(x, filters, *, name):
@@ -33,6 +35,7 @@ def _block(x, filters, *, name):
 @register_model(
     input_shape=(32, 32, 3), num_classes=10, params=1_971_328, counted=TORCH_COUNT,
     min_size=16, source="airbench94 (Jordan 2024) with batch-norm scale fixed at 1 (scale=False)",
+    training=TRAINING,
 )
 def airbench(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
              widths=(64, 256, 256)):
@@ -89,7 +92,7 @@ def _find_layer(model, name):
 
 @register_model(
     input_shape=(32, 32, 3), num_classes=10, params=294_336, counted=TORCH_COUNT,
-    min_size=16, source="airbench with widths 32, 64, 128 (kcnn's smaller variant)",
+    min_size=16, source="airbench with widths 32, 64, 128 (kcnn's smaller variant)", training=TRAINING,
 )
 def airbench_small(*, num_classes, input_shape, include_top, pooling, classifier_activation, name):
     """airbench at widths 32, 64, 128: a quarter of the work, for MNIST and slow machines."""

@@ -15,7 +15,7 @@ from keras import layers
 
 from kcnn.errors import InvalidArgumentError
 from kcnn.layers import channel_axis, classifier_head, conv_bn_act, image_input, max_pool_ceil
-from kcnn.registry import TORCH_COUNT, register_model
+from kcnn.registry import TORCH_COUNT, TrainingHooks, register_model
 
 # name: (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool projection)
 INCEPTIONS = {
@@ -61,9 +61,18 @@ def aux_head(x, num_classes, classifier_activation, *, name):
     return layers.Dense(num_classes, activation=classifier_activation, name=f"{name}_fc2")(x)
 
 
+def training_outputs(image_shape):
+    """GoogLeNet trains with its auxiliary heads, each adding 0.3 of its loss (Szegedy et al. 2015); they
+    pool 5x5 features, so below AUX_MIN_SIZE pixels it trains without them."""
+    if min(image_shape[:2]) < AUX_MIN_SIZE:
+        return None
+    return {"logits": 1.0, "aux1": 0.3, "aux2": 0.3}
+
+
 @register_model(
     input_shape=(224, 224, 3), params=6_624_904, counted=TORCH_COUNT, min_size=32,
     source="torchvision googlenet (aux_logits=False)", test_input_shape=(64, 64, 3),
+    training=TrainingHooks(training_outputs=training_outputs, training_kwargs={"aux_logits": True}),
 )
 def googlenet(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
               aux_logits=False, dropout=0.2):

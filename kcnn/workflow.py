@@ -1,0 +1,147 @@
+"""The skeleton `kcnn train` and `kcnn finetune` share: the distribution plan, quiet workers other than the
+chief, the mixed-precision policy restored, the run directory prepared, and at the end the model, metrics,
+plots, export and summary written in the same order (the backup last, so that a run killed on the way
+resumes). What differs between the two is only what happens in between (their `_train` / `_finetune`).
+"""
+
+import contextlib
+import dataclasses
+import time
+
+import numpy as np
+
+from kcnn import distribute
+from kcnn.rundir import RunDir, write_errors_explained
+from kcnn.utils import mixed_precision_policy
+
+
+@dataclasses.dataclass
+class Run:
+    """What a workflow returns: its directory, model, history ({metric: per-epoch values}) and metrics."""
+
+    directory: str
+    model: object
+    history: dict
+    metrics: dict
+
+
+def run_workflow(config, body):
+    """Resolve `config`, make the distribution plan, and call `body(config, plan)`; the plan is closed
+    whatever happens. When torchrun (--max-restarts) starts the workers again after one failed, they
+    resume the run they were writing."""
+    config = config.resolved()
+    plan = distribute.plan(config.distribute)
+    try:
+        run = RunDir(config.output_dir)
+        if plan.restarted and run.is_run() and not run.is_finished():
+            config = dataclasses.replace(config, resume=True, overwrite=False)
+        if not plan.is_chief:
+            config = dataclasses.replace(config, verbose=0)  # the chief reports for every worker
+        plan.check_batch(config.batch_size)
+        return body(config, plan)
+    finally:
+        plan.close()
+
+
+@contextlib.contextmanager
+def owned_run_dir(config, kind, plan):
+    """The run directory, prepared by the chief alone (the others wait for it) and locked while the block
+    runs; the operating system's refusals to write come out as one sentence."""
+    run = RunDir(config.output_dir)
+    lock = plan.on_chief(lambda: run.prepare(config, kind, resume=config.resume, overwrite=config.overwrite))
+    with lock or contextlib.nullcontext(), write_errors_explained(run.path, resumable=True):
+        yield run
+
+
+@contextlib.contextmanager
+def precision(mixed):
+    """Keras' mixed-precision policy for the block (if `mixed`), and the caller's policy again after it."""
+    import keras
+
+    policy = keras.mixed_precision.global_policy()
+    try:
+        if mixed:
+            keras.mixed_precision.set_global_policy(mixed_precision_policy())
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def save_run(run, config, plan, model, metrics, eval_data, predicted, *, phase_starts=None):
+    """The end of every run, on the chief: model.keras, metrics.json, the plots, the export, then the
+    backup deleted, then the summary. Returns the `Run`."""
+    import keras
+
+    metrics.setdefault("backend", keras.backend.backend())
+    if config.distribute:
+        metrics["distribute"] = plan.describe()
+    run.save_model(model)
+    run.write_json("metrics.json", metrics)
+    history = run.history()
+    plots(run, history, eval_data, predicted, config, phase_starts=phase_starts)
+    if config.export:
+        from kcnn.export import export
+
+        # overwrite: a resumed run replaces an export its killed predecessor finished
+        metrics["export"] = export(run.path, "saved_model", overwrite=True, verbose=False)
+        run.write_json("metrics.json", metrics)
+    run.finish()  # last: while the backup exists, --resume can finish a run killed after training
+    if config.verbose:
+        print(summary_table(config, metrics))
+    return Run(run.path, model, history, metrics)
+
+
+def plots(run, history, eval_data, predicted, config, phase_starts=None):
+    from kcnn import viz
+
+    viz.save_figure(viz.training_curves(history, title=f"{config.arch} on {config.dataset_name}",
+                                        phase_starts=phase_starts),
+                    run.file("curves.png"))
+    viz.save_figure(viz.confusion_matrix(eval_data.labels, predicted, eval_data.class_names,
+                                         title=f"{config.arch} on {eval_data.name}"),
+                    run.file("confusion.png"))
+    wrong_first = np.argsort(predicted[:32] == eval_data.labels[:32], kind="stable")
+    viz.save_figure(viz.sample_predictions(eval_data.images[:32][wrong_first], eval_data.labels[:32][wrong_first],
+                                           predicted[:32][wrong_first], eval_data.class_names),
+                    run.file("samples.png"))
+
+
+def summary_table(config, metrics):
+    """The table a run prints at its end (both workflows; the rows a run has no figure for are left out)."""
+    width = 26
+    weights = f" ({config.weights})" if getattr(config, "weights", None) else ""
+    what = "backbone / dataset" if weights else "model / dataset"
+    lines = [
+        f"{'run':{width}s} {config.output_dir}",
+        f"{what:{width}s} {config.arch}{weights} / {config.dataset_name} ({metrics['backend']})",
+        f"{metrics['eval_split'] + ' accuracy':{width}s} {metrics['accuracy']:.4f}",
+    ]
+    for key, value in metrics.items():
+        if key.endswith("_accuracy") and key != "per_class_accuracy" and isinstance(value, float):
+            lines.append(f"{key:{width}s} {value:.4f}")
+    if "image_size" in metrics:
+        lines.append(f"{'image size':{width}s} {metrics['image_size']}x{metrics['image_size']}")
+    if "unfrozen_from" in metrics:
+        lines.append(f"{'fine-tuned from':{width}s} {metrics['unfrozen_from']}")
+    lines.append(f"{'epochs':{width}s} {metrics['epochs_run']}")
+    if "feature_seconds" in metrics:
+        lines.append(f"{'time':{width}s} {metrics['train_seconds']:.1f} s ({metrics['feature_seconds']:.1f} s of it "
+                     f"through the frozen layers, once)")
+    else:
+        lines.append(f"{'training time':{width}s} {metrics['train_seconds']:.1f} s "
+                     f"({metrics['train_images_per_second']:.0f} images/s)")
+    lines.append(f"{'parameters':{width}s} {metrics['parameters']:,}")
+    if "export" in metrics:
+        lines.append(f"{'export (SavedModel)':{width}s} {metrics['export']}")
+    return "\n".join(lines)
+
+
+class Stopwatch:
+    """Seconds since it started (time.perf_counter)."""
+
+    def __init__(self):
+        self.started = time.perf_counter()
+
+    @property
+    def seconds(self):
+        return time.perf_counter() - self.started
