@@ -366,8 +366,9 @@ def _fit_phase(config, plan, run, phase, model, inputs, frozen, epochs, callback
 def _epoch_batches(inputs, targets, batch_size, seed, first_epoch, epochs):
     """The training batches of epochs first_epoch, ..., epochs - 1, each epoch in an order drawn from
     (seed, epoch) alone: a resumed run sees the batches the uninterrupted one saw (Keras' own shuffle
-    draws from the process's random state)."""
-    for epoch in range(first_epoch, epochs):
+    draws from the process's random state). A run resumed after its last epoch runs no epoch, but Keras
+    wants a first batch to look at: it gets the last epoch's."""
+    for epoch in range(first_epoch, epochs) or [epochs - 1]:
         order = np.random.default_rng([*seed, epoch]).permutation(len(inputs))
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]

@@ -69,8 +69,7 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
         name, state_name = f"epoch_{epoch}.weights.h5", f"epoch_{epoch}.state.npz"
         with atomic_path(os.path.join(self.write_dir, name)) as temporary:
             self.model.save_weights(temporary, overwrite=True)
-        arrays = {f"seed:{variable.path}": keras.ops.convert_to_numpy(variable)
-                  for variable in _seed_states(self.model)}
+        arrays = _seed_arrays(self.model)
         states = []
         for index, callback in enumerate(self.decision_callbacks):
             states.append({key: _json_number(getattr(callback, key, None)) for key in DECISION_STATE[type(callback)]})
@@ -96,9 +95,7 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
         if metadata.get("state"):
             with np.load(os.path.join(self.backup_dir, metadata["state"])) as saved:
                 arrays = {key: saved[key] for key in saved.files}
-        for variable in _seed_states(self.model):
-            if f"seed:{variable.path}" in arrays:
-                variable.assign(arrays[f"seed:{variable.path}"])
+        _assign_seeds(self.model, arrays)
         for index, (callback, state) in enumerate(zip(self.decision_callbacks, metadata.get("callbacks", []))):
             for key, value in state.items():
                 setattr(callback, key, value)
@@ -112,8 +109,19 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
 
 
 def _seed_states(model):
-    """The random state of a model's layers (Keras' SeedGenerator variables), which save_weights leaves out."""
+    """The random state of a model's layers (Keras' SeedGenerator variables), which save_weights leaves out,
+    in the model's order of variables (their paths are numbered per process: `seed_generator_3/...`)."""
     return [variable for variable in model.variables if variable.path.endswith("seed_generator_state")]
+
+
+def _seed_arrays(model):
+    return {f"seed:{index}": keras.ops.convert_to_numpy(variable) for index, variable in enumerate(_seed_states(model))}
+
+
+def _assign_seeds(model, arrays):
+    for index, variable in enumerate(_seed_states(model)):
+        if f"seed:{index}" in arrays:
+            variable.assign(arrays[f"seed:{index}"])
 
 
 class HistoryLog(keras.callbacks.Callback):
@@ -186,7 +194,7 @@ def save_model_state(model, stem):
     with atomic_path(f"{stem}.weights.h5") as temporary:
         model.save_weights(temporary)
     with atomic_path(f"{stem}.seeds.npz") as temporary:
-        np.savez(temporary, **{variable.path: keras.ops.convert_to_numpy(variable) for variable in _seed_states(model)})
+        np.savez(temporary, **_seed_arrays(model))
 
 
 def load_model_state(model, stem):
@@ -195,7 +203,5 @@ def load_model_state(model, stem):
         return False
     model.load_weights(f"{stem}.weights.h5")
     with np.load(f"{stem}.seeds.npz") as seeds:
-        for variable in _seed_states(model):
-            if variable.path in seeds.files:
-                variable.assign(seeds[variable.path])
+        _assign_seeds(model, {key: seeds[key] for key in seeds.files})
     return True
