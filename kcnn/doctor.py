@@ -235,7 +235,7 @@ def _check_sample():
     import numpy as np
 
     from kcnn.data.datasets import SAMPLE_PATH, SAMPLE_SHA1
-    from kcnn.data.make_cifar10_sample import content_sha1
+    from kcnn.data.datasets import content_sha1
 
     name = os.path.basename(SAMPLE_PATH)
     if not os.path.isfile(SAMPLE_PATH):

@@ -19,7 +19,7 @@ import re
 import keras
 
 from kcnn.errors import InvalidArgumentError
-from kcnn.registry import _POOLING, _check_head, to_data_format
+from kcnn.registry import _POOLING, _check_head, register_prefix, to_data_format
 from kcnn.weights import WeightsError
 
 DEFAULT_IMAGE_SIZE = 224  # when neither the backbone nor its converter fixes one
@@ -249,3 +249,6 @@ def _default_name(preset):
     # "resnet_50_imagenet": the last path segment that is not a version number.
     parts = [part for part in re.split(r"[/\\]", preset.split("://")[-1]) if part and not part.isdigit()]
     return re.sub(r"\W", "_", parts[-1]) if parts else "hub_model"
+
+
+register_prefix("hub", build_from_preset)  # kcnn.build("hub:PRESET", ...)

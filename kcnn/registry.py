@@ -18,6 +18,7 @@ from typing import Callable
 
 import keras
 
+from kcnn import weights as named_weights
 from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
 
 # How a reference parameter count was counted.
@@ -48,6 +49,8 @@ class ModelInfo:
             input to 1x1 of padding.
         test_input_shape: a small input the test suite builds it at.
         description: one line for `kcnn list`.
+        training: its `TrainingHooks` (training-only outputs, data-dependent initialisation), or None.
+        checkpoint: the `CheckpointLayout` of the PyTorch state dicts it reads (weights="file.pth"), or None.
     """
 
     name: str
@@ -62,6 +65,7 @@ class ModelInfo:
     description: str
     builder: Callable = dataclasses.field(repr=False, compare=False)
     training: "TrainingHooks" = dataclasses.field(default=None, repr=False, compare=False)
+    checkpoint: named_weights.CheckpointLayout = dataclasses.field(default=None, repr=False, compare=False)
 
     def __repr__(self):
         return (f"ModelInfo({self.name!r}, input_shape={self.default_input_shape}, "
@@ -116,12 +120,17 @@ def register_model(
     num_classes=1000,
     test_input_shape=None,
     training=None,
+    checkpoint=None,
+    pretrained=(),
 ):
     """Register a builder `fn(*, num_classes, input_shape, include_top, pooling,
     classifier_activation, name, **family_kwargs)` under its function name.
 
     `input_shape` is `(height, width, channels)`; the builder receives it in
-    the active image data format, already checked.
+    the active image data format, already checked. What else the model file
+    knows of it is declared here too: `training` (`TrainingHooks`),
+    `checkpoint` (the `kcnn.weights.CheckpointLayout` of the PyTorch
+    checkpoints it reads) and `pretrained` (its `kcnn.weights.WeightSource`s).
     """
 
     def decorator(fn):
@@ -187,10 +196,15 @@ def register_model(
             description=(inspect.getdoc(fn) or "").split("\n")[0],
             builder=builder,
             training=training,
+            checkpoint=checkpoint,
         )
         if model_name in _REGISTRY:
             raise RuntimeError(f"Model {model_name!r} is registered twice.")
         _REGISTRY[model_name] = info
+        for weight_source in pretrained:
+            if weight_source.arch != model_name:
+                raise RuntimeError(f"{model_name} declares weights for {weight_source.arch}.")
+            named_weights.register_source(weight_source)
         return builder
 
     return decorator
@@ -210,7 +224,6 @@ _COMMON_ARGS = [
 
 def get_model_info(name) -> ModelInfo:
     """The `ModelInfo` of a registered name; unknown names raise with close matches."""
-    _ensure_models_imported()
     if not isinstance(name, str):
         raise UnknownModelError(
             f"A model name must be a string such as 'resnet50'. Received: name={name!r}"
@@ -265,32 +278,31 @@ def build(model_name, /, **kwargs) -> keras.Model:
     """
     from kcnn import torch_fast
 
-    if isinstance(model_name, str) and model_name.startswith("hub:"):
-        from kcnn import hub  # keras-hub is optional: imported only for its presets
-
-        return torch_fast.accelerate(hub.build_from_preset(model_name[len("hub:"):], **kwargs))
+    if isinstance(model_name, str) and ":" in model_name and model_name.split(":", 1)[0] in _PREFIXES:
+        prefix, rest = model_name.split(":", 1)  # "hub:resnet_50_imagenet": kcnn.hub's presets
+        return torch_fast.accelerate(_PREFIXES[prefix](rest, **kwargs))
     return torch_fast.accelerate(get_model_info(model_name).builder(**kwargs))
+
+
+# "prefix:rest" names built by something the registry does not import: {"hub": kcnn.hub.build_from_preset}
+_PREFIXES = {}
+
+
+def register_prefix(prefix, builder):
+    """`build("PREFIX:REST", **kwargs)` calls `builder(REST, **kwargs)` (kcnn.hub registers "hub")."""
+    _PREFIXES[prefix] = builder
 
 
 def list_models(pattern="*", *, pretrained=False) -> list:
     """`ModelInfo` of every registered model whose name matches the wildcard
     `pattern` (fnmatch: `"resnet*"`, `"*net*"`, `"vgg1?"`), sorted by name;
     `pretrained=True`: only those with named pretrained weights."""
-    _ensure_models_imported()
     if not isinstance(pattern, str):
         raise InvalidArgumentError(
             f"pattern must be a wildcard string such as 'resnet*'. Received: pattern={pattern!r}"
         )
-    from kcnn import weights
-
-    having = set(weights.pretrained_archs()) if pretrained else set(_REGISTRY)
+    having = set(named_weights.pretrained_archs()) if pretrained else set(_REGISTRY)
     return [info for name, info in sorted(_REGISTRY.items()) if fnmatch.fnmatchcase(name, pattern) and name in having]
-
-
-def _ensure_models_imported():
-    # The families register themselves on import; importing here (not at the
-    # top) avoids a cycle, since every family imports this module.
-    import kcnn.models  # noqa: F401
 
 
 # ---------------------------------------------------------------------------
@@ -388,8 +400,6 @@ def _family_option_error(model_name, options, error):
 
 def _check_weights(weights, model_name):
     """None, a file path (str), or the named `kcnn.weights.WeightSource`."""
-    from kcnn import weights as named_weights
-
     if weights is None:
         return None
     if isinstance(weights, os.PathLike):
@@ -401,8 +411,6 @@ def _check_weights(weights, model_name):
         )
     if os.path.isfile(weights):
         if weights.endswith((".pth", ".pt", ".bin")):
-            from kcnn.weights.loading import check_torch_checkpoint_arch
-
             check_torch_checkpoint_arch(model_name)
         return weights
     if any(weights == name for _, name in named_weights.SOURCES) or not any(c in weights for c in "/\\."):
@@ -437,11 +445,26 @@ def _build_pretrained(fn, source, arguments, include_preprocessing):
     return model
 
 
+def torch_checkpoint_archs():
+    """Architectures whose PyTorch checkpoints kcnn converts (those that declare a CheckpointLayout)."""
+    return sorted(name for name, info in _REGISTRY.items() if info.checkpoint)
+
+
+def check_torch_checkpoint_arch(arch):
+    """Raise (before anything is built) for architectures kcnn cannot convert PyTorch checkpoints into."""
+    if get_model_info(arch).checkpoint is None:
+        hint = (f" (torchvision's {arch} has another layout than kcnn's: build '{arch}_torchvision')"
+                if f"{arch}_torchvision" in _REGISTRY else "")
+        raise named_weights.WeightsError(
+            f"kcnn converts PyTorch checkpoints for {', '.join(torch_checkpoint_archs())}; {arch} is not one of "
+            f"them{hint}. Save its weights with Keras (.weights.h5) or use weights='imagenet' where it has them.")
+
+
 def _load_weights_file(model, path, model_name):
     if path.endswith((".pth", ".pt", ".bin")):  # a PyTorch state dict, converted (never unpickled code)
         from kcnn.weights import loading
 
-        loading.load_torch_checkpoint(model, model_name, path)
+        loading.load_torch_checkpoint(model, get_model_info(model_name).checkpoint, path)
         return
     try:
         model.load_weights(path)

@@ -11,6 +11,7 @@ CIFAR-10 splits:
 
 import dataclasses
 import gzip
+import hashlib
 import os
 
 import numpy as np
@@ -188,9 +189,17 @@ SAMPLE_PATH = os.path.join(os.path.dirname(__file__), "cifar10_sample.npz")
 SAMPLE_SHA1 = "16b015152920e37047bb1197ca261666a75408dc"  # of the arrays; see make_cifar10_sample.py
 
 
-def _load_sample(split, data_dir, download):
-    from kcnn.data.make_cifar10_sample import content_sha1
+def content_sha1(arrays):
+    """The sample's checksum: of its arrays (their names and bytes), not of the .npz file (which holds
+    zip timestamps)."""
+    digest = hashlib.sha1()
+    for key in sorted(arrays):
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
+    return digest.hexdigest()
 
+
+def _load_sample(split, data_dir, download):
     with np.load(SAMPLE_PATH, allow_pickle=False) as sample:
         arrays = {key: sample[key] for key in sample.files}
     if content_sha1(arrays) != SAMPLE_SHA1:

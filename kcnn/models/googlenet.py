@@ -16,6 +16,7 @@ from keras import layers
 from kcnn.errors import InvalidArgumentError
 from kcnn.layers import channel_axis, classifier_head, conv_bn_act, image_input, max_pool_ceil
 from kcnn.registry import TORCH_COUNT, TrainingHooks, register_model
+from kcnn.weights import CheckpointLayout, torchvision_name
 
 # name: (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool projection)
 INCEPTIONS = {
@@ -69,7 +70,16 @@ def training_outputs(image_shape):
     return {"logits": 1.0, "aux1": 0.3, "aux2": 0.3}
 
 
+def _without_unbuilt_heads(state, model):
+    """torchvision's GoogLeNet checkpoints carry the training-only auxiliary heads: dropped for a model
+    built without them."""
+    if any(layer.name.startswith("aux") for layer in model.layers):
+        return state
+    return {key: value for key, value in state.items() if not key.startswith(("aux1.", "aux2."))}
+
+
 @register_model(
+    checkpoint=CheckpointLayout("torchvision_googlenet", torchvision_name, filter=_without_unbuilt_heads),
     input_shape=(224, 224, 3), params=6_624_904, counted=TORCH_COUNT, min_size=32,
     source="torchvision googlenet (aux_logits=False)", test_input_shape=(64, 64, 3),
     training=TrainingHooks(training_outputs=training_outputs, training_kwargs={"aux_logits": True}),

@@ -13,6 +13,7 @@ from keras import layers
 
 from kcnn.layers import channel_axis, feature_pooling, image_input
 from kcnn.registry import TORCH_COUNT, register_model
+from kcnn.weights import NO_HASH, TF, TORCHVISION, keras_applications_source
 
 # MobileNet v1: (pointwise filters, stride) of depthwise-separable blocks 1..13.
 V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
@@ -76,7 +77,9 @@ def inverted_residual_block(x, *, expansion, filters, strides, block_id):
 
 
 @register_model(input_shape=(224, 224, 3), params=4_253_864, min_size=32,
-                source="keras.applications.MobileNet", test_input_shape=(32, 32, 3))
+                source="keras.applications.MobileNet", test_input_shape=(32, 32, 3),
+                pretrained=[keras_applications_source("mobilenet", "mobilenet_1_0_224_tf.h5", None, 70.4, **TF,
+                                                      note=NO_HASH)])
 def mobilenet(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
               alpha=1.0, dropout=1e-3):
     """MobileNet v1: a 3x3/2 conv and 13 depthwise-separable blocks."""
@@ -99,7 +102,10 @@ def mobilenet(*, num_classes, input_shape, include_top, pooling, classifier_acti
 
 
 @register_model(input_shape=(224, 224, 3), params=3_538_984, min_size=32,
-                source="keras.applications.MobileNetV2", test_input_shape=(32, 32, 3))
+                source="keras.applications.MobileNetV2", test_input_shape=(32, 32, 3),
+                pretrained=[keras_applications_source(
+                    "mobilenet_v2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5", None, 71.3, **TF,
+                    note=NO_HASH)])
 def mobilenet_v2(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
                  alpha=1.0, dropout=0.0):
     """MobileNet v2: inverted residual blocks with linear bottlenecks."""
@@ -128,7 +134,7 @@ def mobilenet_v2(*, num_classes, input_shape, include_top, pooling, classifier_a
 
 
 @register_model(input_shape=(224, 224, 3), params=3_504_872, counted=TORCH_COUNT, min_size=32,
-                source="torchvision mobilenet_v2", test_input_shape=(32, 32, 3))
+                source="torchvision mobilenet_v2", test_input_shape=(32, 32, 3), checkpoint=TORCHVISION)
 def mobilenet_v2_torchvision(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
                              dropout=0.2):
     """MobileNet v2 in torchvision's layout, so that torchvision checkpoints

@@ -17,6 +17,7 @@ from keras import layers
 
 from kcnn.layers import channel_axis, classifier_head, image_input, torch_conv
 from kcnn.registry import TORCH_COUNT, register_model
+from kcnn.weights import CAFFE, TORCHVISION, keras_applications_source
 
 # ---------------------------------------------------------------------------
 # torchvision layout: basic blocks
@@ -102,31 +103,39 @@ def _build_keras_resnet(blocks_per_stage, *, num_classes, input_shape, include_t
 _RESNET = dict(input_shape=(224, 224, 3), min_size=32, test_input_shape=(32, 32, 3))
 
 
-@register_model(params=11_689_512, counted=TORCH_COUNT, source="torchvision resnet18", **_RESNET)
+@register_model(params=11_689_512, counted=TORCH_COUNT, source="torchvision resnet18", checkpoint=TORCHVISION,
+                **_RESNET)
 def resnet18(**kwargs):
     """ResNet-18, torchvision layout (basic blocks 2-2-2-2)."""
     return _build_torchvision_resnet((2, 2, 2, 2), **kwargs)
 
 
-@register_model(params=21_797_672, counted=TORCH_COUNT, source="torchvision resnet34", **_RESNET)
+@register_model(params=21_797_672, counted=TORCH_COUNT, source="torchvision resnet34", checkpoint=TORCHVISION,
+                **_RESNET)
 def resnet34(**kwargs):
     """ResNet-34, torchvision layout (basic blocks 3-4-6-3)."""
     return _build_torchvision_resnet((3, 4, 6, 3), **kwargs)
 
 
-@register_model(params=25_636_712, source="keras.applications.ResNet50", **_RESNET)
+@register_model(params=25_636_712, source="keras.applications.ResNet50", **_RESNET,
+                pretrained=[keras_applications_source("resnet50", "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
+                                                      "2cb95161c43110f7111970584f804107", 74.9, **CAFFE)])
 def resnet50(**kwargs):
     """ResNet-50, keras.applications layout (bottlenecks 3-4-6-3)."""
     return _build_keras_resnet((3, 4, 6, 3), **kwargs)
 
 
-@register_model(params=44_707_176, source="keras.applications.ResNet101", **_RESNET)
+@register_model(params=44_707_176, source="keras.applications.ResNet101", **_RESNET,
+                pretrained=[keras_applications_source("resnet101", "resnet101_weights_tf_dim_ordering_tf_kernels.h5",
+                                                      "f1aeb4b969a6efcfb50fad2f0c20cfc5", 76.4, **CAFFE)])
 def resnet101(**kwargs):
     """ResNet-101, keras.applications layout (bottlenecks 3-4-23-3)."""
     return _build_keras_resnet((3, 4, 23, 3), **kwargs)
 
 
-@register_model(params=60_419_944, source="keras.applications.ResNet152", **_RESNET)
+@register_model(params=60_419_944, source="keras.applications.ResNet152", **_RESNET,
+                pretrained=[keras_applications_source("resnet152", "resnet152_weights_tf_dim_ordering_tf_kernels.h5",
+                                                      "100835be76be38e30d865e96f2aaae62", 76.6, **CAFFE)])
 def resnet152(**kwargs):
     """ResNet-152, keras.applications layout (bottlenecks 3-8-36-3)."""
     return _build_keras_resnet((3, 8, 36, 3), **kwargs)

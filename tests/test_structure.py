@@ -1,0 +1,98 @@
+"""The package's structure: no import circle anywhere in kcnn/ (imports inside functions count too), and
+workflows that take no decision by an architecture's name (what they need to know of a model is declared
+beside its builder: kcnn.registry.TrainingHooks, CheckpointLayout, the weights it registers)."""
+
+import ast
+import os
+
+import pytest
+
+import kcnn
+
+PACKAGE = os.path.dirname(os.path.abspath(kcnn.__file__))
+
+
+def _modules():
+    found = {}
+    for folder, _, names in os.walk(PACKAGE):
+        for name in names:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                parts = os.path.relpath(path, os.path.dirname(PACKAGE))[:-3].split(os.sep)
+                found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def _imports(path, modules):
+    """The kcnn modules `path` imports, at the top or inside a function."""
+    targets = set()
+    for node in ast.walk(ast.parse(open(path).read())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from kcnn.data import sources` imports the module kcnn.data.sources; `from kcnn.data import load`
+            # takes a name from kcnn.data itself
+            names = [f"{node.module}.{alias.name}" if f"{node.module}.{alias.name}" in modules else node.module
+                     for alias in node.names]
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name.startswith("kcnn"):
+                targets.add(name)
+    return targets
+
+
+def test_no_import_circle_in_the_package():
+    modules = _modules()
+    graph = {name: _imports(path, modules) - {name} for name, path in modules.items()}
+    circles, state = [], {}
+
+    def visit(name, trail):  # depth-first search; a grey node met again closes a circle
+        state[name] = "grey"
+        for target in sorted(graph[name]):
+            if state.get(target) == "grey":
+                circles.append(trail[trail.index(target):] + [target])
+            elif target not in state:
+                visit(target, trail + [target])
+        state[name] = "black"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not circles, "import circles: " + "; ".join(" -> ".join(circle) for circle in circles)
+
+
+def test_the_checker_sees_a_circle():
+    """The check above can fail: two modules of a fake package that import each other are found."""
+    modules = {"kcnn.a": None, "kcnn.b": None}
+    source = {"kcnn.a": "def f():\n    from kcnn.b import g\n", "kcnn.b": "import kcnn.a\n"}
+    graph = {}
+    for name, text in source.items():
+        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"kcnn_structure_{name}.py")
+        with open(path, "w") as f:
+            f.write(text)
+        graph[name] = _imports(path, modules)
+        os.remove(path)
+    assert graph == {"kcnn.a": {"kcnn.b"}, "kcnn.b": {"kcnn.a"}}
+
+
+@pytest.mark.parametrize("module", ["train.py", "finetune.py", "workflow.py", "rundir.py", "runs.py"])
+def test_workflows_take_no_decision_by_architecture_name(module):
+    names = {info.name for info in kcnn.list_models()}
+    tree = ast.parse(open(os.path.join(PACKAGE, module)).read())
+    decisions = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") in ("startswith", "endswith"):
+            operands = node.args
+        else:
+            continue
+        for operand in operands:
+            for constant in ast.walk(operand):
+                if isinstance(constant, ast.Constant) and isinstance(constant.value, str) and \
+                        any(constant.value == name or (len(constant.value) > 2 and name.startswith(constant.value))
+                            for name in names):
+                    decisions.append(f"line {node.lineno}: {constant.value!r}")
+    assert not decisions, f"kcnn/{module} decides by architecture name: {decisions}"
