@@ -389,7 +389,8 @@ def _callbacks(config, run_dir, model, trainer, first_epoch, plan=None):
     import keras
 
     # a model with training-only outputs (a dict, the prediction first) logs its main output's accuracy
-    main = next(iter(trainer.output)) if isinstance(trainer.output, dict) else None
+    outputs = getattr(trainer, "output", None)  # (a Sequential never called has none)
+    main = next(iter(outputs)) if isinstance(outputs, dict) else None
     accuracy = f"val_{main}_accuracy" if main else "val_accuracy"
     decisions = _decision_callbacks(config, accuracy)
     backup_dir = os.path.join(run_dir, "backup")
