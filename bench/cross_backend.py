@@ -3,7 +3,7 @@ TensorFlow, PyTorch and JAX, relative difference of the logits against TensorFlo
 
     python bench/cross_backend.py [PATTERN]
 
-Runs tests/backend_worker.py once per backend (in parallel) and prints a table,
+Runs tests/workers/backend_worker.py once per backend (in parallel) and prints a table,
 the largest difference last. The test suite asserts at most 1e-4 per model.
 """
 
@@ -21,7 +21,7 @@ BACKENDS = ("tensorflow", "torch", "jax")
 def main(pattern="*"):
     with tempfile.TemporaryDirectory(prefix="kcnn-cross-") as folder:
         workers = {
-            b: subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "backend_worker.py"),
+            b: subprocess.Popen([sys.executable, os.path.join(ROOT, "tests", "workers", "backend_worker.py"),
                                  os.path.join(folder, b), pattern],
                                 env=dict(os.environ, KERAS_BACKEND=b), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)

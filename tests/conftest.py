@@ -23,22 +23,7 @@ os.environ.setdefault(
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-BACKENDS = ("tensorflow", "torch", "jax")
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-def run_python(args, backend, log_path):
-    """Start `python args...` on `backend`, its output going to `log_path`
-    (a file, not a pipe nobody reads while it runs)."""
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    with open(log_path, "w") as log:
-        return subprocess.Popen([sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
-def _tail(path, size=3000):
-    with open(path, errors="replace") as f:
-        return f.read()[-size:]
+from helpers import BACKENDS, WORKERS_DIR, _tail  # noqa: E402
 
 
 # One folder per pytest session for the cross-backend runs, named by the main
@@ -50,7 +35,7 @@ BACKEND_RUNS_ENV = "KCNN_TEST_BACKEND_RUNS"
 def pytest_configure(config):
     if not hasattr(config, "workerinput"):
         os.environ[BACKEND_RUNS_ENV] = tempfile.mkdtemp(prefix="kcnn-backends-")
-        # tests/backend_runs.py ends itself when this process is gone (killed: no pytest_unconfigure)
+        # tests/workers/backend_runs.py ends itself when this process is gone (killed: no pytest_unconfigure)
         (pathlib.Path(os.environ[BACKEND_RUNS_ENV]) / "owner.pid").write_text(str(os.getpid()))
 
 
@@ -58,20 +43,25 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(session, config, items):
     """Start the per-backend runs as soon as the tests that need them are
     collected, so that they run while the in-process tests do."""
-    if any("backend_runs" in getattr(item, "fixturenames", ()) for item in items):
-        _start_backend_runs()
+    needing = [item for item in items if "backend_runs" in getattr(item, "fixturenames", ())]
+    if needing:
+        # `pytest -k lenet5` builds only the models the selected tests ask for (their `name` parameter)
+        names = {getattr(item, "callspec", None) and item.callspec.params.get("name") for item in needing}
+        _start_backend_runs(None if None in names else sorted(names))
 
 
-def _start_backend_runs():
-    """Start tests/backend_runs.py once per session: the first process to
-    create ROOT/started starts it (xdist workers collect at the same time)."""
+def _start_backend_runs(models=None):
+    """Start tests/workers/backend_runs.py once per session for `models` (None: every registered model):
+    the first process to create ROOT/started starts it (xdist workers collect the same tests at the same
+    time, so they ask for the same models)."""
     root = pathlib.Path(os.environ[BACKEND_RUNS_ENV])
     try:
         (root / "started").mkdir()
     except FileExistsError:
         return
     with open(root / "runs.log", "w") as log:
-        process = subprocess.Popen([sys.executable, os.path.join(TESTS_DIR, "backend_runs.py"), str(root)],
+        process = subprocess.Popen([sys.executable, os.path.join(WORKERS_DIR, "backend_runs.py"), str(root),
+                                    ",".join(models) if models else "*"],
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     (root / "started" / "pid").write_text(str(process.pid))
 
@@ -81,7 +71,7 @@ def backend_runs():
     """Per backend: every registered model built with the same weights
     (outputs.npz, report.json), saved as .keras, and loaded back in a fresh
     process that never imports kcnn (loaded.npz). The three backends run in
-    parallel (tests/backend_runs.py); their files are deleted at the end of
+    parallel (tests/workers/backend_runs.py); their files are deleted at the end of
     the session."""
     _start_backend_runs()
     root = pathlib.Path(os.environ[BACKEND_RUNS_ENV])
@@ -90,7 +80,7 @@ def backend_runs():
         assert time.monotonic() < deadline, f"the backend runs did not finish in an hour:\n{_tail(root / 'runs.log')}"
         pid_file = root / "started" / "pid"
         assert not pid_file.exists() or _running(int(pid_file.read_text())), \
-            f"tests/backend_runs.py ended without its results:\n{_tail(root / 'runs.log')}"
+            f"tests/workers/backend_runs.py ended without its results:\n{_tail(root / 'runs.log')}"
         time.sleep(1)
     runs = {}
     for b in BACKENDS:

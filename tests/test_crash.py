@@ -1,5 +1,5 @@
 """Crash safety: a run killed with SIGKILL at each point of
-tests/crash_worker.py, then `--resume`d, ends with the same weights as a run
+tests/workers/crash_worker.py, then `--resume`d, ends with the same weights as a run
 never interrupted (bit for bit: TensorFlow on a CPU is deterministic for
 these models), and no file in the run directory is ever corrupt: at the
 moment of the kill, every file under its final name is whole.
@@ -28,7 +28,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from conftest import TESTS_DIR
+from helpers import worker
 
 RUN = ["train", "--dataset", "digits", "--arch", "lenet5", "--image-size", "32", "--epochs", "2",
        "--batch-size", "64", "--limit", "256", "--seed", "1"]
@@ -114,8 +114,8 @@ def _kill_then_resume(root, group, point):
     arguments, points = GROUPS[group]
     name, extra = _name(group, point), points[point]
     run_dir = root / name
-    worker = os.path.join(TESTS_DIR, "crash_worker.py")
-    killed = _start([worker, point, *arguments, *extra, "--output-dir", str(run_dir)], root / f"{name}.log")
+    crash_worker = worker("crash_worker")
+    killed = _start([crash_worker, point, *arguments, *extra, "--output-dir", str(run_dir)], root / f"{name}.log")
     killed.wait(timeout=900)
     assert killed.returncode == -signal.SIGKILL, f"{name}: exit {killed.returncode}\n" + _tail(root / f"{name}.log")
     _check_whole(run_dir)

@@ -1,5 +1,5 @@
 """kcnn.distribute: data-parallel training on each backend's own engine, with two workers on the CPU
-(tests/distribute_worker.py): TensorFlow's MirroredStrategy over two logical CPU devices, JAX's
+(tests/workers/distribute_worker.py): TensorFlow's MirroredStrategy over two logical CPU devices, JAX's
 keras.distribution.DataParallel over two host devices, torch DDP with two processes on gloo (torchrun)."""
 
 import json
@@ -11,9 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import TESTS_DIR, _tail, run_python
+from helpers import worker, _tail, run_python
 
-WORKER = os.path.join(TESTS_DIR, "distribute_worker.py")
+WORKER = worker("distribute_worker")
 ENGINES = {"tensorflow": ("mirrored", 1), "torch": ("ddp", 2), "jax": ("data_parallel", 1)}  # (engine, processes)
 
 

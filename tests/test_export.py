@@ -16,7 +16,7 @@ import pytest
 import kcnn
 from kcnn.export import ExportError, export
 
-from conftest import BACKENDS, TESTS_DIR, _tail, run_python
+from helpers import BACKENDS, worker, _tail, run_python
 
 # Runs in a fresh process that imports TensorFlow only: no Keras model code, no kcnn.
 SERVE_WITH_TENSORFLOW_ONLY = """
@@ -46,12 +46,12 @@ np.savez(out_file, **result)
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """Per backend: a cifar_resnet20 trained briefly on it, exported from it (tests/export_worker.py)."""
+    """Per backend: a cifar_resnet20 trained briefly on it, exported from it (tests/workers/export_worker.py)."""
     root = tmp_path_factory.mktemp("export")
     processes = {}
     for backend in BACKENDS:  # one at a time: two cores
         log = root / backend / "log.txt"
-        process = run_python([os.path.join(TESTS_DIR, "export_worker.py"), str(root / backend)], backend, str(log))
+        process = run_python([worker("export_worker"), str(root / backend)], backend, str(log))
         process.wait(timeout=600)
         assert process.returncode == 0, _tail(log)
         processes[backend] = root / backend
@@ -109,7 +109,7 @@ def test_saved_model_cli_describes_the_signatures(exported):
 # convolutions with symmetric and "same" padding, batch norm, ceil-mode pools, concatenations and residual
 # additions, the zero-channel shortcut (ZeroPadding3D), depthwise convolutions and ReLU6, exact GELU and the
 # whitening layer, attention and layer norm, Flatten into Dense. The whole zoo takes about 13 minutes on 2 cores,
-# too long for the suite: `KERAS_BACKEND=tensorflow python tests/export_zoo_worker.py OUT_DIR` (43 of 43 pass).
+# too long for the suite: `KERAS_BACKEND=tensorflow python tests/workers/export_zoo_worker.py OUT_DIR` (43 of 43 pass).
 EXPORTED = ("lenet5", "cifar_resnet20", "airbench_small", "googlenet", "squeezenet1_1", "mobilenet_v2_torchvision",
             "convvit_cifar")
 
@@ -118,7 +118,7 @@ def test_architectures_with_every_kind_of_layer_export_to_both_formats(tmp_path)
     """SavedModel and ONNX at small test inputs, on TensorFlow (where every export runs), each giving the
     Keras model's probabilities."""
     log = tmp_path / "log.txt"
-    process = run_python([os.path.join(TESTS_DIR, "export_zoo_worker.py"), str(tmp_path), ",".join(EXPORTED)],
+    process = run_python([worker("export_zoo_worker"), str(tmp_path), ",".join(EXPORTED)],
                          "tensorflow", str(log))
     process.wait(timeout=1200)
     assert process.returncode == 0, _tail(log)

@@ -13,7 +13,8 @@ import kcnn
 from kcnn import finetune as fine
 from kcnn.finetune import FinetuneConfig, finetune
 
-from test_train import RUN_FILES, _folder, kcnn_cli
+from helpers import RUN_FILES, kcnn_cli
+from helpers import image_folder_of_the_sample as _folder
 
 # export=False: the CLI test below checks the run's SavedModel; tests/test_export.py checks exports themselves.
 TINY = dict(image_size=32, head_epochs=3, finetune_epochs=1, batch_size=32, limit=160, export=False, verbose=0)

@@ -7,11 +7,10 @@ initialisation move by up to a few percent that way, so a fixed tolerance would 
 rounding or let real mistakes (a wrong momentum, the unbiased variance) through."""
 
 import json
-import os
 
 import pytest
 
-from conftest import TESTS_DIR, _tail, run_python
+from helpers import worker, _tail, run_python
 
 CASES = ("edge_cases", "cifar_resnet20", "mobilenet_v2")
 
@@ -20,7 +19,7 @@ CASES = ("edge_cases", "cifar_resnet20", "mobilenet_v2")
 def report(tmp_path_factory):
     folder = tmp_path_factory.mktemp("torch_fast")
     out, log = folder / "report.json", str(folder / "worker.log")
-    process = run_python([os.path.join(TESTS_DIR, "torch_fast_worker.py"), str(out)], "torch", log)
+    process = run_python([worker("torch_fast_worker"), str(out)], "torch", log)
     assert process.wait(timeout=600) == 0, _tail(log)
     return json.loads(out.read_text())
 

@@ -2,30 +2,20 @@
 evaluation on another backend, exact resume, and bad input."""
 
 import json
-import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
 import pytest
 
-from PIL import Image
 
 import kcnn
 import kcnn.data
+from helpers import RUN_FILES, image_folder_of_the_sample as _folder, kcnn_cli
 from kcnn import train as training
 from kcnn.train import TrainConfig
 
 # LeNet-5 on digits resized to 32x32: a run of a few seconds (the per-backend CLI runs use the default arch)
 QUICK = dict(dataset="digits", arch="lenet5", image_size=32, epochs=2, batch_size=64, limit=320, verbose=0)
-RUN_FILES = ("config.json", "model.keras", "history.csv", "metrics.json", "curves.png", "confusion.png",
-             "samples.png")
-
-
-def kcnn_cli(backend, *args):
-    env = dict(os.environ, KERAS_BACKEND=backend)
-    return subprocess.run([sys.executable, "-m", "kcnn", *args], capture_output=True, text=True, env=env)
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "torch", "jax"])
@@ -145,16 +135,6 @@ def test_googlenet_trains_with_auxiliary_heads_and_saves_without(tmp_path):
         assert len(saved.outputs) == 1 and tuple(saved.output_shape) == (None, 10), name
         assert not any("aux" in w.path for w in saved.weights), name
     assert run.metrics["parameters"] == run.model.count_params()
-
-
-def _folder(root, per_class=12):
-    sample = kcnn.data.load("cifar10_sample", "train")
-    for class_name in ("cat", "ship"):
-        (root / class_name).mkdir(parents=True)
-        label = kcnn.data.sources.CIFAR10_CLASSES.index(class_name)
-        for i, image in enumerate(sample.images[sample.labels == label][:per_class]):
-            Image.fromarray(image).save(root / class_name / f"{i}.png")
-    return root
 
 
 def test_folder_training_evaluate_and_predict_through_the_cli(tmp_path):

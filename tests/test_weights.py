@@ -17,14 +17,13 @@ import kcnn
 from kcnn import weights as named_weights
 from kcnn.weights import WeightsError
 
-from conftest import BACKENDS, TESTS_DIR, _tail, run_python
+from helpers import BACKENDS, TESTS_DIR, worker, _tail, run_python
 
-sys.path.insert(0, TESTS_DIR)
 import pretrained_worker  # noqa: E402
 
 
 def test_real_efficientnet_lite0_classifies_real_photos_identically_on_every_backend(tmp_path):
-    processes = {b: run_python([os.path.join(TESTS_DIR, "pretrained_worker.py")], b, str(tmp_path / f"{b}.log"))
+    processes = {b: run_python([worker("pretrained_worker")], b, str(tmp_path / f"{b}.log"))
                  for b in BACKENDS}
     results = {}
     for backend, process in processes.items():

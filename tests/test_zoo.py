@@ -12,8 +12,8 @@ import pytest
 
 import kcnn
 from kcnn.utils import weightless_scope
-from conftest import BACKENDS
-from backend_worker import NUM_CLASSES, BATCH
+from helpers import BACKENDS
+from backend_worker import NUM_CLASSES, BATCH  # tests/workers/ (on sys.path: helpers)
 
 MODEL_NAMES = [info.name for info in kcnn.list_models()]
 
@@ -116,3 +116,13 @@ def test_on_torch_every_convolution_and_batch_norm_runs_on_torch_kernels(name, b
     assert entry["keras_call_layers"] == [], f"{name}: these layers ran Keras' slower code on torch"
     if name != "mlp":  # the one model without convolutions
         assert entry["torch_kernel_layers"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_the_backend_runs_build_the_selected_models_only(name, backend_runs, request):
+    """`pytest -k NAME` builds NAME's models only (conftest passes the session's selection to the runs)."""
+    selected = {item.callspec.params["name"] for item in request.session.items
+                if "backend_runs" in item.fixturenames and "name" in getattr(item, "callspec", None).params}
+    for backend in BACKENDS:
+        assert set(backend_runs[backend]["report"]["models"]) == selected, backend

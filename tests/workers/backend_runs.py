@@ -1,10 +1,11 @@
 """The cross-backend runs behind conftest's `backend_runs` fixture, for all
 three backends at once, detached from the pytest process that starts them.
 
-    python tests/backend_runs.py ROOT
+    python tests/workers/backend_runs.py ROOT [MODELS]
 
-Per backend B, in parallel: tests/backend_worker.py into ROOT/B (build every
-model, save it), then tests/load_worker.py (load the files with plain Keras
+Per backend B, in parallel: tests/workers/backend_worker.py into ROOT/B (build
+MODELS, a comma-separated list or a wildcard, default every model; save them),
+then tests/workers/load_worker.py (load the files with plain Keras
 in a fresh process), then ROOT/B/done.json with both exit codes. Detached so
 that, under pytest-xdist, the worker that happened to start it may finish
 first while the one running tests/test_zoo.py waits for done.json; it ends
@@ -21,7 +22,7 @@ import sys
 import threading
 import time
 
-TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+WORKERS_DIR = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("tensorflow", "torch", "jax")
 
 
@@ -31,14 +32,14 @@ def run(args, backend, log_path):
         return subprocess.run([sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def build_then_load(root, backend):
+def build_then_load(root, backend, models="*"):
     out_dir = os.path.join(root, backend)
     codes = {"build": None, "load": None}
     try:
-        codes["build"] = run([os.path.join(TESTS_DIR, "backend_worker.py"), out_dir], backend,
+        codes["build"] = run([os.path.join(WORKERS_DIR, "backend_worker.py"), out_dir, models], backend,
                              os.path.join(out_dir, "build.log"))
         if codes["build"] == 0:
-            codes["load"] = run([os.path.join(TESTS_DIR, "load_worker.py"), os.path.join(out_dir, "models"),
+            codes["load"] = run([os.path.join(WORKERS_DIR, "load_worker.py"), os.path.join(out_dir, "models"),
                                  os.path.join(out_dir, "loaded.npz")], backend, os.path.join(out_dir, "load.log"))
     finally:  # always answer, so that the fixture never waits for nothing
         with open(os.path.join(out_dir, "done.json.tmp"), "w") as f:
@@ -60,12 +61,12 @@ def end_with_owner(root):
         time.sleep(2)
 
 
-def main(root):
+def main(root, models="*"):
     for backend in BACKENDS:
         os.makedirs(os.path.join(root, backend), exist_ok=True)
     if os.path.exists(os.path.join(root, "owner.pid")):
         threading.Thread(target=end_with_owner, args=(root,), daemon=True).start()
-    threads = [threading.Thread(target=build_then_load, args=(root, b)) for b in BACKENDS]
+    threads = [threading.Thread(target=build_then_load, args=(root, b, models)) for b in BACKENDS]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -73,4 +74,4 @@ def main(root):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

@@ -1,7 +1,7 @@
 """Every architecture at its small test input, exported to a SavedModel and to
 ONNX on the TensorFlow backend, each checked against the Keras model.
 
-    KERAS_BACKEND=tensorflow python tests/export_zoo_worker.py OUT_DIR [NAME,NAME,...]   # OUT_DIR/report.json
+    KERAS_BACKEND=tensorflow python tests/workers/export_zoo_worker.py OUT_DIR [NAME,NAME,...]   # OUT_DIR/report.json
 
 Without names, every architecture (about 17 minutes on 2 cores); the test
 suite passes one architecture of each family.

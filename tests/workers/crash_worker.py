@@ -1,6 +1,6 @@
 """`kcnn CLI_ARGS...` that kills itself with SIGKILL at one point of the run.
 
-    python tests/crash_worker.py POINT kcnn-arguments...
+    python tests/workers/crash_worker.py POINT kcnn-arguments...
 
 POINT is where the process dies, as a user's `kill -9` or a lost machine
 would stop it (fit() calls are counted from 0: fine-tuning's phase 1 is 0, its phase 2 is 1):

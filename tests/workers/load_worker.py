@@ -1,6 +1,6 @@
 """Load `.keras` files with plain Keras, in a process that never imports kcnn.
 
-    KERAS_BACKEND=jax python tests/load_worker.py MODELS_DIR OUT_NPZ
+    KERAS_BACKEND=jax python tests/workers/load_worker.py MODELS_DIR OUT_NPZ
 
 For each NAME.keras in MODELS_DIR, loads it with `keras.saving.load_model`
 (safe mode, the default) and runs it on NAME_input.npy. Exits non-zero if

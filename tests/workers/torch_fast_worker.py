@@ -1,7 +1,7 @@
 """On the torch backend, models whose layers run kcnn.torch_fast's kernels against the same
 models running Keras' own code: outputs, a few fit() steps, and what model.save() writes.
 
-    python tests/torch_fast_worker.py OUT.json
+    python tests/workers/torch_fast_worker.py OUT.json
 
 Writes one JSON report; tests/test_torch_fast.py reads it. Runs in its own process because
 Keras fixes its backend once per process (the in-process tests run on JAX).

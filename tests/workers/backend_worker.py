@@ -1,7 +1,9 @@
 """Build every registered model on the backend in KERAS_BACKEND, give it the
 same deterministic weights on every backend, and record its outputs.
 
-    KERAS_BACKEND=torch python tests/backend_worker.py OUT_DIR [PATTERN]
+    KERAS_BACKEND=torch python tests/workers/backend_worker.py OUT_DIR [MODELS]
+
+MODELS: a wildcard (`resnet*`) or a comma-separated list of names; default every model.
 
 Writes OUT_DIR/outputs.npz (logits per model), OUT_DIR/report.json (output
 shapes, errors, seconds) and OUT_DIR/models/NAME.keras. The test suite runs
@@ -53,7 +55,7 @@ def test_images(input_shape):
     return rng.uniform(0.0, 1.0, (BATCH,) + tuple(input_shape)).astype("float32")
 
 
-def main(out_dir, pattern="*"):
+def main(out_dir, models="*"):
     import keras
 
     import kcnn
@@ -61,7 +63,8 @@ def main(out_dir, pattern="*"):
 
     os.makedirs(os.path.join(out_dir, "models"), exist_ok=True)
     outputs, report = {}, {"backend": keras.backend.backend(), "models": {}}
-    for info in kcnn.list_models(pattern):
+    selected = kcnn.list_models(models) if "," not in models else [kcnn.get_model_info(n) for n in models.split(",")]
+    for info in selected:
         started = time.perf_counter()
         entry = report["models"][info.name] = {}
         try:

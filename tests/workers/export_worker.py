@@ -1,7 +1,7 @@
 """Train a small model briefly on the active backend, export it (SavedModel
 and ONNX), and save the Keras model's probabilities on raw images.
 
-    KERAS_BACKEND=torch python tests/export_worker.py OUT_DIR
+    KERAS_BACKEND=torch python tests/workers/export_worker.py OUT_DIR
 """
 
 import json
