@@ -254,7 +254,8 @@ class JaxPlan(Plan):
             return None
         import tempfile  # Keras gathers a variable spread over several processes with a collective
 
-        self._scratch = tempfile.mkdtemp(prefix=f"kcnn-worker{self.worker}-")
+        if not getattr(self, "_scratch", None):  # one per run (fine-tuning asks once per phase)
+            self._scratch = tempfile.mkdtemp(prefix=f"kcnn-worker{self.worker}-")
         return self._scratch
 
     def close(self):

@@ -344,12 +344,16 @@ def _fit_phase(config, plan, run, phase, model, inputs, frozen, epochs, callback
     offset = sum(row.get("phase") == "head" for row in run.history_rows()) if phase == "finetune" else 0
     decisions = _phase_callbacks(config, finetune=phase == "finetune")
     backup_dir = run.file("backup", phase)
+    # A worker that is not the chief restores the chief's backup and writes nowhere, or, where saving is a
+    # collective every worker joins (several JAX processes), into a scratch folder of its own (kcnn.distribute).
+    scratch = None if plan.is_chief else plan.scratch_dir()
     if plan.is_chief:
         writers = [runs.HistoryLog(run.file("history.csv"), first_epoch, phase=phase, epoch_offset=offset,
                                    keys=HISTORY_KEYS),
                    runs.CrashSafeBackup(backup_dir, callbacks=decisions)]
-    else:  # restores the chief's backup, writes nothing (kcnn.distribute)
-        writers = [runs.CrashSafeBackup(backup_dir, write_dir=False, callbacks=decisions)]
+    else:
+        writers = [runs.CrashSafeBackup(backup_dir, write_dir=os.path.join(scratch, "backup", phase) if scratch
+                                        else False, callbacks=decisions)]
     steps = math.ceil(len(frozen.fit_rows) / frozen.batch_size)
     plan.wrap(model).fit(
         _epoch_batches(inputs[frozen.fit_rows], frozen.one_hot[frozen.fit_rows], frozen.batch_size,
@@ -361,6 +365,8 @@ def _fit_phase(config, plan, run, phase, model, inputs, frozen, epochs, callback
     plan.unwrap(model)
     if plan.is_chief:
         runs.save_model_state(model, final)
+    elif scratch:
+        runs.save_model_state(model, os.path.join(scratch, f"{phase}_final"))
 
 
 def _epoch_batches(inputs, targets, batch_size, seed, first_epoch, epochs):
