@@ -31,6 +31,7 @@ import os
 
 import keras
 
+from kcnn import keras_private
 from kcnn.errors import InvalidArgumentError, KcnnError
 
 TORCHRUN_HINT = "torchrun --nproc_per_node N workflows/train.py --distribute ..."
@@ -192,8 +193,9 @@ class TorchPlan(Plan):
         return _use_ddp(trainer, self.local_rank)
 
     def unwrap(self, trainer):
-        for name in ("train_step", "_get_metrics_result_or_logs", "_kcnn_ddp"):
+        for name in ("train_step", "_kcnn_ddp"):
             trainer.__dict__.pop(name, None)  # kcnn's DDP hooks (see _use_ddp)
+        keras_private.restore_metrics_result(trainer)
         return trainer
 
     def single_device(self, model):
@@ -313,7 +315,7 @@ def _use_ddp(trainer, local_rank):
     ddp = DistributedDataParallel(trainer, device_ids=[local_rank] if torch.cuda.is_available() else None)
     trainer.__dict__["_kcnn_ddp"] = ddp  # not a tracked attribute: Keras' saving must not see it
     trainer.train_step = lambda data: _ddp_train_step(trainer, ddp, data)
-    trainer._get_metrics_result_or_logs = lambda logs: _reduced_metrics(trainer)
+    keras_private.replace_metrics_result(trainer, lambda logs: _reduced_metrics(trainer))
     return trainer
 
 
@@ -321,13 +323,13 @@ def _ddp_train_step(model, ddp, data):
     """keras/src/backend/torch/trainer.py TorchTrainer.train_step (Keras 3.15), forward through DDP."""
     import torch
     from keras import tree
-    from keras.src.trainers.data_adapters import data_adapter_utils
 
-    x, y, sample_weight = data_adapter_utils.unpack_x_y_sample_weight(data)
-    y_pred = ddp(x, training=True) if model._call_has_training_arg else ddp(x)
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    y_pred = ddp(x, training=True) if keras_private.call_has_training_arg(model) else ddp(x)
     model.zero_grad()
-    loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-    model._loss_tracker.update_state(loss, sample_weight=next(i for i in tree.flatten(x) if i is not None).shape[0])
+    loss = keras_private.compute_loss(model, x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
+    keras_private.loss_tracker(model).update_state(
+        loss, sample_weight=next(i for i in tree.flatten(x) if i is not None).shape[0])
     if model.optimizer is not None:
         loss = model.optimizer.scale_loss(loss)
     loss.backward()  # DDP averages the gradients over the workers here

@@ -1,25 +1,44 @@
 """Every private Keras name kcnn uses, in one place, with the Keras versions it was tested with.
 
 keras.applications touches no private API; kcnn must in a few places (the crash-safe backup's hooks, its
-torch kernels, DDP inside fit()). Each use goes through this module, and `tests/test_keras_private.py`
-checks that every name below still exists, so a Keras upgrade that moves one fails there, loudly, in one
-place, instead of deep inside a run. pyproject.toml bounds keras to the tested minor versions.
+torch kernels, DDP inside fit(), counting MACs, re-seeding augmentation inside tf.data, building models for
+their shapes only). Every use goes through a function of this module, and `tests/test_keras_private.py`
+checks that each name below still exists and still does what kcnn relies on, so a Keras upgrade that moves
+one fails there, loudly, in one place, instead of deep inside a run. pyproject.toml bounds keras to the
+tested minor versions.
 """
 
 import keras
 
 TESTED_KERAS = ("3.15",)  # minor versions the suite ran on (constraints.txt pins 3.15.1)
 
-# (object, attribute, what kcnn does with it): checked by tests/test_keras_private.py
-NAMES = [
+# (owner, name, what kcnn does with it): names found on classes (methods, overridden hooks).
+CLASS_NAMES = [
     (keras.callbacks.BackupAndRestore, "_save_model", "overridden: kcnn.runs.CrashSafeBackup writes atomically"),
     (keras.callbacks.BackupAndRestore, "_load_model", "overridden: CrashSafeBackup restores the callbacks' state"),
     (keras.callbacks.ModelCheckpoint, "_save_model", "overridden: kcnn.runs.AtomicModelCheckpoint"),
+    (keras.Model, "_compute_loss", "DDP's train step (kcnn.distribute) computes the loss as Keras' own"),
+    (keras.Model, "_get_metrics_result_or_logs", "DDP: replaced to sum the metrics over the workers"),
+    (keras.layers.RandomFlip, "_get_seed_generator", "augmentation re-seeded inside tf.data (kcnn.data.pipeline)"),
 ]
-# Instance attributes set in __init__ or by fit(), checked on instances by the test.
-BACKUP_ATTRIBUTES = ("_current_epoch",)  # BackupAndRestore: the epoch its next backup belongs to
-MODEL_ATTRIBUTES = ("_initial_epoch",)  # Trainer: where fit() starts, as BackupAndRestore sets it
+# Names found on instances (set in __init__, by build() or by a call): the test makes one of each.
+INSTANCE_NAMES = [
+    ("a built Conv2D", "_kernel", "kcnn.torch_fast stores the kernel in torch's layout (Conv2D.kernel adds LoRA)"),
+    ("a Keras variable", "_value", "torch_fast swaps the torch parameter behind a variable"),
+    ("a layer on the torch backend", "_track_variables", "torch_fast lists the new parameter for torch"),
+    ("a layer of a functional model", "_inbound_nodes", "torch_fast folds batch norms; kcnn.summary counts MACs"),
+    ("a layer of a functional model", "_outbound_nodes", "torch_fast folds a batch norm into its only producer"),
+    ("a symbolic tensor", "_keras_history", "the layer that made a tensor (torch_fast, kcnn.weights.loading)"),
+    ("a compiled model", "_loss_tracker", "DDP's train step tracks the loss as Keras' own"),
+    ("a model", "_call_has_training_arg", "DDP's train step passes training=True as Keras' own"),
+    ("a model", "_initial_epoch", "where fit() starts: set by a backup, as Keras' BackupAndRestore does"),
+    ("a BackupAndRestore", "_current_epoch", "the epoch a backup resumes at"),
+    ("keras.src.backend.common.global_state", "current_call_ctx", "torch_fast: the training flag of a call"),
+    ("keras.src.backend.common.global_state", "uninitialized_variables", "kcnn.utils.weightless_scope"),
+]
 
+
+# ---- the crash-safe backup (kcnn.runs) -------------------------------------------------------------------
 
 def backup_epoch(callback):
     """The epoch a BackupAndRestore's backup resumes at (the one after the epoch just finished)."""
@@ -29,3 +48,87 @@ def backup_epoch(callback):
 def set_initial_epoch(model, epoch):
     """Tell fit() to start at `epoch`: what Keras' own BackupAndRestore does in on_train_begin."""
     model._initial_epoch = epoch
+
+
+# ---- Keras' global state ---------------------------------------------------------------------------------
+
+def global_state():
+    from keras.src.backend.common import global_state as state  # no public way to read or forget these
+
+    return state
+
+
+def call_context():
+    """The call context of the layer call in progress (its entry layer and `training` value), or None."""
+    return global_state().get_global_attribute("current_call_ctx")
+
+
+def uninitialized_variables():
+    return list(global_state().get_global_attribute("uninitialized_variables", []) or [])
+
+
+def set_uninitialized_variables(variables):
+    global_state().set_global_attribute("uninitialized_variables", variables)
+
+
+# ---- the graph of a functional model ---------------------------------------------------------------------
+
+def inbound_nodes(layer):
+    return getattr(layer, "_inbound_nodes", [])
+
+
+def outbound_nodes(layer):
+    return getattr(layer, "_outbound_nodes", [])
+
+
+def producer(tensor):
+    """The layer that made a symbolic tensor."""
+    return tensor._keras_history.operation
+
+
+# ---- torch kernels (kcnn.torch_fast) ---------------------------------------------------------------------
+
+def kernel_variable(layer):
+    """The kernel variable itself (Conv2D.kernel adds a LoRA term where LoRA is enabled)."""
+    return layer._kernel if isinstance(layer, keras.layers.Conv2D) else layer.kernel
+
+
+def torch_value(variable):
+    """The torch parameter behind a Keras variable on the torch backend (None before it exists)."""
+    return getattr(variable, "_value", None)
+
+
+def set_torch_value(layer, variable, parameter):
+    """Put `parameter` behind `variable` and let the layer list it for torch (named_parameters)."""
+    variable._value = parameter
+    layer._track_variables()
+
+
+# ---- DDP inside fit() (kcnn.distribute) ------------------------------------------------------------------
+
+def call_has_training_arg(model):
+    return model._call_has_training_arg
+
+
+def compute_loss(model, **kwargs):
+    return model._compute_loss(**kwargs)
+
+
+def loss_tracker(model):
+    return model._loss_tracker
+
+
+def replace_metrics_result(trainer, function):
+    """fit()'s logs come from `function(logs)` instead of the trainer's own metrics."""
+    trainer._get_metrics_result_or_logs = function
+
+
+def restore_metrics_result(trainer):
+    trainer.__dict__.pop("_get_metrics_result_or_logs", None)
+
+
+# ---- augmentation inside tf.data (kcnn.data.pipeline) -----------------------------------------------------
+
+def tf_data_seed_generator(layer):
+    """The SeedGenerator a Keras preprocessing layer draws from inside tf.data (Keras' TFDataLayer)."""
+    return layer._get_seed_generator("tensorflow")

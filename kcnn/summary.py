@@ -164,7 +164,9 @@ def layer_macs(layer) -> int:
 
 
 def _attention_macs(layer):
-    node = layer._inbound_nodes[0]
+    from kcnn import keras_private
+
+    node = keras_private.inbound_nodes(layer)[0]
     tensors = [t for t in node.arguments.keras_tensors]
     query_len = tensors[0].shape[1]
     value_len = tensors[1].shape[1] if len(tensors) > 1 else query_len

@@ -29,6 +29,8 @@ import weakref
 
 import keras
 
+from kcnn import keras_private
+
 # KCNN_TORCH_FAST=0 turns this off (for comparisons: bench/throughput.py --keras-layers).
 ENV_SWITCH = "KCNN_TORCH_FAST"
 # Parts that bench/torch_fast_parts.py switches off one by one to measure each.
@@ -84,16 +86,16 @@ def _store_kernel_in_torch_layout(layer):
     keep them. To be done before an optimizer holds the torch parameters (kcnn.build does it at once)."""
     import torch
 
-    variable = layer._kernel if isinstance(layer, keras.layers.Conv2D) else layer.kernel  # Conv2D.kernel adds LoRA
-    old = getattr(variable, "_value", None)
+    variable = keras_private.kernel_variable(layer)
+    old = keras_private.torch_value(variable)
     if not isinstance(old, torch.nn.Parameter) or old.dtype != torch.float32 or old.device.type == "meta":
         return
     permutation = _WEIGHT_PERMUTATION[type(layer)]
     memory_format = torch.channels_last if layer.data_format == "channels_last" else torch.contiguous_format
     weight = old.detach().permute(permutation).contiguous(memory_format=memory_format)
     inverse = tuple(permutation.index(axis) for axis in range(4))
-    variable._value = torch.nn.Parameter(weight.permute(inverse), requires_grad=old.requires_grad)
-    layer._track_variables()  # Keras' torch layer lists its parameters for torch (named_parameters)
+    keras_private.set_torch_value(layer, variable,
+                                  torch.nn.Parameter(weight.permute(inverse), requires_grad=old.requires_grad))
 
 
 def foldable_pairs(model):
@@ -103,16 +105,17 @@ def foldable_pairs(model):
     for layer in layers_of(model):
         if not (is_accelerated(layer) and isinstance(layer, keras.layers.BatchNormalization)):
             continue
-        nodes = getattr(layer, "_inbound_nodes", [])
+        nodes = keras_private.inbound_nodes(layer)
         if len(nodes) != 1 or len(nodes[0].input_tensors) != 1 or "training" in nodes[0].arguments.kwargs:
             continue
-        producer = nodes[0].input_tensors[0]._keras_history.operation
+        producer = keras_private.producer(nodes[0].input_tensors[0])
         channel_axis = -1 if getattr(producer, "data_format", None) == "channels_last" else 1
         if (is_accelerated(producer) and isinstance(producer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
-                and len(producer._inbound_nodes) == 1 and len(producer._outbound_nodes) == 1
+                and len(keras_private.inbound_nodes(producer)) == 1
+                and len(keras_private.outbound_nodes(producer)) == 1
                 and producer.activation in (None, keras.activations.linear)
                 and layer.axis % 4 == channel_axis % 4 and not any(
-                    producer is output._keras_history.operation for output in getattr(model, "outputs", []))):
+                    producer is keras_private.producer(output) for output in getattr(model, "outputs", []))):
             yield producer, layer
 
 
@@ -185,9 +188,7 @@ def _batch_norm_to_fold(layer):
     if not FOLD_BATCH_NORMS or torch.is_grad_enabled():
         return None
     try:
-        from keras.src.backend.common import global_state
-
-        context = global_state.get_global_attribute("current_call_ctx")
+        context = keras_private.call_context()
         entry, training = context.entry_layer, context.training
     except (ImportError, AttributeError):
         return None

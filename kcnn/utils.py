@@ -3,7 +3,6 @@
 import contextlib
 
 import keras
-from keras.src.backend.common import global_state  # no public way to forget deferred variables
 
 
 @contextlib.contextmanager
@@ -16,10 +15,12 @@ def weightless_scope():
     closes; here they are dropped instead, so models built inside must not
     be run afterwards. Other backends allocate the weights as usual.
     """
-    before = list(global_state.get_global_attribute("uninitialized_variables", []) or [])
+    from kcnn import keras_private  # no public way to forget deferred variables
+
+    before = keras_private.uninitialized_variables()
     with keras.StatelessScope(initialize_variables=False):
         yield
-    global_state.set_global_attribute("uninitialized_variables", before)
+    keras_private.set_uninitialized_variables(before)
 
 
 @contextlib.contextmanager

@@ -179,7 +179,9 @@ def _tf_data_seed_generator(layer):
     generator on the TensorFlow backend and a cached TensorFlow one otherwise."""
     layer.backend.set_backend("tensorflow")
     try:
-        return layer._get_seed_generator("tensorflow")
+        from kcnn import keras_private
+
+        return keras_private.tf_data_seed_generator(layer)
     finally:
         layer.backend.reset()
 

@@ -188,9 +188,11 @@ def _flatten_order(dense, kernel):
     for Keras' Flatten, which reads (H, W, C) in either data format."""
     import keras
 
-    source = dense.input._keras_history.operation
+    from kcnn import keras_private
+
+    source = keras_private.producer(dense.input)
     while isinstance(source, keras.layers.Dropout):
-        source = source.input._keras_history.operation
+        source = keras_private.producer(source.input)
     if not isinstance(source, keras.layers.Flatten) or len(source.input.shape) != 4:
         return kernel
     if source.data_format == "channels_first":
