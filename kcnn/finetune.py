@@ -264,11 +264,11 @@ def extract_features(config, plan, run, backbone, train_data, eval_data):
     fit_rows, val_rows = np.arange(len(fit_index)), np.arange(len(fit_index), len(mine))
     one_hot = keras.utils.to_categorical(train_labels[mine], len(train_data.class_names))
     cache = run.file("backup", f"frozen_{plan.worker}_of_{plan.workers}.npz")
-    if config.resume and os.path.exists(cache):
-        with np.load(cache) as saved:
-            return Frozen(saved["activations"], saved["eval_activations"], saved["features"], one_hot, fit_rows,
-                          val_rows, batch_size, float(saved["seconds"]))
     clock = workflow.Stopwatch()
+    if config.resume and os.path.exists(cache):
+        with np.load(cache) as saved:  # seconds: what this process spent, reading them
+            return Frozen(saved["activations"], saved["eval_activations"], saved["features"], one_hot, fit_rows,
+                          val_rows, batch_size, clock.seconds)
     if config.verbose:
         print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: {len(train_images):,} training and "
               f"{len(eval_data):,} held-out images at {config.image_size}x{config.image_size} go through the frozen "
@@ -281,8 +281,7 @@ def extract_features(config, plan, run, backbone, train_data, eval_data):
     if plan.is_chief:  # the others' rows are their own: they compute them again on a resume
         os.makedirs(run.backup, exist_ok=True)
         with atomic_path(cache) as temporary:
-            np.savez(temporary, activations=activations, eval_activations=eval_activations, features=features,
-                     seconds=seconds)
+            np.savez(temporary, activations=activations, eval_activations=eval_activations, features=features)
     if config.verbose:
         print(f"... {seconds:.0f} s.", flush=True)
     return Frozen(activations, eval_activations, features, one_hot, fit_rows, val_rows, batch_size, seconds)

@@ -37,8 +37,8 @@ PLATEAU = ["train", "--dataset", "digits", "--arch", "lenet5", "--image-size", "
            "--batch-size", "64", "--limit", "256", "--seed", "1", "--schedule", "plateau", "--early-stopping", "2",
            "--learning-rate", "0.01", "--optimizer", "adam"]
 FINETUNE = ["finetune", "--limit", "96", "--image-size", "32", "--head-epochs", "6", "--finetune-epochs", "4",
-            "--batch-size", "32", "--no-export", "--seed", "2"]
-GROUPS = {  # group: (its run's arguments, {kill point: extra arguments of that run})
+            "--batch-size", "32", "--seed", "2"]  # fine-tuning exports unless --no-export
+GROUPS = {  # group: (its run's arguments, {kill point: extra arguments of that run}, the reference's extra)
     "train": (RUN, {
         "batch:1:1": [],  # during the second epoch
         "backup:0": [],  # while the backup of the first epoch is written
@@ -46,23 +46,23 @@ GROUPS = {  # group: (its run's arguments, {kill point: extra arguments of that 
         "history:0": [],  # while history.csv is written
         "model": [],  # while the final model.keras is written
         "export": ["--export"],  # while the SavedModel is written
-    }),
+    }, []),
     "plateau": (PLATEAU, {
         "batch:5:1": [],  # early stopping's patience half used
         "backup:5": [],  # the backup of epoch 5 is torn: epoch 5 runs again from epoch 4's state
         "history:6": [],  # after the last epoch's decisions (stop, lower the rate), before its backup
         "model": [],  # after stopping early: the resumed run trains no more epochs and keeps epoch 4's weights
-    }),
+    }, []),
     "finetune": (FINETUNE, {
-        "predict:1": [],  # the frozen-layer pass (its second predict())
-        "fitbatch:0:2:1": [],  # phase 1 (the head), third epoch
-        "final:head": [],  # while the head's final weights are written
-        "fitbatch:1:1:0": [],  # phase 2 (the top blocks), second epoch
-        "model": [],  # while model.keras is written
-        "export": ["--export"],  # while the SavedModel is written
-    }),
+        "predict:1": ["--no-export"],  # the frozen-layer pass (its second predict())
+        "fitbatch:0:2:1": ["--no-export"],  # phase 1 (the head), third epoch
+        "final:head": ["--no-export"],  # while the head's final weights are written
+        "fitbatch:1:1:0": ["--no-export"],  # phase 2 (the top blocks), second epoch
+        "model": ["--no-export"],  # while model.keras is written
+        "export": [],  # while the SavedModel is written
+    }, ["--no-export"]),
 }
-KILLED = [(group, point) for group, (_, points) in GROUPS.items() for point in points]
+KILLED = [(group, point) for group, (_, points, _) in GROUPS.items() for point in points]
 
 
 def _start(args, log_path):
@@ -111,7 +111,7 @@ def _name(group, point):
 
 def _kill_then_resume(root, group, point):
     """(files at the kill, the resume's exit code): the killed run, then its --resume."""
-    arguments, points = GROUPS[group]
+    arguments, points, _ = GROUPS[group]
     name, extra = _name(group, point), points[point]
     run_dir = root / name
     crash_worker = worker("crash_worker")
@@ -128,8 +128,8 @@ def _kill_then_resume(root, group, point):
 
 
 def _reference(root, group):
-    arguments, _ = GROUPS[group]
-    process = _start(["-m", "kcnn", *arguments, "--output-dir", str(root / f"{group}_reference")],
+    arguments, _, extra = GROUPS[group]
+    process = _start(["-m", "kcnn", *arguments, *extra, "--output-dir", str(root / f"{group}_reference")],
                      root / f"{group}_reference.log")
     process.wait(timeout=900)
     assert process.returncode == 0, _tail(root / f"{group}_reference.log")
@@ -184,7 +184,7 @@ def test_killed_run_resumes_to_identical_weights(crashed_and_resumed, group, poi
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_run"] == len(reference_rows)
     assert metrics["accuracy"] == json.loads((reference_dir / "metrics.json").read_text())["accuracy"]
-    if "--export" in GROUPS[group][1][point]:
+    if point == "export":
         assert (run_dir / "export" / "1" / "saved_model.pb").stat().st_size > 0
         assert metrics["export"].endswith(os.path.join("export", "1"))
 
