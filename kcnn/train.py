@@ -19,7 +19,7 @@ import numpy as np
 from kcnn import runs, torch_fast, workflow
 from kcnn.data.datasets import FOLDER_SPLITS, SPLITS
 from kcnn.errors import InvalidArgumentError, KcnnError
-from kcnn.rundir import config_record, load_run  # noqa: F401 (load_run: kcnn.train.load_run, as before)
+from kcnn.rundir import RunDir, config_record, load_run  # noqa: F401 (load_run: kcnn.train.load_run, as before)
 from kcnn.workflow import Run, summary_table  # noqa: F401 (public names of this module, as before)
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -192,7 +192,7 @@ def _train(config, plan, callbacks):
     image_shape = (height, width, channels)
     _check_input_size(info, image_shape, config)
     one_hot = config.label_smoothing > 0 or config.augment in ("mixup", "cutmix")
-    run = workflow.RunDir(config.output_dir)
+    run = RunDir(config.output_dir)
     first_epoch = run.resumed_epoch() if config.resume else 0
     outputs = info.training.outputs_for(image_shape) if info.training else None  # training-only outputs
 
