@@ -37,6 +37,12 @@ def pytest_configure(config):
         os.environ[BACKEND_RUNS_ENV] = tempfile.mkdtemp(prefix="kcnn-backends-")
         # tests/workers/backend_runs.py ends itself when this process is gone (killed: no pytest_unconfigure)
         (pathlib.Path(os.environ[BACKEND_RUNS_ENV]) / "owner.pid").write_text(str(os.getpid()))
+        # One JAX compilation cache for the session's JAX processes (both pytest workers, the backend runs,
+        # the CLI runs): they compile the same initialisers and layers for the same shapes, and a compile
+        # costs ~50-150 ms of CPU each time. Set here, before any worker imports JAX; removed with the folder.
+        os.environ.update({"JAX_COMPILATION_CACHE_DIR": os.path.join(os.environ[BACKEND_RUNS_ENV], "jax-cache"),
+                           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
 
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection: `make test-fast` needs no backend runs
