@@ -15,6 +15,7 @@ import traceback
 
 import keras
 import numpy as np
+from backend_worker import forward  # the same forward pass as the build (tests/workers, beside this file)
 
 
 def main(models_dir, out_path):
@@ -24,7 +25,7 @@ def main(models_dir, out_path):
         try:
             model = keras.saving.load_model(path)
             images = np.load(os.path.join(models_dir, f"{name}_input.npy"))
-            outputs[name] = np.asarray(keras.ops.convert_to_numpy(model(images, training=False)))
+            outputs[name] = forward(model, images)
         except Exception:
             errors[name] = traceback.format_exc()
     np.savez(out_path, **outputs)
