@@ -213,11 +213,25 @@ class Inception(nn.Module):
         return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
 
 
-class GoogLeNet(nn.Module):
-    """torchvision.models.GoogLeNet without the auxiliary heads and transform_input."""
+class InceptionAux(nn.Module):
+    """torchvision's auxiliary classifier (training only: its pretrained file holds it)."""
 
-    def __init__(self, num_classes=1000):
+    def __init__(self, inputs, num_classes):
         super().__init__()
+        self.conv = BasicConv2d(inputs, 128, 1)
+        self.fc1 = nn.Linear(2048, 1024)
+        self.fc2 = nn.Linear(1024, num_classes)
+        self.dropout = nn.Dropout(0.7)
+
+
+class GoogLeNet(nn.Module):
+    """torchvision.models.GoogLeNet in inference mode. `aux_logits`: with the auxiliary heads' weights (unused
+    by forward in eval mode, as in torchvision); `transform_input`: torchvision's rescaling of
+    ImageNet-normalised inputs to (x - 0.5) / 0.5, which its pretrained weights run with."""
+
+    def __init__(self, num_classes=1000, aux_logits=False, transform_input=False):
+        super().__init__()
+        self.transform_input = transform_input
         self.conv1 = BasicConv2d(3, 64, 7, 2, 3)
         self.maxpool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
         self.conv2 = BasicConv2d(64, 64, 1)
@@ -234,9 +248,14 @@ class GoogLeNet(nn.Module):
         self.maxpool4 = nn.MaxPool2d(2, 2, ceil_mode=True)
         self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128)
         self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128)
+        if aux_logits:
+            self.aux1, self.aux2 = InceptionAux(512, num_classes), InceptionAux(528, num_classes)
         self.fc = nn.Linear(1024, num_classes)
 
     def forward(self, x):
+        if self.transform_input:  # torchvision's _transform_input
+            mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+            x = x * (std / 0.5).view(1, 3, 1, 1) + ((mean - 0.5) / 0.5).view(1, 3, 1, 1)
         x = self.maxpool1(self.conv1(x))
         x = self.maxpool2(self.conv3(self.conv2(x)))
         x = self.maxpool3(self.inception3b(self.inception3a(x)))
@@ -259,15 +278,21 @@ class Fire(nn.Module):
 
 
 class SqueezeNet(nn.Module):
-    """torchvision.models.SqueezeNet 1.1."""
+    """torchvision.models.SqueezeNet, version "1_1" (default) or "1_0"."""
 
-    def __init__(self, num_classes=1000):
+    def __init__(self, num_classes=1000, version="1_1"):
         super().__init__()
         pool = lambda: nn.MaxPool2d(3, 2, ceil_mode=True)  # noqa: E731
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 3, 2), nn.ReLU(inplace=True), pool(), Fire(64, 16, 64, 64), Fire(128, 16, 64, 64),
-            pool(), Fire(128, 32, 128, 128), Fire(256, 32, 128, 128), pool(), Fire(256, 48, 192, 192),
-            Fire(384, 48, 192, 192), Fire(384, 64, 256, 256), Fire(512, 64, 256, 256))
+        if version == "1_0":
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 96, 7, 2), nn.ReLU(inplace=True), pool(), Fire(96, 16, 64, 64), Fire(128, 16, 64, 64),
+                Fire(128, 32, 128, 128), pool(), Fire(256, 32, 128, 128), Fire(256, 48, 192, 192),
+                Fire(384, 48, 192, 192), Fire(384, 64, 256, 256), pool(), Fire(512, 64, 256, 256))
+        else:
+            self.features = nn.Sequential(
+                nn.Conv2d(3, 64, 3, 2), nn.ReLU(inplace=True), pool(), Fire(64, 16, 64, 64), Fire(128, 16, 64, 64),
+                pool(), Fire(128, 32, 128, 128), Fire(256, 32, 128, 128), pool(), Fire(256, 48, 192, 192),
+                Fire(384, 48, 192, 192), Fire(384, 64, 256, 256), Fire(512, 64, 256, 256))
         self.classifier = nn.Sequential(nn.Dropout(0.5), nn.Conv2d(512, num_classes, 1), nn.ReLU(inplace=True),
                                         nn.AdaptiveAvgPool2d(1))
 
@@ -338,17 +363,21 @@ class CifarResNet(nn.Module):
 
 class Bottleneck(nn.Module):
     """keras.applications' residual_block_v1 in torchvision's module names:
-    biased convolutions, the stride on the first 1x1, BN epsilon 1.001e-5."""
+    biased convolutions, the stride on the first 1x1, BN epsilon 1.001e-5.
+    `torchvision=True`: torchvision's own Bottleneck ("v1.5"): no conv biases, the stride on the 3x3,
+    epsilon 1e-5."""
 
-    def __init__(self, inplanes, planes, stride=1):
+    def __init__(self, inplanes, planes, stride=1, torchvision=False):
         super().__init__()
-        bn = lambda channels: nn.BatchNorm2d(channels, eps=1.001e-5)  # noqa: E731
-        self.conv1, self.bn1 = nn.Conv2d(inplanes, planes, 1, stride), bn(planes)
-        self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, 1, 1), bn(planes)
-        self.conv3, self.bn3 = nn.Conv2d(planes, 4 * planes, 1), bn(4 * planes)
+        eps, bias = (1e-5, False) if torchvision else (1.001e-5, True)
+        bn = lambda channels: nn.BatchNorm2d(channels, eps=eps)  # noqa: E731
+        first, middle = (1, stride) if torchvision else (stride, 1)
+        self.conv1, self.bn1 = nn.Conv2d(inplanes, planes, 1, first, bias=bias), bn(planes)
+        self.conv2, self.bn2 = nn.Conv2d(planes, planes, 3, middle, 1, bias=bias), bn(planes)
+        self.conv3, self.bn3 = nn.Conv2d(planes, 4 * planes, 1, bias=bias), bn(4 * planes)
         self.downsample = None
         if stride != 1 or inplanes != 4 * planes:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, 4 * planes, 1, stride), bn(4 * planes))
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, 4 * planes, 1, stride, bias=bias), bn(4 * planes))
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -360,18 +389,19 @@ class Bottleneck(nn.Module):
 class BottleneckResNet(nn.Module):
     """ResNet-50/101/152 in keras.applications' layout (kcnn's resnet50: the
     same 25,636,712 weights; torchvision's strides the 3x3 and has no conv
-    biases), with torchvision's module names."""
+    biases), with torchvision's module names. `torchvision=True`: torchvision.models.ResNet
+    itself (kcnn's resnet50_torchvision, 25,557,032 weights)."""
 
-    def __init__(self, blocks=(3, 4, 6, 3), num_classes=1000):
+    def __init__(self, blocks=(3, 4, 6, 3), num_classes=1000, torchvision=False):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3)
-        self.bn1 = nn.BatchNorm2d(64, eps=1.001e-5)
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=not torchvision)
+        self.bn1 = nn.BatchNorm2d(64, eps=1e-5 if torchvision else 1.001e-5)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
         inplanes = 64
         for stage, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks), start=1):
             layers = []
             for block in range(count):
-                layers.append(Bottleneck(inplanes, planes, 2 if stage > 1 and block == 0 else 1))
+                layers.append(Bottleneck(inplanes, planes, 2 if stage > 1 and block == 0 else 1, torchvision))
                 inplanes = 4 * planes
             setattr(self, f"layer{stage}", nn.Sequential(*layers))
         self.fc = nn.Linear(2048, num_classes)

@@ -47,6 +47,9 @@ def _parser():
                          "model with pretrained weights (ImageNet classes)")
     predict.add_argument("images", nargs="+", help="image files (png, jpg, bmp, gif, webp)")
     predict.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
+    predict.add_argument("--weights", default="imagenet", help="with a model name: which of its named weights "
+                         "(default imagenet; `kcnn list --pretrained` lists them). Images get the weights' own "
+                         "evaluation resize and centre crop")
     export = commands.add_parser("export", help="export a run's model for serving (SavedModel, ONNX, .keras)")
     export.add_argument("source", help="a run directory, or a .keras file")
     export.add_argument("--format", default="saved_model", choices=("saved_model", "onnx", "keras"))
@@ -175,7 +178,7 @@ def _evaluate(run_dir):
           f"({keras.backend.backend()})")
 
 
-def _predict(run_dir, images, top):
+def _predict(run_dir, images, top, weights="imagenet"):
     import os
 
     import kcnn
@@ -185,18 +188,32 @@ def _predict(run_dir, images, top):
     if not os.path.exists(run_dir) and run_dir in {info.name for info in kcnn.list_models(pretrained=True)}:
         from kcnn.weights import get_source
 
-        model = kcnn.build(run_dir, weights="imagenet")
-        class_names = get_source(run_dir, "imagenet").class_names
+        source = get_source(run_dir, weights)
+        model, class_names, transform = kcnn.build(run_dir, weights=weights), source.class_names, source.eval_transform
     else:
-        model, _, class_names = load_run(run_dir)
-    for path, ranking in zip(images, predict_files(model, images, class_names, top=top)):
+        (model, _, class_names), transform = load_run(run_dir), None
+    for path, ranking in zip(images, predict_files(model, images, class_names, top=top, transform=transform)):
         print(path)
         for name, probability in ranking:
             print(f"  {probability:7.2%}  {name}")
 
 
 def _list(pattern, pretrained=False):
+    import fnmatch
+
     import kcnn
+
+    if pretrained:  # one row per named source, as README's table
+        from kcnn.weights import pretrained_table
+
+        header, *rows = pretrained_table()
+        rows = [row for row in rows if fnmatch.fnmatchcase(row[0], pattern)]
+        widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
+        for row in [header] + rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if not rows:
+            print(f"(no model with named weights matches {pattern!r})")
+        return
 
     rows = [(m.name, "x".join(map(str, m.default_input_shape)), f"{m.reference_params:,}", m.params_counted,
              m.description) for m in kcnn.list_models(pattern, pretrained=pretrained)]
@@ -237,7 +254,7 @@ def main(argv=None):
         elif args.command == "evaluate":
             _evaluate(args.run_dir)
         elif args.command == "predict":
-            _predict(args.run_dir, args.images, args.top)
+            _predict(args.run_dir, args.images, args.top, args.weights)
         elif args.command == "export":
             from kcnn.export import export
 

@@ -340,8 +340,10 @@ def evaluate_model(model, data, image_shape, batch_size):
             "predicted": predicted}
 
 
-def predict_files(model, paths, class_names, *, top=5):
-    """For each image file, the `top` (class name, probability) pairs."""
+def predict_files(model, paths, class_names, *, top=5, transform=None):
+    """For each image file, the `top` (class name, probability) pairs. `transform`: a pretrained source's
+    `eval_transform` (resize the shorter side, centre crop); by default images are resized to the model's
+    input as in training."""
     import keras
 
     from kcnn.data.folder import read_image
@@ -352,7 +354,10 @@ def predict_files(model, paths, class_names, *, top=5):
     mode = {1: "L", 3: "RGB"}[channels]
     images = []
     for path in paths:  # a file that does not decode raises a CorruptImageError naming it and why
-        images.append(read_image(path, mode, (height, width)))
+        if transform is not None:
+            images.append(transform(read_image(path, "RGB")))
+        else:
+            images.append(read_image(path, mode, (height, width)))
     batch = np.stack(images).reshape(len(images), height, width, channels).astype("float32")
     probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(batch, verbose=0), axis=-1))
     order = np.argsort(-probabilities, axis=-1)[:, :top]

@@ -12,7 +12,7 @@ from keras import layers
 
 from kcnn.layers import feature_pooling, flatten_head, image_input, torch_conv
 from kcnn.registry import register_model
-from kcnn.weights import TORCHVISION
+from kcnn.weights import TORCHVISION, torchvision_source
 
 # (filters, kernel, stride, padding before the conv, max pool 3/2 after: None, "valid", "same")
 ALEXNET_CONVS = [
@@ -71,6 +71,7 @@ def zfnet(*, dropout=0.5, **kwargs):
     # min_size: Keras' adaptive pooling cannot enlarge maps on TensorFlow, so the last map must be 6x6 or more.
     input_shape=(224, 224, 3), params=61_100_840, min_size=223,
     source="torchvision alexnet", test_input_shape=(224, 224, 3), checkpoint=TORCHVISION,
+    pretrained=[torchvision_source("alexnet_torchvision", "alexnet-owt-7be5be79.pth", 56.522, 79.066)],
 )
 def alexnet_torchvision(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
                         dropout=0.5):

@@ -5,18 +5,23 @@ Layer names and creation order match `keras.applications.DenseNet121/169/201`
 files load unchanged. Growth rate 32, bottleneck 4x, compression 0.5.
 """
 
+import re
+
 import keras
 from keras import layers
 
 from kcnn.layers import channel_axis, classifier_head, image_input
 from kcnn.registry import register_model
-from kcnn.weights import CheckpointLayout, keras_applications_source
+from kcnn.weights import CheckpointLayout, keras_applications_source, torchvision_source
 
 GROWTH_RATE = 32
 
 
 def _torchvision_name(key):
     """`features.denseblock2.denselayer5.conv1` -> `conv3_block5_1_conv` (keras.applications' names)."""
+    # torchvision's published files keep the old module names `norm.1`, `conv.2` (torchvision renames them
+    # with this pattern when it loads them); modules built today say `norm1`, `conv2`.
+    key = re.sub(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])$", r"\1\2", key)
     parts = key.split(".")
     if key.startswith("features.denseblock"):
         stage, layer, module = int(parts[1][len("denseblock"):]) + 1, parts[2][len("denselayer"):], parts[3]
@@ -72,13 +77,19 @@ def _build_densenet(blocks, *, num_classes, input_shape, include_top, pooling, c
     return keras.Model(inputs, x, name=name)
 
 
+def _torchvision(arch, file_name, top1, top5):
+    """torchvision's DenseNet files, a second source beside Keras' (`weights="torchvision"`)."""
+    return torchvision_source(arch, file_name, top1, top5, name="torchvision", layout=TORCHVISION_CHECKPOINT)
+
+
 _DENSENET = dict(input_shape=(224, 224, 3), min_size=32, test_input_shape=(32, 32, 3),
                  checkpoint=TORCHVISION_CHECKPOINT)
 
 
 @register_model(params=8_062_504, source="keras.applications.DenseNet121", **_DENSENET,
                 pretrained=[keras_applications_source("densenet121", "densenet121_weights_tf_dim_ordering_tf_kernels.h5",
-                                                      "9d60b8095a5708f2dcce2bca79d332c7", 75.0)])
+                                                      "9d60b8095a5708f2dcce2bca79d332c7", 75.0),
+                            _torchvision("densenet121", "densenet121-a639ec97.pth", 74.434, 91.972)])
 def densenet121(**kwargs):
     """DenseNet-121 (dense blocks 6-12-24-16)."""
     return _build_densenet((6, 12, 24, 16), **kwargs)
@@ -86,7 +97,8 @@ def densenet121(**kwargs):
 
 @register_model(params=14_307_880, source="keras.applications.DenseNet169", **_DENSENET,
                 pretrained=[keras_applications_source("densenet169", "densenet169_weights_tf_dim_ordering_tf_kernels.h5",
-                                                      "d699b8f76981ab1b30698df4c175e90b", 76.2)])
+                                                      "d699b8f76981ab1b30698df4c175e90b", 76.2),
+                            _torchvision("densenet169", "densenet169-b2777c0a.pth", 75.600, 92.806)])
 def densenet169(**kwargs):
     """DenseNet-169 (dense blocks 6-12-32-32)."""
     return _build_densenet((6, 12, 32, 32), **kwargs)
@@ -94,7 +106,8 @@ def densenet169(**kwargs):
 
 @register_model(params=20_242_984, source="keras.applications.DenseNet201", **_DENSENET,
                 pretrained=[keras_applications_source("densenet201", "densenet201_weights_tf_dim_ordering_tf_kernels.h5",
-                                                      "1ceb130c1ea1b78c3bf6114dbdfd8807", 77.3)])
+                                                      "1ceb130c1ea1b78c3bf6114dbdfd8807", 77.3),
+                            _torchvision("densenet201", "densenet201-c1103571.pth", 76.896, 93.370)])
 def densenet201(**kwargs):
     """DenseNet-201 (dense blocks 6-12-48-32)."""
     return _build_densenet((6, 12, 48, 32), **kwargs)

@@ -16,7 +16,7 @@ from keras import layers
 from kcnn.errors import InvalidArgumentError
 from kcnn.layers import channel_axis, classifier_head, conv_bn_act, image_input, max_pool_ceil
 from kcnn.registry import TORCH_COUNT, TrainingHooks, register_model
-from kcnn.weights import CheckpointLayout, torchvision_name
+from kcnn.weights import CheckpointLayout, torchvision_name, torchvision_source
 
 # name: (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool projection)
 INCEPTIONS = {
@@ -78,8 +78,19 @@ def _without_unbuilt_heads(state, model):
     return {key: value for key, value in state.items() if not key.startswith(("aux1.", "aux2."))}
 
 
+TORCHVISION_GOOGLENET = CheckpointLayout("torchvision_googlenet", torchvision_name, filter=_without_unbuilt_heads)
+# torchvision's pretrained GoogLeNet runs with transform_input=True, which maps ImageNet-normalised inputs
+# back to (x/255 - 0.5) / 0.5 (x_norm * std/0.5 + (mean - 0.5)/0.5, whatever the mean and std): the scaling
+# its weights expect. Folded into the preprocessing as mean = std = 127.5, so raw 0-255 RGB works.
+GOOGLENET_IMAGENET = torchvision_source(
+    "googlenet", "googlenet-1378be20.pth", 69.778, 89.530, layout=TORCHVISION_GOOGLENET,
+    mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5),
+    note="torchvision's transform_input is folded into the preprocessing; the auxiliary heads' weights load "
+         "with aux_logits=True.")
+
+
 @register_model(
-    checkpoint=CheckpointLayout("torchvision_googlenet", torchvision_name, filter=_without_unbuilt_heads),
+    checkpoint=TORCHVISION_GOOGLENET, pretrained=[GOOGLENET_IMAGENET],
     input_shape=(224, 224, 3), params=6_624_904, counted=TORCH_COUNT, min_size=32,
     source="torchvision googlenet (aux_logits=False)", test_input_shape=(64, 64, 3),
     training=TrainingHooks(training_outputs=training_outputs, training_kwargs={"aux_logits": True}),

@@ -13,7 +13,7 @@ from keras import layers
 
 from kcnn.layers import channel_axis, feature_pooling, image_input
 from kcnn.registry import TORCH_COUNT, register_model
-from kcnn.weights import NO_HASH, TF, TORCHVISION, keras_applications_source
+from kcnn.weights import NO_HASH, TF, TORCHVISION, keras_applications_source, torchvision_source
 
 # MobileNet v1: (pointwise filters, stride) of depthwise-separable blocks 1..13.
 V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
@@ -134,7 +134,12 @@ def mobilenet_v2(*, num_classes, input_shape, include_top, pooling, classifier_a
 
 
 @register_model(input_shape=(224, 224, 3), params=3_504_872, counted=TORCH_COUNT, min_size=32,
-                source="torchvision mobilenet_v2", test_input_shape=(32, 32, 3), checkpoint=TORCHVISION)
+                source="torchvision mobilenet_v2", test_input_shape=(32, 32, 3), checkpoint=TORCHVISION,
+                pretrained=[  # "imagenet" is torchvision's DEFAULT, its IMAGENET1K_V2 recipe
+                    torchvision_source("mobilenet_v2_torchvision", "mobilenet_v2-7ebf99e0.pth", 72.154, 90.822,
+                                       resize_size=232),
+                    torchvision_source("mobilenet_v2_torchvision", "mobilenet_v2-b0353104.pth", 71.878, 90.286,
+                                       name="imagenet1k_v1")])
 def mobilenet_v2_torchvision(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
                              dropout=0.2):
     """MobileNet v2 in torchvision's layout, so that torchvision checkpoints

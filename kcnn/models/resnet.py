@@ -2,8 +2,9 @@
 
 Two layouts, because two families of published weights exist:
 
-- `resnet18`, `resnet34`: torchvision's layout (basic blocks, convolutions
-  without bias, stride on the 3x3). Layer names are torchvision's module
+- `resnet18`, `resnet34`, `resnet50_torchvision`, `resnet101_torchvision`,
+  `resnet152_torchvision`: torchvision's layout (convolutions without bias,
+  stride on the 3x3: "ResNet v1.5"). Layer names are torchvision's module
   paths with dots as underscores (`layer2.0.downsample.0` ->
   `layer2_0_downsample_0`), so a torchvision checkpoint maps by name.
 - `resnet50`, `resnet101`, `resnet152`: keras.applications' layout
@@ -17,7 +18,7 @@ from keras import layers
 
 from kcnn.layers import channel_axis, classifier_head, image_input, torch_conv
 from kcnn.registry import TORCH_COUNT, register_model
-from kcnn.weights import CAFFE, TORCHVISION, keras_applications_source
+from kcnn.weights import CAFFE, TORCHVISION, keras_applications_source, torchvision_source
 
 # ---------------------------------------------------------------------------
 # torchvision layout: basic blocks
@@ -38,8 +39,27 @@ def basic_block(x, filters, *, strides, name):
     return layers.Activation("relu", name=f"{name}_relu2")(x)
 
 
+def torchvision_bottleneck(x, filters, *, strides, name):
+    """torchvision's Bottleneck: 1x1 -> 3x3 (strided) -> 1x1 (4x filters), projection when the shape changes."""
+    bn = dict(axis=channel_axis(), epsilon=1e-5)
+    shortcut = x
+    if strides != 1 or x.shape[channel_axis()] != 4 * filters:
+        shortcut = layers.Conv2D(4 * filters, 1, strides=strides, use_bias=False, name=f"{name}_downsample_0")(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_downsample_1", **bn)(shortcut)
+    x = layers.Conv2D(filters, 1, use_bias=False, name=f"{name}_conv1")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn1", **bn)(x)
+    x = layers.Activation("relu", name=f"{name}_relu1")(x)
+    x = torch_conv(x, filters, 3, strides=strides, padding=1, use_bias=False, name=f"{name}_conv2")
+    x = layers.BatchNormalization(name=f"{name}_bn2", **bn)(x)
+    x = layers.Activation("relu", name=f"{name}_relu2")(x)
+    x = layers.Conv2D(4 * filters, 1, use_bias=False, name=f"{name}_conv3")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn3", **bn)(x)
+    x = layers.Add(name=f"{name}_add")([x, shortcut])
+    return layers.Activation("relu", name=f"{name}_relu3")(x)
+
+
 def _build_torchvision_resnet(blocks_per_stage, *, num_classes, input_shape, include_top, pooling,
-                              classifier_activation, name):
+                              classifier_activation, name, block=basic_block):
     inputs = image_input(input_shape)
     x = torch_conv(inputs, 64, 7, strides=2, padding=3, use_bias=False, name="conv1")
     x = layers.BatchNormalization(axis=channel_axis(), epsilon=1e-5, name="bn1")(x)
@@ -48,9 +68,9 @@ def _build_torchvision_resnet(blocks_per_stage, *, num_classes, input_shape, inc
     x = layers.ZeroPadding2D(1, name="maxpool_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="maxpool")(x)
     for stage, (filters, blocks) in enumerate(zip((64, 128, 256, 512), blocks_per_stage), start=1):
-        for block in range(blocks):
-            strides = 2 if stage > 1 and block == 0 else 1
-            x = basic_block(x, filters, strides=strides, name=f"layer{stage}_{block}")
+        for index in range(blocks):
+            strides = 2 if stage > 1 and index == 0 else 1
+            x = block(x, filters, strides=strides, name=f"layer{stage}_{index}")
     x = classifier_head(x, include_top=include_top, num_classes=num_classes, pooling=pooling,
                         classifier_activation=classifier_activation, pool_name="avgpool", dense_name="fc")
     return keras.Model(inputs, x, name=name)
@@ -104,14 +124,14 @@ _RESNET = dict(input_shape=(224, 224, 3), min_size=32, test_input_shape=(32, 32,
 
 
 @register_model(params=11_689_512, counted=TORCH_COUNT, source="torchvision resnet18", checkpoint=TORCHVISION,
-                **_RESNET)
+                **_RESNET, pretrained=[torchvision_source("resnet18", "resnet18-f37072fd.pth", 69.758, 89.078)])
 def resnet18(**kwargs):
     """ResNet-18, torchvision layout (basic blocks 2-2-2-2)."""
     return _build_torchvision_resnet((2, 2, 2, 2), **kwargs)
 
 
 @register_model(params=21_797_672, counted=TORCH_COUNT, source="torchvision resnet34", checkpoint=TORCHVISION,
-                **_RESNET)
+                **_RESNET, pretrained=[torchvision_source("resnet34", "resnet34-b627a593.pth", 73.314, 91.420)])
 def resnet34(**kwargs):
     """ResNet-34, torchvision layout (basic blocks 3-4-6-3)."""
     return _build_torchvision_resnet((3, 4, 6, 3), **kwargs)
@@ -139,3 +159,37 @@ def resnet101(**kwargs):
 def resnet152(**kwargs):
     """ResNet-152, keras.applications layout (bottlenecks 3-8-36-3)."""
     return _build_keras_resnet((3, 8, 36, 3), **kwargs)
+
+
+def _torchvision_weights(arch, v2, v1):
+    """torchvision's two recipes: IMAGENET1K_V2 (its DEFAULT, kcnn's "imagenet": resize 232) and the
+    original IMAGENET1K_V1 ("imagenet1k_v1"). Each is (file name, top-1, top-5)."""
+    return [torchvision_source(arch, *v2, resize_size=232),
+            torchvision_source(arch, *v1, name="imagenet1k_v1")]
+
+
+@register_model(params=25_557_032, counted=TORCH_COUNT, source="torchvision resnet50", checkpoint=TORCHVISION,
+                **_RESNET, pretrained=_torchvision_weights("resnet50_torchvision",
+                                                           ("resnet50-11ad3fa6.pth", 80.858, 95.434),
+                                                           ("resnet50-0676ba61.pth", 76.130, 92.862)))
+def resnet50_torchvision(**kwargs):
+    """ResNet-50, torchvision layout (bottlenecks 3-4-6-3, stride on the 3x3), for torchvision's weights."""
+    return _build_torchvision_resnet((3, 4, 6, 3), block=torchvision_bottleneck, **kwargs)
+
+
+@register_model(params=44_549_160, counted=TORCH_COUNT, source="torchvision resnet101", checkpoint=TORCHVISION,
+                **_RESNET, pretrained=_torchvision_weights("resnet101_torchvision",
+                                                           ("resnet101-cd907fc2.pth", 81.886, 95.780),
+                                                           ("resnet101-63fe2227.pth", 77.374, 93.546)))
+def resnet101_torchvision(**kwargs):
+    """ResNet-101, torchvision layout (bottlenecks 3-4-23-3, stride on the 3x3), for torchvision's weights."""
+    return _build_torchvision_resnet((3, 4, 23, 3), block=torchvision_bottleneck, **kwargs)
+
+
+@register_model(params=60_192_808, counted=TORCH_COUNT, source="torchvision resnet152", checkpoint=TORCHVISION,
+                **_RESNET, pretrained=_torchvision_weights("resnet152_torchvision",
+                                                           ("resnet152-f82ba261.pth", 82.284, 96.002),
+                                                           ("resnet152-394f9c45.pth", 78.312, 94.046)))
+def resnet152_torchvision(**kwargs):
+    """ResNet-152, torchvision layout (bottlenecks 3-8-36-3, stride on the 3x3), for torchvision's weights."""
+    return _build_torchvision_resnet((3, 8, 36, 3), block=torchvision_bottleneck, **kwargs)

