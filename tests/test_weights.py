@@ -180,13 +180,18 @@ def test_official_keras_file_layout_loads_offline_with_identical_outputs(keras_h
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
-def test_a_file_that_does_not_match_the_published_checksum_is_refused_and_kept(keras_home):
-    source = named_weights.get_source("resnet50", "imagenet")
+@pytest.mark.parametrize("arch, checksum", [
+    ("resnet50", r"md5 2cb95161c43110f7111970584f804107"),  # Keras' file: the whole md5
+    ("squeezenet1_1", r"sha256 starting b8a52dc0"),  # torchvision's: the sha256 prefix its file name carries
+])
+def test_a_file_that_does_not_match_the_published_checksum_is_refused_and_kept(arch, checksum, keras_home):
+    source = named_weights.get_source(arch, "imagenet")
     path = keras_home / "models" / source.file_name
     path.parent.mkdir(parents=True)
     path.write_bytes(b"not the official file")
-    with pytest.raises(WeightsError, match="does not match the published checksum.*Delete it"):
-        kcnn.build("resnet50", weights="imagenet")
+    with pytest.raises(WeightsError, match=rf"does not match the published checksum of {arch} imagenet weights "
+                                           rf"\({checksum}\).*Delete it.*downloads it again from {source.origin}"):
+        kcnn.build(arch, weights="imagenet")
     assert path.read_bytes() == b"not the official file"
 
 
@@ -369,17 +374,6 @@ def test_torchvision_weights_load_through_the_named_source(arch, name, keras_hom
     assert model.layers[1].name == "preprocessing"  # raw 0-255 RGB in, as every pretrained model
     actual = keras.ops.convert_to_numpy(model.predict(images, verbose=0))
     np.testing.assert_allclose(actual, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
-
-
-def test_a_torchvision_file_that_does_not_match_its_sha256_prefix_is_refused_and_kept(keras_home):
-    source = named_weights.get_source("squeezenet1_1", "imagenet")
-    path = keras_home / "models" / source.file_name
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"not the official file")
-    with pytest.raises(WeightsError, match=r"does not match the published checksum of squeezenet1_1 imagenet "
-                                           r"weights \(sha256 starting b8a52dc0\).*Delete it.*download.pytorch.org"):
-        kcnn.build("squeezenet1_1", weights="imagenet")
-    assert path.read_bytes() == b"not the official file"
 
 
 @pytest.mark.parametrize("arch, name", [("densenet121", "imagenet"), ("resnet50_torchvision", "imagenet")])
