@@ -43,6 +43,14 @@ def pytest_configure(config):
         os.environ.update({"JAX_COMPILATION_CACHE_DIR": os.path.join(os.environ[BACKEND_RUNS_ENV], "jax-cache"),
                            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
                            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"})
+        # The session's processes share 2 cores, so each keeps to one compute thread: torch's OpenMP threads
+        # spin while they wait (PyTorch backend worker, AVX-512: 29 -> 21 CPU-s for the same wall time), and
+        # TensorFlow's intra-op pool too (its worker, AVX-512: 24.1 -> 22.6 CPU-s; the inter-op pool stays: collectives
+        # on two logical devices need it).
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
+            os.environ.setdefault(name, "1")
+        # (XLA's cheapest compilation stays in the backend runs: for the whole session it saved 12 CPU-s in
+        # test_bad_input.py but made each VGG's first predict 6 CPU-s dearer, AVX-512.)
 
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection: `make test-fast` needs no backend runs

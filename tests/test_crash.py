@@ -29,6 +29,7 @@ import numpy as np
 import pytest
 
 from helpers import worker
+import preloaded  # tests/workers/ (on sys.path: helpers)
 
 RUN = ["train", "--dataset", "digits", "--arch", "lenet5", "--image-size", "32", "--epochs", "2",
        "--batch-size", "64", "--limit", "256", "--seed", "1"]
@@ -66,9 +67,9 @@ KILLED = [(group, point) for group, (_, points, _) in GROUPS.items() for point i
 
 
 def _start(args, log_path):
-    env = dict(os.environ, KERAS_BACKEND="tensorflow")
-    with open(log_path, "w") as log:
-        return subprocess.Popen([sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+    """`python ARGS...` on TensorFlow, forked from a process that imported TensorFlow and kcnn once
+    (tests/workers/preloaded.py: the 35 runs would spend about 5 CPU-seconds each importing them)."""
+    return preloaded.start(args, log_path, "tensorflow")
 
 
 def _tail(path):
