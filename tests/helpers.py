@@ -53,3 +53,83 @@ def image_folder_of_the_sample(root, per_class=12):
         for i, image in enumerate(sample.images[sample.labels == label][:per_class]):
             Image.fromarray(image).save(root / class_name / f"{i}.png")
     return root
+
+
+def _depthwise_kernel_paths(model):
+    """Paths of the depthwise kernels in `model` and in the models nested in it: their fan-in is the window
+    alone. (Keras names a DepthwiseConv2D's kernel plain `kernel`, so the path does not say so.)"""
+    import keras
+
+    paths, stack = set(), list(model.layers)
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", []))
+        if isinstance(layer, keras.layers.DepthwiseConv2D):
+            paths.add(layer.kernel.path)
+        elif isinstance(layer, keras.layers.SeparableConv2D):
+            paths.add(layer.depthwise_kernel.path)
+    return paths
+
+
+def deterministic_weights(model):
+    """The same varied weights on every backend, from NumPy: He-normal kernels (the fan-in of a depthwise
+    kernel is its window), biases, betas and moving means around 0 and moving variances and gammas around 1,
+    so that deep networks keep their activations in range and every term of batch norm is exercised."""
+    import numpy as np
+
+    depthwise = _depthwise_kernel_paths(model)
+    values = []
+    for index, variable in enumerate(model.weights):
+        rng = np.random.default_rng(1000 + index)
+        shape = tuple(variable.shape)
+        path = variable.path
+        if path.endswith("moving_variance"):
+            value = rng.uniform(0.5, 1.5, shape)
+        elif path.endswith("gamma"):
+            value = rng.uniform(0.8, 1.2, shape)
+        elif len(shape) <= 1:  # biases, betas, moving means
+            value = rng.normal(0.0, 0.05, shape)
+        else:
+            if path in depthwise or "depthwise" in path or "pos_conv" in path:
+                fan_in = shape[0] * shape[1]
+            elif any(part in path for part in ("query", "key", "value")) and len(shape) == 3:
+                fan_in = shape[0]
+            else:
+                fan_in = int(np.prod(shape[:-1]))
+            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        values.append(value.astype("float32"))
+    model.set_weights(values)
+
+
+def temper_logits(model, images, spread=2.0):
+    """Scale the last weighted layer so that `model`'s logits on `images` have a standard deviation of
+    `spread`: probabilities that do not saturate to one-hot (deep He-initialised networks give logits in
+    the hundreds). Exact for the usual heads: the logits are positively homogeneous in that layer's weights."""
+    import keras
+    import numpy as np
+
+    logits = keras.ops.convert_to_numpy(model(images, training=False)).astype("float64")
+    factor = spread / max(float(np.std(logits)), 1e-12)
+    last = [layer for layer in model.layers if layer.weights][-1]
+    last.set_weights([w * np.asarray(factor, w.dtype) for w in last.get_weights()])
+
+
+def assert_close(actual, reference, rtol=1e-4, floor=1e-3, what="outputs"):
+    """`actual` equals `reference` within `rtol` of the reference's norm, and the reference is worth comparing:
+    it varies across the batch and across the last axis by more than `floor` of its largest value. A model
+    whose outputs collapse to a constant (Keras' default initialisation does that to several networks:
+    probabilities 0.001 +- 1e-10) would pass any absolute tolerance while its export returned a constant.
+    Give models varied weights first (`deterministic_weights`)."""
+    import numpy as np
+
+    actual, reference = np.asarray(actual, "float64"), np.asarray(reference, "float64")
+    assert actual.shape == reference.shape, f"{what}: shape {actual.shape}, expected {reference.shape}"
+    assert np.all(np.isfinite(reference)), f"{what}: the reference is not finite"
+    scale = np.abs(reference).max()
+    across_batch = np.abs(reference - reference[:1]).max() if len(reference) > 1 else scale
+    across_last = np.abs(reference - reference[..., :1]).max()
+    assert min(across_batch, across_last) > floor * scale > 0, (
+        f"{what}: the reference hardly varies (across the batch {across_batch:.2e}, across the last axis "
+        f"{across_last:.2e}, largest {scale:.2e}): the comparison would pass a constant")
+    relative = np.linalg.norm(actual - reference) / np.linalg.norm(reference)
+    assert relative <= rtol, f"{what}: differ by {relative:.2e} of the reference's norm (allowed {rtol:.0e})"

@@ -192,11 +192,33 @@ def test_pipeline_batches_with_keras_augmentation(augment, monkeypatch):
     monkeypatch.setattr(pipeline, "SHARDS", 1)
 
     data = kcnn.data.load("cifar10_sample", "train")
-    images, labels = next(iter(make_dataset(data, batch_size=16, training=True, num_classes=10, augment=augment)))
+
+    def first_batch(mode):  # the order depends only on (seed, epoch): the same images in every mode
+        batch = next(iter(make_dataset(data, batch_size=16, training=True, num_classes=10, augment=mode)))
+        return np.asarray(batch[0]), np.asarray(batch[1])
+
+    images, labels = first_batch(augment)
     assert tuple(images.shape) == (16, 32, 32, 3) and images.dtype.name == "float32"
     assert 0.0 <= float(np.min(images)) and float(np.max(images)) <= 255.0
     mixed = augment in ("mixup", "cutmix")
     assert tuple(labels.shape) == ((16, 10) if mixed else (16,))
+    plain, plain_labels = first_batch("none")
+    originals = {data.images[i].tobytes(): data.labels[i] for i in range(len(data.images))}
+    assert all(originals.get(image.astype("uint8").tobytes()) == label for image, label in zip(plain, plain_labels))
+    changed = np.abs(images - plain).mean(axis=(1, 2, 3)) > 1.0  # per image: the mode did something to it
+    if augment == "none":
+        np.testing.assert_array_equal(images, plain)
+    elif augment == "flip":  # each image as it was or mirrored left-right, and both happen
+        mirrored = [np.array_equal(image, original[:, ::-1]) for image, original in zip(images, plain)]
+        kept = [np.array_equal(image, original) for image, original in zip(images, plain)]
+        assert all(m or k for m, k in zip(mirrored, kept)) and any(mirrored) and any(kept), (mirrored, kept)
+    else:
+        assert changed.sum() >= 4, f"{augment} changed {changed.sum()} of 16 images"
+    if mixed:  # labels of two images, weights summing to 1
+        np.testing.assert_allclose(labels.sum(axis=1), 1.0, rtol=1e-5)
+        assert (np.sort(labels, axis=1)[:, -2] > 0.1).sum() >= 4, labels.round(2)
+    else:
+        np.testing.assert_array_equal(labels, plain_labels)
 
 
 def test_pipeline_resizes_and_converts_channels_in_order():

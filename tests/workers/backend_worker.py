@@ -19,35 +19,11 @@ import traceback
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: helpers
+from helpers import deterministic_weights  # noqa: E402  (shared with the tests that compare values)
+
 NUM_CLASSES = 7  # not a default of any model, so the head is really rebuilt
 BATCH = 2
-
-
-def deterministic_weights(model):
-    """The same weights on every backend, from NumPy, scaled so that deep
-    networks keep their activations in range (He-normal kernels, BN
-    statistics near identity)."""
-    values = []
-    for index, variable in enumerate(model.weights):
-        rng = np.random.default_rng(1000 + index)
-        shape = tuple(variable.shape)
-        path = variable.path
-        if path.endswith("moving_variance"):
-            value = rng.uniform(0.5, 1.5, shape)
-        elif path.endswith("gamma"):
-            value = rng.uniform(0.8, 1.2, shape)
-        elif len(shape) <= 1:  # biases, betas, moving means
-            value = rng.normal(0.0, 0.05, shape)
-        else:
-            if "depthwise" in path or "pos_conv" in path:
-                fan_in = shape[0] * shape[1]
-            elif any(part in path for part in ("query", "key", "value")) and len(shape) == 3:
-                fan_in = shape[0]
-            else:
-                fan_in = int(np.prod(shape[:-1]))
-            value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
-        values.append(value.astype("float32"))
-    model.set_weights(values)
 
 
 def forward(model, images):

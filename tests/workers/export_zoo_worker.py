@@ -23,23 +23,30 @@ import numpy as np
 import onnxruntime
 import tensorflow as tf
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: helpers
+
 import kcnn
 from kcnn.export import export_on_tensorflow
 
 
+from helpers import assert_close, deterministic_weights, temper_logits  # tests/ (put on sys.path above)
+
+
 def check(info, folder):
     model = kcnn.build(info.name, input_shape=info.test_input_shape)
+    deterministic_weights(model)  # outputs that vary: Keras' default initialisation makes some nearly constant
+    images = np.random.default_rng(0).uniform(0, 255, (2, *model.input_shape[1:])).astype("float32")
+    temper_logits(model, images)  # probabilities that are not one-hot
     path = os.path.join(folder, "model.keras")
     model.save(path)
-    images = np.random.default_rng(0).uniform(0, 255, (2, *model.input_shape[1:])).astype("float32")
     expected = keras.ops.convert_to_numpy(keras.ops.softmax(keras.ops.cast(model(images), "float32")))
     export_on_tensorflow(path, "saved_model", os.path.join(folder, "1"), None)
     served = tf.saved_model.load(os.path.join(folder, "1")).signatures["serving_default"](image=tf.constant(images))
-    np.testing.assert_allclose(served["probabilities"].numpy(), expected, rtol=0, atol=1e-5)
+    assert_close(served["probabilities"].numpy(), expected, rtol=1e-5, what=f"{info.name} SavedModel")
     export_on_tensorflow(path, "onnx", os.path.join(folder, "model.onnx"), None)
     session = onnxruntime.InferenceSession(os.path.join(folder, "model.onnx"))
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": images})))
-    np.testing.assert_allclose(outputs["probabilities"], expected, rtol=0, atol=1e-4)
+    assert_close(outputs["probabilities"], expected, rtol=1e-4, what=f"{info.name} ONNX")
 
 
 def one(name, out_dir):
