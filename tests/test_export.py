@@ -16,7 +16,7 @@ import pytest
 import kcnn
 from kcnn.export import ExportError, export
 
-from helpers import BACKENDS, worker, _tail, run_python
+from helpers import BACKENDS, assert_close, worker, _tail, run_python
 
 # Runs in a fresh process that imports TensorFlow only: no Keras model code, no kcnn.
 SERVE_WITH_TENSORFLOW_ONLY = """
@@ -34,6 +34,7 @@ for n in (1, 7):
     result[f"index{n}"] = outputs["class_index"].numpy()
     result[f"names{n}"] = np.array([name.decode() for name in outputs["class_name"].numpy()])
 result["uint8"] = serve_uint8(image=tf.constant(images[:7].astype("uint8")))["probabilities"].numpy()
+result["uint8_as_float"] = serve(image=tf.constant(images[:7].astype("uint8").astype("float32")))["probabilities"].numpy()
 try:
     serve(image=tf.zeros((2, 30, 32, 3)))
     result["wrong_shape"] = np.array("accepted")
@@ -70,18 +71,21 @@ def test_a_model_trained_on_each_backend_serves_the_same_probabilities(exported,
     subprocess.run([sys.executable, "-c", SERVE_WITH_TENSORFLOW_ONLY, report["saved_model"],
                     str(folder / "expected.npz"), str(out)], check=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
     served = np.load(out)
+    assert_close(served["batch7"], expected["batch7"], rtol=1e-5, what=f"{backend} SavedModel")
     for n in (1, 7):
         np.testing.assert_allclose(served[f"batch{n}"], expected[f"batch{n}"], rtol=0, atol=1e-5)
         np.testing.assert_array_equal(served[f"index{n}"], expected[f"batch{n}"].argmax(-1))
         assert list(served[f"names{n}"]) == [report["class_names"][i] for i in expected[f"batch{n}"].argmax(-1)]
-    # uint8 pixels: the same images, rounded to whole values
-    assert served["uint8"].shape == (7, 10)
+    # uint8 pixels: what the float signature gives for the same whole values
+    assert_close(served["uint8"], served["uint8_as_float"], rtol=1e-6, what=f"{backend} serving_uint8")
     assert "(batch, 32, 32, 3)" in str(served["wrong_shape"])
 
     session = onnxruntime.InferenceSession(report["onnx"])
     assert [(i.name, i.shape[0]) for i in session.get_inputs()] == [("image", "batch")]
     names = [o.name for o in session.get_outputs()]
     assert sorted(names) == ["class_index", "probabilities"]
+    onnx_outputs = dict(zip(names, session.run(None, {"image": expected["images"][:7]})))
+    assert_close(onnx_outputs["probabilities"], expected["batch7"], rtol=1e-4, what=f"{backend} ONNX")
     for n in (1, 7):
         outputs = dict(zip(names, session.run(None, {"image": expected["images"][:n]})))
         np.testing.assert_allclose(outputs["probabilities"], expected[f"batch{n}"], rtol=0, atol=1e-4)

@@ -64,6 +64,30 @@ def test_modes_are_converted_and_sizes_resized(tmp_path, sample):
     assert grey.image_shape == (24, 20, 1)
 
 
+def test_grey_rgba_and_palette_images_become_their_own_rgb_pixels(tmp_path, sample):
+    """The conversions give the pixels, not only the shapes: grey repeated on three channels, RGBA without its
+    alpha, a palette image's colours looked up; grayscale is ITU-R 601 luma, as Pillow's "L"."""
+    root = tmp_path / "modes"
+    (root / "cat").mkdir(parents=True)
+    (root / "ship").mkdir()
+    original = sample.images[:4]
+    Image.fromarray(original[0]).convert("L").save(root / "cat" / "grey.png")
+    Image.fromarray(original[1]).convert("RGBA").save(root / "cat" / "alpha.png")
+    Image.fromarray(original[2]).convert("P").save(root / "ship" / "palette.gif")
+    Image.fromarray(original[3]).save(root / "ship" / "plain.png")
+    grey = np.asarray(Image.fromarray(original[0]).convert("L"))
+    palette = np.asarray(Image.open(root / "ship" / "palette.gif").convert("RGB"))
+    expected = {np.repeat(grey[..., None], 3, axis=-1).tobytes(), original[1].tobytes(), palette.tobytes(),
+                original[3].tobytes()}
+    rgb = kcnn.data.image_folder(root, validation_split=0, subset="training")
+    assert rgb.images.dtype == np.uint8 and {image.tobytes() for image in rgb.images} == expected
+    luma = kcnn.data.image_folder(root, validation_split=0, subset="training", color_mode="grayscale")
+    expected_luma = {grey.tobytes(), np.asarray(Image.fromarray(original[1]).convert("L")).tobytes(),
+                     np.asarray(Image.open(root / "ship" / "palette.gif").convert("L")).tobytes(),
+                     np.asarray(Image.fromarray(original[3]).convert("L")).tobytes()}
+    assert {image[..., 0].tobytes() for image in luma.images} == expected_luma
+
+
 def test_unreadable_files_are_skipped_and_counted_or_stop(tmp_path, sample):
     root = _write_folder(tmp_path / "pets", sample, per_class=4)
     (root / "cat" / "notes.jpg").write_text("this is not an image")

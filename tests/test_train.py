@@ -112,11 +112,36 @@ def test_same_seed_gives_the_same_run(tmp_path):
 
 
 def test_early_stopping_keeps_the_best_weights(tmp_path):
-    # A learning rate too small to change anything: validation accuracy cannot improve after epoch 1.
-    run = training.train(TrainConfig(**dict(QUICK, epochs=6, learning_rate=1e-12, schedule="constant"),
-                                     early_stopping=1, output_dir=str(tmp_path / "run")))
-    assert run.metrics["epochs_run"] == 2
-    assert len(run.history["val_accuracy"]) == 2
+    """The weights of the best epoch come back, not the last ones: from epoch 3 on the run is sabotaged (every
+    weight zeroed: a constant predictor), so it stops early and its last epoch is never its best."""
+
+    class ZeroWeightsFromEpoch3(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.weights_after = []  # per epoch, after kcnn's own callbacks (EarlyStopping first)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 2:
+                self.model.set_weights([np.zeros_like(w) for w in self.model.get_weights()])
+
+        def on_epoch_end(self, epoch, logs=None):
+            if len(self.weights_after) == epoch:
+                self.weights_after.append([np.copy(w) for w in self.model.get_weights()])
+
+    sabotage = ZeroWeightsFromEpoch3()
+    run = training.train(TrainConfig(**dict(QUICK, epochs=6, schedule="constant"), early_stopping=1,
+                                     output_dir=str(tmp_path / "run")), callbacks=[sabotage])
+    history = run.history["val_accuracy"]
+    epochs_run = run.metrics["epochs_run"]
+    assert len(history) == epochs_run < 6  # stopped early
+    best = int(np.argmax(history))
+    assert best < epochs_run - 1 and history[best] > history[-1]
+    final = run.model.get_weights()
+    assert not all(np.array_equal(a, b) for a, b in zip(final, sabotage.weights_after[-1][:len(final)]))
+    restored = keras.models.load_model(tmp_path / "run" / "model.keras").get_weights()
+    for a, b, c in zip(final, restored, sabotage.weights_after[best]):
+        np.testing.assert_array_equal(a, c)  # the best epoch's weights, exactly
+        np.testing.assert_array_equal(b, c)  # and they are what model.keras holds
 
 
 def test_mixed_precision_leaves_the_global_policy_as_it_was(tmp_path):
