@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from helpers import worker, _tail, run_python
+from helpers import assert_close, worker, _tail, run_python
 
 CASES = ("edge_cases", "cifar_resnet20", "mobilenet_v2")
 
@@ -34,6 +34,11 @@ def test_outputs_equal_keras_layers_to_float32_rounding(report, case):
     assert report[case]["predict"] <= 1e-5  # with the batch norms folded into the kernels
     # Batch statistics: Keras computes the variance as E[x^2] - E[x]^2, torch in a more accurate pass.
     assert report[case]["training_mode"] <= 1e-4
+    # Varied weights and batch-norm statistics (the folding of real statistics): within float32's rounding
+    assert_close(report[case]["varied_outputs"], report[case]["varied_outputs"], what=case)  # they vary
+    for key in ("inference_varied", "predict_varied"):
+        assert within_floor(report[case], key), \
+            f"{case}: {key} differs by {report[case][key]:.2e}, floor {report[case][key + '_floor']:.2e}"
 
 
 @pytest.mark.parametrize("case", CASES)

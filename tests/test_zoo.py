@@ -111,8 +111,9 @@ def test_keras_file_loads_without_kcnn_with_identical_outputs(name, backend, bac
 def test_on_torch_every_convolution_and_batch_norm_runs_on_torch_kernels(name, backend_runs):
     entry = backend_runs["torch"]["report"]["models"][name]
     assert entry["keras_call_layers"] == [], f"{name}: these layers ran Keras' slower code on torch"
+    assert entry["not_on_torch_kernels"] == [], f"{name}: these layers have no torch kernels"
     if name != "mlp":  # the one model without convolutions
-        assert entry["torch_kernel_layers"] > 0
+        assert entry["torch_kernel_layers"] >= len(entry["convolution_and_batch_norm_layers"]) > 0
 
 
 @pytest.mark.slow

@@ -62,6 +62,13 @@ def main(out_dir, models="*"):
             layers = list(torch_fast.layers_of(model))  # on torch: which layers ran torch's own kernels
             entry["torch_kernel_layers"] = sum(torch_fast.is_accelerated(layer) for layer in layers)
             entry["keras_call_layers"] = [layer.name for layer in layers if torch_fast.took_keras_call(layer)]
+            # every convolution and batch norm, whatever its class (a new kind would show up here)
+            entry["convolution_and_batch_norm_layers"] = [
+                layer.name for layer in layers
+                if isinstance(layer, keras.layers.BatchNormalization) or "Conv" in type(layer).__name__]
+            entry["not_on_torch_kernels"] = [name for name, layer in ((l.name, l) for l in layers)
+                                             if name in entry["convolution_and_batch_norm_layers"]
+                                             and not torch_fast.is_accelerated(layer)]
             outputs[info.name] = logits
             np.save(os.path.join(out_dir, "models", f"{info.name}_input.npy"), images)
             model.save(os.path.join(out_dir, "models", f"{info.name}.keras"))

@@ -20,6 +20,9 @@ import numpy as np  # noqa: E402
 import kcnn  # noqa: E402
 from kcnn import torch_fast  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: helpers
+from helpers import deterministic_weights  # noqa: E402
+
 layers = keras.layers
 
 
@@ -41,10 +44,12 @@ def edge_cases():
     return keras.Model(inputs, outputs, name="edge_cases")
 
 
-def plain_and_fast(build):
+def plain_and_fast(build, varied=False):
     """The model built with Keras' code (KCNN_TORCH_FAST=0), and a copy with the same weights accelerated."""
     os.environ[torch_fast.ENV_SWITCH] = "0"
     plain = build()
+    if varied:  # batch norms with real statistics, gammas and betas (Keras' initial ones are the identity)
+        deterministic_weights(plain)
     os.environ[torch_fast.ENV_SWITCH] = "1"
     fast = keras.models.clone_model(plain)
     fast.set_weights(plain.get_weights())
@@ -102,6 +107,15 @@ def compare(build, input_shape, batch):
               "folded": len(list(torch_fast.foldable_pairs(fast))),
               "folded_in_predict": sum("_kcnn_folded" in vars(layer) for layer in torch_fast.layers_of(fast)),
               "training_mode": relative([numpy(fast(first, training=True))], [numpy(plain(first, training=True))])}
+    # Inference and predict() (batch norms folded into the kernels) with varied weights and batch-norm
+    # statistics, beside the floor of float32 rounding: Keras' own outputs when the input moves by 5e-7
+    varied_plain, varied_fast = plain_and_fast(build, varied=True)
+    varied_expected = numpy(varied_plain(first, training=False))
+    report["varied_outputs"] = varied_expected.tolist()
+    report["inference_varied"] = relative([numpy(varied_fast(first, training=False))], [varied_expected])
+    report["predict_varied"] = relative([varied_fast.predict(first, verbose=0)], [varied_expected])
+    report["inference_varied_floor"] = report["predict_varied_floor"] = relative(
+        [numpy(varied_plain(nudged[:batch], training=False))], [varied_expected])
     reference = gradients(plain, first, labels[:batch])
     report["gradients"] = relative(gradients(fast, first, labels[:batch]), reference)
     report["gradients_floor"] = relative(gradients(plain, nudged[:batch], labels[:batch]), reference)
