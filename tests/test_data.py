@@ -261,3 +261,26 @@ def test_augmented_stream_repeats_exactly_and_resumes_at_an_epoch():
     assert all(np.array_equal(a, b) for a, b in zip(full, again))
     assert all(np.array_equal(a, b) for a, b in zip(full[16:], resumed))
     assert not np.array_equal(full[0], full[8])  # epochs differ
+
+
+def test_shards_split_each_batch_between_the_workers():
+    """make_dataset(shard=(i, n)): worker i's training batch holds images i::n of the single-device batch
+    (together exactly that batch, none twice), and evaluation gives each worker every n-th image."""
+    from kcnn.data.pipeline import make_dataset
+
+    data = kcnn.data.load("cifar10_sample", "train")
+    common = dict(batch_size=40, num_classes=10, seed=3, epochs=2)
+    whole = [np.asarray(images) for images, _ in make_dataset(data, training=True, **common)]
+    parts = [[np.asarray(images) for images, _ in make_dataset(data, training=True, shard=(i, 2), **common)]
+             for i in range(2)]
+    assert len(parts[0]) == len(parts[1]) == len(whole) > 1
+    for batch, first, second in zip(whole, *parts):
+        assert first.shape[0] == second.shape[0] == 20
+        np.testing.assert_array_equal(first, batch[0::2])
+        np.testing.assert_array_equal(second, batch[1::2])
+    evaluation = dict(batch_size=40, num_classes=10, training=False)
+    everything = np.concatenate([np.asarray(x) for x, _ in make_dataset(data, **evaluation)])
+    shards = [np.concatenate([np.asarray(x) for x, _ in make_dataset(data, shard=(i, 2), **evaluation)])
+              for i in range(2)]
+    np.testing.assert_array_equal(shards[0], everything[0::2])
+    np.testing.assert_array_equal(shards[1], everything[1::2])

@@ -4,6 +4,7 @@ beside its builder: kcnn.registry.TrainingHooks, CheckpointLayout, the weights i
 
 import ast
 import os
+import shutil
 
 import pytest
 
@@ -96,3 +97,17 @@ def test_workflows_take_no_decision_by_architecture_name(module):
                             for name in names):
                     decisions.append(f"line {node.lineno}: {constant.value!r}")
     assert not decisions, f"kcnn/{module} decides by architecture name: {decisions}"
+
+
+def test_every_mutant_of_tests_mutants_still_applies(tmp_path):
+    """tests/mutants.py's deliberate bugs (run by hand: `python tests/mutants.py`) still fit today's code:
+    each one's text is in its file exactly once and the mutated file compiles."""
+    import mutants  # tests/mutants.py (tests/ is on sys.path)
+
+    assert len(mutants.MUTANTS) >= 20 and len({m.name for m in mutants.MUTANTS}) == len(mutants.MUTANTS)
+    for mutant in mutants.MUTANTS:
+        target = tmp_path / mutant.name / mutant.path
+        target.parent.mkdir(parents=True)
+        shutil.copy(os.path.join(mutants.ROOT, mutant.path), target)
+        mutants.apply(mutant, str(tmp_path / mutant.name))
+        assert target.read_text() != open(os.path.join(mutants.ROOT, mutant.path)).read()
