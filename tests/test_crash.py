@@ -13,8 +13,11 @@ Three groups of runs, each against its own uninterrupted reference:
   the frozen-layer pass, in phase 1, in phase 2,
   while a phase's final weights, the model and the export are written.
 
-The runs are processes on the TensorFlow backend, where the export runs in
-the training process too; four at a time (each kill, then its resume)."""
+- `kcnn train --augment crop_flip` on PyTorch and on JAX, killed mid-epoch.
+
+The runs are processes on the TensorFlow backend (where the export runs in
+the training process too), but for the PyTorch and JAX group; four at a time
+(each kill, then its resume)."""
 
 import concurrent.futures
 import csv
@@ -28,7 +31,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from helpers import worker
+from helpers import run_python, worker
 import preloaded  # tests/workers/ (on sys.path: helpers)
 
 RUN = ["train", "--dataset", "digits", "--arch", "lenet5", "--image-size", "32", "--epochs", "2",
@@ -63,13 +66,23 @@ GROUPS = {  # group: (its run's arguments, {kill point: extra arguments of that 
         "export": [],  # while the SavedModel is written
     }, ["--no-export"]),
 }
+# The same `kcnn train` with augmentation on the other two backends, killed mid-epoch (plain processes: the
+# fork server holds TensorFlow's imports only). Their draws re-seed from (seed, batch number) on every backend.
+AUGMENTED = [*RUN, "--augment", "crop_flip"]
+GROUPS.update({
+    "train_torch": (AUGMENTED, {"batch:1:1": []}, []),
+    "train_jax": (AUGMENTED, {"batch:1:1": []}, []),
+})
+BACKEND = {"train_torch": "torch", "train_jax": "jax"}  # other groups: TensorFlow
 KILLED = [(group, point) for group, (_, points, _) in GROUPS.items() for point in points]
 
 
-def _start(args, log_path):
-    """`python ARGS...` on TensorFlow, forked from a process that imported TensorFlow and kcnn once
-    (tests/workers/preloaded.py: the 35 runs would spend about 5 CPU-seconds each importing them)."""
-    return preloaded.start(args, log_path, "tensorflow")
+def _start(args, log_path, backend="tensorflow"):
+    """`python ARGS...` on `backend`; on TensorFlow forked from a process that imported TensorFlow and kcnn
+    once (tests/workers/preloaded.py: the 35 runs would spend about 5 CPU-seconds each importing them)."""
+    if backend == "tensorflow":
+        return preloaded.start(args, log_path, "tensorflow")
+    return run_python(list(args), backend, str(log_path))
 
 
 def _tail(path):
@@ -116,13 +129,15 @@ def _kill_then_resume(root, group, point):
     name, extra = _name(group, point), points[point]
     run_dir = root / name
     crash_worker = worker("crash_worker")
-    killed = _start([crash_worker, point, *arguments, *extra, "--output-dir", str(run_dir)], root / f"{name}.log")
+    backend = BACKEND.get(group, "tensorflow")
+    killed = _start([crash_worker, point, *arguments, *extra, "--output-dir", str(run_dir)], root / f"{name}.log",
+                    backend)
     killed.wait(timeout=900)
     assert killed.returncode == -signal.SIGKILL, f"{name}: exit {killed.returncode}\n" + _tail(root / f"{name}.log")
     _check_whole(run_dir)
     state = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if "logs" not in p.parts)
     resumed = _start(["-m", "kcnn", *arguments, *extra, "--output-dir", str(run_dir), "--resume"],
-                     root / f"{name}.resume.log")
+                     root / f"{name}.resume.log", backend)
     resumed.wait(timeout=900)
     assert resumed.returncode == 0, _tail(root / f"{name}.resume.log")
     return state
@@ -131,7 +146,7 @@ def _kill_then_resume(root, group, point):
 def _reference(root, group):
     arguments, _, extra = GROUPS[group]
     process = _start(["-m", "kcnn", *arguments, *extra, "--output-dir", str(root / f"{group}_reference")],
-                     root / f"{group}_reference.log")
+                     root / f"{group}_reference.log", BACKEND.get(group, "tensorflow"))
     process.wait(timeout=900)
     assert process.returncode == 0, _tail(root / f"{group}_reference.log")
 
