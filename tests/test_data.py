@@ -261,6 +261,11 @@ def test_augmented_stream_repeats_exactly_and_resumes_at_an_epoch():
     assert all(np.array_equal(a, b) for a, b in zip(full, again))
     assert all(np.array_equal(a, b) for a, b in zip(full[16:], resumed))
     assert not np.array_equal(full[0], full[8])  # epochs differ
+    # ...in their order too, not only in their draws: each epoch its own permutation of the images
+    plain = make_dataset(data, batch_size=250, training=True, num_classes=10, seed=1, epochs=2)
+    labels = np.concatenate([np.asarray(batch_labels) for _, batch_labels in plain]).reshape(2, -1)
+    assert not np.array_equal(labels[0], labels[1])
+    assert np.array_equal(np.bincount(labels[0], minlength=10) > 0, np.ones(10, bool))
 
 
 def test_shards_split_each_batch_between_the_workers():
