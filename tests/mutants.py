@@ -88,7 +88,9 @@ MUTANTS = (
            ("tests/test_weights.py", "-k", "evaluation_transform")),
     Mutant("foreign-files-not-checked", "kcnn/rundir.py",
            "others = self.other_files()\n            if others:", "others = self.other_files()\n            if False:",
-           ("tests/test_train.py", "-k", "refused_and_left_alone or overwrite_replaces")),
+           tuple(f"tests/test_bad_input.py::test_api[{row}]" for row in (
+               "output folder holding the user's own files", "overwrite of a folder that is not a kcnn run",
+               "fine-tuning into the user's own files"))),
     Mutant("early-stopping-keeps-the-last-weights", "kcnn/train.py",
            "restore_best_weights=True, verbose=config.verbose))", "restore_best_weights=False, verbose=config.verbose))",
            ("tests/test_train.py", "-k", "early_stopping")),
@@ -106,7 +108,7 @@ MUTANTS = (
     Mutant("top-k-is-the-least-likely", "kcnn/weights/__init__.py",
            'best = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top]',
            'best = np.argsort(probabilities, axis=-1, kind="stable")[:, :top]',
-           ("tests/test_weights.py", "-k", "predict_with_a_pretrained")),
+           ("tests/test_weights.py", "-k", "decode_predictions")),
 )
 
 
