@@ -118,16 +118,15 @@ def temper_logits(model, images, spread=2.0):
     last.set_weights([w * np.asarray(factor, w.dtype) for w in last.get_weights()])
 
 
-def assert_close(actual, reference, rtol=1e-4, floor=1e-3, what="outputs"):
-    """`actual` equals `reference` within `rtol` of the reference's norm, and the reference is worth comparing:
-    it varies across the batch and across the last axis by more than `floor` of its largest value. A model
-    whose outputs collapse to a constant (Keras' default initialisation does that to several networks:
-    probabilities 0.001 +- 1e-10) would pass any absolute tolerance while its export returned a constant.
-    Give models varied weights first (`deterministic_weights`)."""
+def assert_varies(reference, floor=1e-3, what="outputs"):
+    """`reference` is worth comparing: finite, and varying across the batch (first axis) and across the last
+    axis by more than `floor` of its largest value. A model whose outputs collapse to a constant (Keras'
+    default initialisation does that to several networks: probabilities 0.001 +- 1e-10) would pass any
+    absolute tolerance while its export returned a constant. Give models varied weights first
+    (`deterministic_weights`)."""
     import numpy as np
 
-    actual, reference = np.asarray(actual, "float64"), np.asarray(reference, "float64")
-    assert actual.shape == reference.shape, f"{what}: shape {actual.shape}, expected {reference.shape}"
+    reference = np.asarray(reference, "float64")
     assert np.all(np.isfinite(reference)), f"{what}: the reference is not finite"
     scale = np.abs(reference).max()
     across_batch = np.abs(reference - reference[:1]).max() if len(reference) > 1 else scale
@@ -135,5 +134,15 @@ def assert_close(actual, reference, rtol=1e-4, floor=1e-3, what="outputs"):
     assert min(across_batch, across_last) > floor * scale > 0, (
         f"{what}: the reference hardly varies (across the batch {across_batch:.2e}, across the last axis "
         f"{across_last:.2e}, largest {scale:.2e}): the comparison would pass a constant")
+
+
+def assert_close(actual, reference, rtol=1e-4, floor=1e-3, what="outputs"):
+    """`actual` equals `reference` within `rtol` of the reference's norm, and the reference varies
+    (`assert_varies`), so that the comparison could fail."""
+    import numpy as np
+
+    actual, reference = np.asarray(actual, "float64"), np.asarray(reference, "float64")
+    assert actual.shape == reference.shape, f"{what}: shape {actual.shape}, expected {reference.shape}"
+    assert_varies(reference, floor, what)
     relative = np.linalg.norm(actual - reference) / np.linalg.norm(reference)
     assert relative <= rtol, f"{what}: differ by {relative:.2e} of the reference's norm (allowed {rtol:.0e})"

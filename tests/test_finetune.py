@@ -67,8 +67,7 @@ def test_cached_features_give_the_answer_of_a_frozen_backbone_in_fit():
     for model, inputs in ((on_features, features), (end_to_end, both)):
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss=keras.losses.CategoricalCrossentropy(from_logits=True))
         model.fit(inputs, one_hot, batch_size=16, epochs=2, shuffle=False, verbose=0)
-    trained = [w for w in cached_head.get_weights()]
-    for a, b in zip(trained, end_to_end.get_layer("predictions").get_weights()):
+    for a, b in zip(cached_head.get_weights(), end_to_end.get_layer("predictions").get_weights()):
         assert_close(a, b, rtol=1e-4, what="head weights")
 
 
