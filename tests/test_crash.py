@@ -4,7 +4,7 @@ never interrupted (bit for bit: TensorFlow on a CPU is deterministic for
 these models), and no file in the run directory is ever corrupt: at the
 moment of the kill, every file under its final name is whole.
 
-Three groups of runs, each against its own uninterrupted reference:
+Four groups of runs, each against its own uninterrupted reference:
 - `kcnn train` (LeNet-5 on digits), killed at each kind of write;
 - `kcnn train --schedule plateau --early-stopping 2`, whose reference lowers
   its learning rate and stops early, killed before and after those decisions
@@ -16,7 +16,7 @@ Three groups of runs, each against its own uninterrupted reference:
 - `kcnn train --augment crop_flip` on PyTorch and on JAX, killed mid-epoch.
 
 The runs are processes on the TensorFlow backend (where the export runs in
-the training process too), but for the PyTorch and JAX group; four at a time
+the training process too), but for the PyTorch and JAX groups; four at a time
 (each kill, then its resume)."""
 
 import concurrent.futures
