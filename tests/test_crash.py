@@ -1,6 +1,6 @@
 """Crash safety: a run killed with SIGKILL at each point of
 tests/workers/crash_worker.py, then `--resume`d, ends with the same weights as a run
-never interrupted (bit for bit: TensorFlow on a CPU is deterministic for
+never interrupted (bit for bit: each backend on a CPU is deterministic for
 these models), and no file in the run directory is ever corrupt: at the
 moment of the kill, every file under its final name is whole.
 
@@ -11,8 +11,7 @@ Four groups of runs, each against its own uninterrupted reference:
   (the callbacks' state, and EarlyStopping's best weights, are in the backup);
 - `kcnn finetune` (EfficientNet-Lite0 on the CIFAR-10 sample), killed during
   the frozen-layer pass, in phase 1, in phase 2,
-  while a phase's final weights, the model and the export are written.
-
+  while a phase's final weights, the model and the export are written;
 - `kcnn train --augment crop_flip` on PyTorch and on JAX, killed mid-epoch.
 
 The runs are processes on the TensorFlow backend (where the export runs in
