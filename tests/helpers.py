@@ -60,15 +60,11 @@ def _depthwise_kernel_paths(model):
     alone. (Keras names a DepthwiseConv2D's kernel plain `kernel`, so the path does not say so.)"""
     import keras
 
-    paths, stack = set(), list(model.layers)
-    while stack:
-        layer = stack.pop()
-        stack.extend(getattr(layer, "layers", []))
-        if isinstance(layer, keras.layers.DepthwiseConv2D):
-            paths.add(layer.kernel.path)
-        elif isinstance(layer, keras.layers.SeparableConv2D):
-            paths.add(layer.depthwise_kernel.path)
-    return paths
+    from kcnn.torch_fast import layers_of  # the model's layers, nested models included
+
+    return ({layer.kernel.path for layer in layers_of(model) if isinstance(layer, keras.layers.DepthwiseConv2D)}
+            | {layer.depthwise_kernel.path for layer in layers_of(model)
+               if isinstance(layer, keras.layers.SeparableConv2D)})
 
 
 def deterministic_weights(model):

@@ -63,12 +63,10 @@ def main(out_dir, models="*"):
             entry["torch_kernel_layers"] = sum(torch_fast.is_accelerated(layer) for layer in layers)
             entry["keras_call_layers"] = [layer.name for layer in layers if torch_fast.took_keras_call(layer)]
             # every convolution and batch norm, whatever its class (a new kind would show up here)
-            entry["convolution_and_batch_norm_layers"] = [
-                layer.name for layer in layers
-                if isinstance(layer, keras.layers.BatchNormalization) or "Conv" in type(layer).__name__]
-            entry["not_on_torch_kernels"] = [name for name, layer in ((l.name, l) for l in layers)
-                                             if name in entry["convolution_and_batch_norm_layers"]
-                                             and not torch_fast.is_accelerated(layer)]
+            covered = [layer for layer in layers
+                       if isinstance(layer, keras.layers.BatchNormalization) or "Conv" in type(layer).__name__]
+            entry["convolution_and_batch_norm_layers"] = [layer.name for layer in covered]
+            entry["not_on_torch_kernels"] = [layer.name for layer in covered if not torch_fast.is_accelerated(layer)]
             outputs[info.name] = logits
             np.save(os.path.join(out_dir, "models", f"{info.name}_input.npy"), images)
             model.save(os.path.join(out_dir, "models", f"{info.name}.keras"))
