@@ -207,22 +207,12 @@ class TorchPlan(Plan):
     def on_chief(self, work):
         import torch.distributed as dist
 
-        result, failure = None, [None]
-        try:
-            if self.is_chief:
-                try:
-                    result = work()
-                except KcnnError as error:
-                    failure = [str(error)]
-                    raise
-                except BaseException:
-                    failure = ["The chief worker (rank 0) failed; its output says why."]
-                    raise
-        finally:
-            dist.broadcast_object_list(failure, src=0)  # the other workers wait here for the chief's outcome
-        if failure[0] is not None:
-            raise KcnnError(failure[0])
-        return result
+        def broadcast(message):
+            shared = [message]
+            dist.broadcast_object_list(shared, src=0)
+            return shared[0]
+
+        return _on_chief(self, work, broadcast)
 
 
 class JaxPlan(Plan):
@@ -273,15 +263,43 @@ class JaxPlan(Plan):
         return _single_device_copy(model)
 
     def on_chief(self, work):
-        result = work() if self.is_chief else None
-        if self.workers > 1:
-            from jax.experimental import multihost_utils
+        if self.workers == 1:
+            return work()
+        import numpy as np
+        from jax.experimental import multihost_utils
 
-            multihost_utils.sync_global_devices("kcnn: the chief's work is done")
-        return result
+        def broadcast(message):  # JAX's collectives carry arrays: the sentence as bytes, of a fixed size
+            encoded = np.zeros(4096, np.uint8)
+            text = message.encode()[: encoded.size]
+            encoded[: len(text)] = np.frombuffer(text, np.uint8)
+            shared = np.asarray(multihost_utils.broadcast_one_to_all(encoded), np.uint8)
+            return shared.tobytes().rstrip(b"\0").decode(errors="replace")
+
+        return _on_chief(self, work, broadcast)
 
 
 _JAX_STARTED = []
+
+
+def _on_chief(plan, work, broadcast):
+    """Plan.on_chief for several processes: `broadcast(message)` sends the chief's outcome ("" or the
+    sentence of the error it raised) to every process, which all wait for it there, and returns it."""
+    result, failure = None, ""
+    try:
+        if plan.is_chief:
+            try:
+                result = work()
+            except KcnnError as error:
+                failure = str(error)
+                raise
+            except BaseException:
+                failure = "The chief worker (rank 0) failed; its output says why."
+                raise
+    finally:
+        message = broadcast(failure)
+    if message:
+        raise KcnnError(message)
+    return result
 
 
 def _single_device_copy(model):

@@ -36,10 +36,55 @@ def test_one_process_with_two_devices(backend, tmp_path):
     check_finetuned(backend, tmp_path)
 
 
-def test_torch_ddp_with_two_processes(tmp_path):
-    finished(launch("torch", "step+finetune", tmp_path), tmp_path)
-    check_step("torch", tmp_path)
-    check_finetuned("torch", tmp_path)
+@pytest.fixture(scope="module")
+def torch_ddp(tmp_path_factory):
+    """One torchrun launch of two workers for the torch tests below (each mode in turn, in the same
+    processes): a refused run, a step, an uninterrupted `learn` run, batch normalisation, fine-tuning."""
+    out_dir = tmp_path_factory.mktemp("ddp")
+    users_file = users_folder(out_dir)
+    finished(launch("torch", "refused+step+learn+batch_norm+finetune", out_dir), out_dir)
+    return out_dir, users_file
+
+
+def users_folder(out_dir):
+    """OUT_DIR/users_folder, holding a file of the user's that no run may touch: (its path, its bytes)."""
+    (out_dir / "users_folder").mkdir()
+    path = out_dir / "users_folder" / "notes.txt"
+    path.write_bytes(b"my own notes, not a kcnn run\n")
+    return path, path.read_bytes()
+
+
+def check_refused(out_dir, users_file, workers):
+    """The chief refused the folder before writing anything, and every worker raised the chief's sentence."""
+    path, content = users_file
+    messages = [(out_dir / f"refused_rank{rank}.txt").read_text() for rank in range(workers)]
+    assert "users_folder holds files kcnn did not write (notes.txt)" in messages[0], messages[0]
+    assert messages == [messages[0]] * workers, messages
+    assert sorted(p.name for p in path.parent.iterdir()) == ["notes.txt"] and path.read_bytes() == content
+
+
+def test_torch_ddp_with_two_processes(torch_ddp):
+    out_dir, users_file = torch_ddp
+    check_refused(out_dir, users_file, workers=2)
+    check_step("torch", out_dir)
+    check_learned("torch", out_dir)
+    check_finetuned("torch", out_dir)
+
+
+def test_torch_workers_keep_the_chiefs_moving_statistics(torch_ddp):
+    """Each worker normalises its own half of the batch, so its moving statistics drift from the chief's
+    during an epoch; the chief's are copied to every worker before evaluating and at the end (as DDP's
+    broadcast_buffers does), so that both workers end with the chief's model."""
+    out_dir, _ = torch_ddp
+    chief, other = (np.load(out_dir / f"batch_norm_rank{rank}.npz") for rank in (0, 1))
+    names = list(chief["names"])
+    statistics = [i for i, name in enumerate(names) if name.endswith(("moving_mean", "moving_variance"))]
+    assert len(statistics) >= 2 * 19, names  # cifar_resnet20: 19 batch norms
+    drifted = [i for i in statistics if not np.array_equal(chief[f"local_{i}"], other[f"local_{i}"])]
+    assert len(drifted) == len(statistics), [names[i] for i in statistics if i not in drifted]
+    for i in range(len(names)):
+        np.testing.assert_array_equal(other[f"final_{i}"], chief[f"final_{i}"], err_msg=names[i])
+        np.testing.assert_array_equal(chief[f"final_{i}"], chief[f"local_{i}"], err_msg=names[i])
 
 
 def check_step(backend, out_dir, engine=None):
@@ -78,9 +123,10 @@ def check_finetuned(backend, out_dir):
     assert (out_dir / "finetune" / "model.keras").is_file()
 
 
-def test_torch_workers_resume_after_one_is_killed(tmp_path):
+def test_torch_workers_resume_after_one_is_killed(tmp_path, torch_ddp):
     """torchrun --max-restarts 1: one worker killed in epoch 2 of 4; torchrun starts both again and they
-    continue from the chief's backup, so that every epoch runs once and the run learns."""
+    continue from the chief's backup, so that every epoch runs once and the run ends with the weights and
+    history of the same run never interrupted."""
     pid_dir = tmp_path / "pids"
     pid_dir.mkdir()
     # TORCH_DISABLE_SHARE_RDZV_TCP_STORE: without it the restarted workers' gloo connects to the killed
@@ -106,12 +152,31 @@ def test_torch_workers_resume_after_one_is_killed(tmp_path):
     assert len(first_rows) == 3 and rows[:3] == first_rows  # epochs 0 and 1 kept, not run again
     assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2", "3"]
     check_learned("torch", tmp_path)
+    uninterrupted = torch_ddp[0] / "learn"
+    assert_same_history(tmp_path / "learn" / "history.csv", uninterrupted / "history.csv")
+    resumed, reference = (np.load(out_dir / "learn_weights.npz") for out_dir in (tmp_path, torch_ddp[0]))
+    assert len(reference.files) > 0 and sorted(resumed.files) == sorted(reference.files)
+    for name in reference.files:
+        np.testing.assert_array_equal(resumed[name], reference[name], err_msg=name)
+
+
+def assert_same_history(path, reference_path):
+    """The same epochs with the same metrics (the seconds an epoch took aside)."""
+    import csv
+
+    def rows(p):
+        with open(p) as f:
+            return [{k: v for k, v in row.items() if "time" not in k and "second" not in k} for row in csv.DictReader(f)]
+
+    assert rows(path) == rows(reference_path)
 
 
 def test_jax_with_two_processes(tmp_path):
     """Several hosts on JAX: two processes (one CPU device each, gloo collectives) joined by Keras'
     KERAS_DISTRIBUTION_* variables; a step equals the single-device step (saving is a collective there:
-    the other process saves into a scratch folder while the chief writes the run)."""
+    the other process saves into a scratch folder while the chief writes the run); a run the chief refuses
+    is refused on both."""
+    users_file = users_folder(tmp_path)
     processes = []
     for process_id in range(2):
         out_dir = tmp_path if process_id == 0 else tmp_path / "process1"
@@ -121,13 +186,14 @@ def test_jax_with_two_processes(tmp_path):
                          KERAS_DISTRIBUTION_PROCESS_ID=str(process_id), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
         os.environ.update(variables)
         try:  # both write into tmp_path's run folders: only the chief may
-            processes.append((run_python([WORKER, "step", str(tmp_path)], "jax", str(out_dir / "worker.log")),
+            processes.append((run_python([WORKER, "refused+step", str(tmp_path)], "jax", str(out_dir / "worker.log")),
                               variables["KERAS_DISTRIBUTION_JOB_ADDRESSES"]))
         finally:
             for name in variables:
                 del os.environ[name]
     for (process, _), out_dir in zip(processes, (tmp_path, tmp_path / "process1")):
         finished(process, out_dir)
+    check_refused(tmp_path, users_file, workers=2)
     check_step("jax", tmp_path, engine=("data_parallel", 2))
 
 
