@@ -114,8 +114,12 @@ def with_fast_depthwise(model):
             return FastDepthwiseConv2D.from_config(layer.get_config())
         return layer.__class__.from_config(layer.get_config())
 
-    copy = keras.models.clone_model(model, clone_function=clone)
+    from kcnn.utils import initialize_the_rest, initializers_deferred
+
+    with initializers_deferred():  # every weight is copied over right after: no random draws
+        copy = keras.models.clone_model(model, clone_function=clone)
     copy_weights(model, copy)
+    initialize_the_rest(copy)  # the layers' random seeds (dropout)
     return copy
 
 

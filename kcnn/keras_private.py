@@ -20,6 +20,7 @@ CLASS_NAMES = [
     (keras.Model, "_compute_loss", "DDP's train step (kcnn.distribute) computes the loss as Keras' own"),
     (keras.Model, "_get_metrics_result_or_logs", "DDP: replaced to sum the metrics over the workers"),
     (keras.layers.RandomFlip, "_get_seed_generator", "augmentation re-seeded inside tf.data (kcnn.data.pipeline)"),
+    (keras.Variable, "_deferred_initialize", "kcnn.utils.initialize_the_rest: a weight no file gave a value"),
 ]
 # Names found on instances (set in __init__, by build() or by a call): the test makes one of each.
 INSTANCE_NAMES = [
@@ -69,6 +70,16 @@ def uninitialized_variables():
 
 def set_uninitialized_variables(variables):
     global_state().set_global_attribute("uninitialized_variables", variables)
+
+
+def has_value(variable):
+    """Whether a variable made in a StatelessScope (JAX defers its value) has one yet."""
+    return variable._value is not None
+
+
+def initialize(variable):
+    """Give a deferred variable its initializer's value, as Keras does when a StatelessScope closes."""
+    variable._deferred_initialize()
 
 
 # ---- the graph of a functional model ---------------------------------------------------------------------

@@ -7,6 +7,7 @@ directly, shares one keyword-only signature and one set of argument checks,
 all of which run before any layer or weight is made.
 """
 
+import contextlib
 import dataclasses
 import difflib
 import fnmatch
@@ -20,6 +21,7 @@ import keras
 
 from kcnn import weights as named_weights
 from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
+from kcnn.utils import initialize_the_rest, initializers_deferred
 
 # How a reference parameter count was counted.
 KERAS_COUNT = "keras"  # every weight, batch-norm moving statistics included
@@ -174,13 +176,16 @@ def register_model(
             if not isinstance(weights, str) and weights is not None:  # a named WeightSource
                 return _build_pretrained(fn, weights, arguments, include_preprocessing)
             try:
-                model = fn(**arguments)
+                # (JAX) a weights file replaces every weight: their random draws are not made
+                with initializers_deferred() if weights is not None else contextlib.nullcontext():
+                    model = fn(**arguments)
             except (ValueError, TypeError, KeyError) as error:
                 if not kwargs or isinstance(error, KcnnError):
                     raise
                 raise _family_option_error(model_name, kwargs, error) from None
             if weights is not None:
                 _load_weights_file(model, weights, model_name)
+                initialize_the_rest(model)
             return model
 
         info = ModelInfo(
@@ -432,13 +437,17 @@ def _build_pretrained(fn, source, arguments, include_preprocessing):
     size = source.input_size
     exact = dict(arguments, num_classes=source.num_classes, input_shape=to_data_format((size, size, 3)),
                  include_top=True, pooling=None)
-    reference = fn(**exact)
+    with initializers_deferred():  # (JAX) the file replaces every weight: their random draws are not made
+        reference = fn(**exact)
     loading.load_exact(reference, source, path)
+    initialize_the_rest(reference)
     if arguments == exact:
         model = reference
     else:
-        model = fn(**arguments)
+        with initializers_deferred():
+            model = fn(**arguments)
         loading.transfer(reference, model, source)
+        initialize_the_rest(model)  # a fresh head
     if include_preprocessing:
         channels = arguments["input_shape"][0 if keras.config.image_data_format() == "channels_first" else -1]
         model = loading.with_preprocessing(model, source, channels)

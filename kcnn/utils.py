@@ -23,6 +23,24 @@ def weightless_scope():
     keras_private.set_uninitialized_variables(before)
 
 
+def initializers_deferred():
+    """A scope in which models whose weights are about to be replaced (by a weights file) are built without
+    running their initializers, on JAX: each is a traced and compiled random draw there, more time than
+    reading the file (densenet121: 5.8 s of build against 0.4 s). Call `initialize_the_rest(model)` once
+    the file is loaded, for what it did not set (a fresh head). Elsewhere the build is as usual."""
+    return weightless_scope() if keras.backend.backend() == "jax" else contextlib.nullcontext()
+
+
+def initialize_the_rest(model):
+    """Run the initializers of `model`'s variables that nothing has given a value (see
+    `initializers_deferred`), in the order they were made."""
+    from kcnn import keras_private
+
+    for variable in model.variables:
+        if not keras_private.has_value(variable):
+            keras_private.initialize(variable)
+
+
 @contextlib.contextmanager
 def atomic_path(destination):
     """The one way kcnn writes a file or a folder: yield a temporary path beside `destination`, and when the

@@ -109,6 +109,15 @@ MUTANTS = (
            'best = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top]',
            'best = np.argsort(probabilities, axis=-1, kind="stable")[:, :top]',
            ("tests/test_weights.py", "-k", "decode_predictions")),
+    Mutant("chiefs-error-stays-on-the-chief", "kcnn/distribute.py",
+           "    if message:\n        raise KcnnError(message)", "    if False:\n        raise KcnnError(message)",
+           ("tests/test_distribute.py", "-k", "two_processes")),
+    Mutant("moving-statistics-not-broadcast", "kcnn/distribute.py",
+           "            dist.broadcast(value, src=0)\n", "",
+           ("tests/test_distribute.py", "-k", "moving_statistics")),
+    Mutant("fresh-head-left-unset", "kcnn/registry.py",
+           "        initialize_the_rest(model)  # a fresh head", "        pass",
+           ("tests/test_weights.py", "-k", "fresh_head")),
 )
 
 

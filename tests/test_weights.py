@@ -79,6 +79,15 @@ def test_other_classes_get_a_fresh_head_on_the_pretrained_backbone_and_grey_sums
     for name in ("blocks_15_project_conv", "bn1", "conv_head"):
         for a, b in zip(five.get_layer(name).get_weights(), full.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
+    # the fresh head is its initializer's draw (Glorot uniform: within +-limit, spread across it), not a
+    # value left unset where the build skipped the initializers the weights file replaces (JAX)
+    head = [layer for layer in five.layers if isinstance(layer, keras.layers.Dense)][-1]
+    kernel, bias = head.get_weights()
+    limit = np.sqrt(6 / sum(kernel.shape))
+    assert np.abs(kernel).max() <= limit and kernel.std() > limit / 3 and not bias.any()
+    from kcnn import keras_private
+
+    assert all(keras_private.has_value(variable) for variable in five.variables)
     features = kcnn.build("efficientnet_lite0", weights="imagenet", include_top=False, pooling="avg",
                           input_shape=(64, 64, 3))
     assert features.output_shape == (None, 1280)

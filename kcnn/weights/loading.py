@@ -7,6 +7,7 @@ import re
 
 import numpy as np
 
+from kcnn.utils import initialize_the_rest, initializers_deferred
 from kcnn.weights.checkpoint import CheckpointLayout, WeightsError
 
 
@@ -291,8 +292,10 @@ def with_preprocessing(model, source, channels):
     def call(layer, *args, **kwargs):  # layers that read the image read it normalised
         return layer(*(normalized if arg is inputs else arg for arg in args), **kwargs)
 
-    copy = keras.models.clone_model(model, input_tensors=inputs, call_function=call)
+    with initializers_deferred():  # (JAX) every weight is copied over right after: no random draws
+        copy = keras.models.clone_model(model, input_tensors=inputs, call_function=call)
     for layer in model.layers:
         if layer.weights:
             copy.get_layer(layer.name).set_weights(layer.get_weights())
+    initialize_the_rest(copy)  # the layers' random seeds (dropout)
     return copy
