@@ -27,11 +27,9 @@ tour: $(STAMP)
 	KERAS_BACKEND=$(or $(KERAS_BACKEND),jax) $(PY) workflows/zoo_tour.py
 
 # Two pytest processes (pytest-xdist): in one, 1.4 of the 2 cores were busy on average. Whole files
-# go to one process (loadfile), so that a module fixture runs once, in the order tests/conftest.py gives
-# them (longest first; xdist would otherwise order files by their number of tests). (loadgroup's xdist_group
-# marks do nothing with pytest 9.2: xdist 3.8 renames items through the `_nodeid` attribute pytest 9 no
-# longer reads.)
-PYTEST := $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+# go to one process (loadfile), so that a module fixture runs once. (loadgroup's xdist_group marks do
+# nothing with pytest 9.2: xdist 3.8 renames items through the `_nodeid` attribute pytest 9 no longer reads.)
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile
 
 test: $(STAMP)
 	$(PYTEST) --durations=25

@@ -306,12 +306,8 @@ def _single_device_copy(model):
     """A copy of a model trained under a TensorFlow strategy or a JAX distribution, made outside it."""
     from kcnn import torch_fast
 
-    from kcnn.utils import initialize_the_rest, initializers_deferred
-
-    with initializers_deferred():  # (JAX) every weight is copied over right after: no random draws
-        copy = keras.models.clone_model(model)
+    copy = keras.models.clone_model(model)  # (compiled: its optimizer's variables are made, so not deferred)
     copy.set_weights(model.get_weights())
-    initialize_the_rest(copy)
     return torch_fast.accelerate(copy)
 
 

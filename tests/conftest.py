@@ -53,27 +53,10 @@ def pytest_configure(config):
         # test_bad_input.py but made each VGG's first predict 6 CPU-s dearer, AVX-512.)
 
 
-# The files that take longest run first, so that under pytest-xdist (whole files to a process, in the order
-# collected) the short ones fill the end and both processes finish together (seconds on 2 cores, AVX-512);
-# test_zoo.py last: it waits for the cross-backend runs, which start at collection.
-LONGEST_FIRST = ("test_crash.py",  # 170 s, four processes at a time
-                 "test_weights.py", "test_train.py", "test_export.py", "test_distribute.py",  # 380, 333, 219, 158
-                 "test_notebooks.py", "test_finetune.py", "test_bad_input.py", "test_keras_applications.py")
-LAST = ("test_zoo.py",)
-
-
-def _file_rank(item):
-    name = item.path.name
-    if name in LONGEST_FIRST:
-        return LONGEST_FIRST.index(name)
-    return len(LONGEST_FIRST) + (1 if name in LAST else 0)
-
-
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection: `make test-fast` needs no backend runs
 def pytest_collection_modifyitems(session, config, items):
-    """Order the files (LONGEST_FIRST), and start the per-backend runs as soon as
-    the tests that need them are collected, so that they run while the in-process tests do."""
-    items.sort(key=_file_rank)  # stable: tests keep their order within a file
+    """Start the per-backend runs as soon as the tests that need them are
+    collected, so that they run while the in-process tests do."""
     needing = [item for item in items if "backend_runs" in getattr(item, "fixturenames", ())]
     if needing:
         # `pytest -k lenet5` builds only the models the selected tests ask for (their `name` parameter)
