@@ -27,8 +27,11 @@ def initializers_deferred():
     """A scope in which models whose weights are about to be replaced (by a weights file) are built without
     running their initializers, on JAX: each is a traced and compiled random draw there, more time than
     reading the file (densenet121: 5.8 s of build against 0.4 s). Call `initialize_the_rest(model)` once
-    the file is loaded, for what it did not set (a fresh head). Elsewhere the build is as usual."""
-    return weightless_scope() if keras.backend.backend() == "jax" else contextlib.nullcontext()
+    the file is loaded, for what it did not set (a fresh head). Elsewhere the build is as usual, and under a
+    keras.distribution too (a variable takes its place on the devices when its initializer runs)."""
+    if keras.backend.backend() == "jax" and keras.distribution.distribution() is None:
+        return weightless_scope()
+    return contextlib.nullcontext()
 
 
 def initialize_the_rest(model):
