@@ -80,24 +80,6 @@ def _start_backend_runs(models=None):
     (root / "started" / "pid").write_text(str(process.pid))
 
 
-@pytest.fixture(autouse=True)
-def _memory_of_finished_tests_freed():
-    """After a test, collect the garbage if this process holds over 3 GB: a Keras model is a web of reference
-    cycles, which Python frees only in a full collection, rare by its count of objects. Full-size models
-    (VGG: 0.5 GB of weights, twice with the torch reference) would otherwise pile up to 11 GB in one pytest
-    process, and the page cache the other processes read from would go."""
-    yield
-    try:
-        with open("/proc/self/statm") as f:
-            resident = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:  # not Linux: Python's own schedule
-        return
-    if resident > 3 * 2**30:
-        import gc
-
-        gc.collect()
-
-
 @pytest.fixture(scope="session")
 def backend_runs():
     """Per backend: every registered model built with the same weights
