@@ -88,6 +88,9 @@ def test_other_classes_get_a_fresh_head_on_the_pretrained_backbone_and_grey_sums
     from kcnn import keras_private
 
     assert all(keras_private.has_value(variable) for variable in five.variables)
+    bare = kcnn.build("efficientnet_lite0", weights="imagenet", num_classes=5, input_shape=(64, 64, 3),
+                      include_preprocessing=False)  # (no copy behind a preprocessing layer to hide it)
+    assert all(keras_private.has_value(variable) for variable in bare.variables)
     features = kcnn.build("efficientnet_lite0", weights="imagenet", include_top=False, pooling="avg",
                           input_shape=(64, 64, 3))
     assert features.output_shape == (None, 1280)
