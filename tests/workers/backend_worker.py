@@ -36,19 +36,6 @@ def forward(model, images):
     return np.asarray(keras.ops.convert_to_numpy(model(images, training=False)))
 
 
-def skipped_initialisers():
-    """On JAX, a scope in which Keras builds a model without running its initialisers (their values are
-    overwritten right after): one XLA compilation per weight shape, about half of JAX's build time here.
-    The other backends run them (cheaply, eagerly), as do the load runs and every other test."""
-    import contextlib
-
-    import keras
-
-    from kcnn.utils import weightless_scope
-
-    return weightless_scope() if keras.backend.backend() == "jax" else contextlib.nullcontext()
-
-
 def test_images(input_shape):
     rng = np.random.default_rng(7)
     return rng.uniform(0.0, 1.0, (BATCH,) + tuple(input_shape)).astype("float32")
@@ -59,6 +46,7 @@ def main(out_dir, models="*"):
 
     import kcnn
     from kcnn import torch_fast
+    from kcnn.utils import initializers_deferred
 
     os.makedirs(os.path.join(out_dir, "models"), exist_ok=True)
     outputs, report = {}, {"backend": keras.backend.backend(), "models": {}}
@@ -68,7 +56,7 @@ def main(out_dir, models="*"):
         entry = report["models"][info.name] = {}
         try:
             input_shape = info.test_input_shape
-            with skipped_initialisers():
+            with initializers_deferred():  # (JAX) every weight is overwritten right after: no random draws
                 model = kcnn.build(info.name, num_classes=NUM_CLASSES, input_shape=input_shape)
             deterministic_weights(model)  # every weight, so none is left without a value
             images = test_images(input_shape)
