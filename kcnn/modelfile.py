@@ -10,8 +10,10 @@ def load_model(model_path, *, error=KcnnError, compile=True, accelerate=False):
     KcnnError type raised with `refusal`'s sentence; `accelerate`: on torch with kcnn.torch_fast's kernels."""
     import keras
 
+    from kcnn.utils import without_initializer_draws
+
     try:
-        model = keras.saving.load_model(model_path, compile=compile)
+        model = without_initializer_draws(lambda: keras.saving.load_model(model_path, compile=compile))
     except Exception as caught:  # zip, JSON, unknown-layer and safe-mode errors all mean one thing here
         raise error(refusal(model_path, caught)) from None
     if accelerate:

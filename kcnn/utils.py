@@ -44,6 +44,39 @@ def initialize_the_rest(model):
             keras_private.initialize(variable)
 
 
+def without_initializer_draws(load):
+    """`load()`: a function that makes a model and assigns every weight from a file
+    (`keras.saving.load_model`), run on JAX without the initializers whose values the file replaces (each
+    is a traced and compiled random draw there: `kcnn evaluate` of a googlenet run spent 25 of its CPU-seconds
+    on them). Inside a StatelessScope Keras defers them and records the assignments; they are applied once
+    it closes, and a variable the file does not hold (a dropout's seed) gets its initializer's value, as it
+    would have. Elsewhere, under a keras.distribution, and for a file holding an optimizer (Keras refuses to
+    make its variables in the scope), it is `load()`."""
+    if keras.backend.backend() != "jax" or keras.distribution.distribution() is not None:
+        return load()
+    from kcnn import keras_private
+
+    before = keras_private.uninitialized_variables()
+    known = {id(variable) for variable in before}
+    try:
+        with keras.StatelessScope(initialize_variables=False) as scope:
+            result = load()
+            made = [v for v in keras_private.uninitialized_variables() if id(v) not in known]
+            values = [scope.get_current_value(variable) for variable in made]
+    except ValueError as error:  # a file with a compiled optimizer: Keras makes its variables from values
+        if "stateless scope" not in str(error):
+            raise
+        return load()
+    finally:
+        keras_private.set_uninitialized_variables(before)  # each one made gets its value below
+    for variable, value in zip(made, values):
+        if value is None:
+            keras_private.initialize(variable)
+        else:
+            variable.assign(value)
+    return result
+
+
 @contextlib.contextmanager
 def atomic_path(destination):
     """The one way kcnn writes a file or a folder: yield a temporary path beside `destination`, and when the

@@ -166,3 +166,50 @@ def test_airbench_whitening_layer_whitens_patches():
     # decorrelated, unit variance (up to the epsilon that damps the weakest directions)
     np.testing.assert_allclose(np.diag(covariance)[:6], 1.0, atol=0.1)
     assert np.abs(covariance - np.diag(np.diag(covariance))).max() < 0.1
+
+
+def test_a_model_file_loads_without_initializer_draws_to_what_keras_loads(tmp_path, monkeypatch):
+    """kcnn.modelfile.load_model (evaluate, predict, export, load_run) skips on JAX the random draws a file's
+    values replace, and gives what keras.saving.load_model gives: every weight, batch-norm statistics, a
+    dropout's seed made as Keras makes it, and a compiled file's optimizer state (loaded the plain way)."""
+    from helpers import deterministic_weights
+    from kcnn.modelfile import load_model
+
+    inputs = keras.Input((12, 12, 3))
+    x = keras.layers.Conv2D(8, 3)(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Dropout(0.5)(keras.layers.GlobalAveragePooling2D()(x))
+    model = keras.Model(inputs, keras.layers.Dense(4)(x))
+    deterministic_weights(model)
+    images = np.random.default_rng(0).uniform(0, 1, (3, 12, 12, 3)).astype("float32")
+    uncompiled = tmp_path / "plain.keras"
+    model.save(uncompiled)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(images, np.arange(3), epochs=1, verbose=0)
+    compiled = tmp_path / "compiled.keras"
+    model.save(compiled)
+
+    draws = []
+    original = keras.initializers.GlorotUniform.__call__
+    monkeypatch.setattr(keras.initializers.GlorotUniform, "__call__",
+                        lambda self, *args, **kwargs: draws.append(1) or original(self, *args, **kwargs))
+    for path in (uncompiled, compiled):
+        draws.clear()
+        loaded = load_model(str(path))
+        if keras.backend.backend() == "jax" and path == uncompiled:
+            assert not draws, "the kernels' initializers ran although the file replaces their values"
+        reference = keras.saving.load_model(path)
+        assert draws, "the reference load draws (so the count above could fail)"
+        pairs = list(zip(loaded.weights, reference.weights))
+        if path == compiled:
+            pairs += list(zip(loaded.optimizer.variables, reference.optimizer.variables))
+            assert int(loaded.optimizer.iterations) == 1
+        assert len(pairs) == len(reference.weights) + (len(reference.optimizer.variables) if path == compiled else 0)
+        for mine, theirs in pairs:
+            if "seed_generator" in theirs.path:  # a fresh random seed per model made, as Keras does
+                assert keras.ops.convert_to_numpy(mine).shape == keras.ops.convert_to_numpy(theirs).shape
+                continue
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(mine), keras.ops.convert_to_numpy(theirs),
+                                          err_msg=theirs.path)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images, training=False)),
+                                      keras.ops.convert_to_numpy(reference(images, training=False)))
