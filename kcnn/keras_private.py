@@ -21,6 +21,7 @@ CLASS_NAMES = [
     (keras.Model, "_get_metrics_result_or_logs", "DDP: replaced to sum the metrics over the workers"),
     (keras.layers.RandomFlip, "_get_seed_generator", "augmentation re-seeded inside tf.data (kcnn.data.pipeline)"),
     (keras.Variable, "_deferred_initialize", "kcnn.utils.initialize_the_rest: a weight no file gave a value"),
+    (keras.Model, "_resolve_auto_jit_compile", "kcnn.modelfile: a loaded model's jit_compile as 'auto' gives here"),
 ]
 # Names found on instances (set in __init__, by build() or by a call): the test makes one of each.
 INSTANCE_NAMES = [
@@ -49,6 +50,14 @@ def backup_epoch(callback):
 def set_initial_epoch(model, epoch):
     """Tell fit() to start at `epoch`: what Keras' own BackupAndRestore does in on_train_begin."""
     model._initial_epoch = epoch
+
+
+# ---- compiling ---------------------------------------------------------------------------------------------
+
+def auto_jit_compile(model):
+    """What jit_compile="auto" means for `model` on this backend (True on JAX and TensorFlow where the model
+    supports XLA, False on torch)."""
+    return model._resolve_auto_jit_compile()
 
 
 # ---- Keras' global state ---------------------------------------------------------------------------------

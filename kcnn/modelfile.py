@@ -16,6 +16,13 @@ def load_model(model_path, *, error=KcnnError, compile=True, accelerate=False):
         model = without_initializer_draws(lambda: keras.saving.load_model(model_path, compile=compile))
     except Exception as caught:  # zip, JSON, unknown-layer and safe-mode errors all mean one thing here
         raise error(refusal(model_path, caught)) from None
+    if getattr(model, "compiled", False):
+        from kcnn import keras_private
+
+        # Keras saves what jit_compile="auto" meant where the model was trained (True on JAX and TensorFlow):
+        # on torch that is torch.compile (a JAX run's cifar_resnet20 evaluated on 4 images: 20 s of compiling),
+        # and a torch run's False would run JAX op by op. "auto" means what it means here.
+        model.jit_compile = keras_private.auto_jit_compile(model)
     if accelerate:
         from kcnn import torch_fast
 

@@ -213,3 +213,17 @@ def test_a_model_file_loads_without_initializer_draws_to_what_keras_loads(tmp_pa
                                           err_msg=theirs.path)
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(loaded(images, training=False)),
                                       keras.ops.convert_to_numpy(reference(images, training=False)))
+
+
+def test_a_loaded_model_compiles_as_auto_means_on_this_backend(tmp_path):
+    """Keras saves the jit_compile its "auto" resolved to where the model was trained (True on JAX and
+    TensorFlow, False on torch); kcnn's loader resolves "auto" again where it runs, so that a JAX run
+    evaluated on torch is not put through torch.compile, nor a torch run on JAX run op by op."""
+    from kcnn.modelfile import load_model
+
+    here = keras.backend.backend() != "torch"  # "auto" on this backend, for a model XLA supports
+    model = kcnn.build("lenet5", num_classes=3, input_shape=(32, 32, 1))
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", jit_compile=not here)  # the other
+    model.save(tmp_path / "model.keras")
+    assert keras.saving.load_model(tmp_path / "model.keras").jit_compile == (not here)  # Keras keeps it
+    assert load_model(str(tmp_path / "model.keras")).jit_compile == here
