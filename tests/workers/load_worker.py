@@ -3,8 +3,9 @@
     KERAS_BACKEND=jax python tests/workers/load_worker.py MODELS_DIR OUT_NPZ
 
 For each NAME.keras in MODELS_DIR, loads it with `keras.saving.load_model`
-(safe mode, the default; on JAX without running the initializers its values replace) and runs it on NAME_input.npy. Exits non-zero if
-anything imported kcnn: a saved model must not need it.
+(safe mode, the default; on JAX without running the initializers its values
+replace) and runs it on NAME_input.npy. Exits non-zero if anything imported
+kcnn: a saved model must not need it.
 """
 
 import glob
