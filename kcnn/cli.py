@@ -8,6 +8,8 @@
     kcnn evaluate RUN_DIR                     re-evaluate a run's model.keras on its evaluation split
     kcnn predict RUN_DIR IMAGE [IMAGE ...]    top classes of each image with a run's model
     kcnn predict efficientnet_lite0 IMAGE     ImageNet top-5 with a pretrained model's weights
+    kcnn explain RUN_DIR IMAGE [IMAGE ...]    Grad-CAM overlays, where the model looked (into RUN_DIR/explain/)
+    kcnn explain efficientnet_lite0 IMAGE [--class NAME] [--layer NAME]   the same into saved_models/explain/
     kcnn export RUN_DIR [--format onnx]       SavedModel (TF Serving layout), ONNX or .keras for serving
     kcnn doctor [--data-dir DIR]              backends, GPUs, data and weights found, checksums (exit 1: a mismatch)
 
@@ -26,6 +28,8 @@ def _parse_shape(text):
 
 
 def _parser():
+    from kcnn.tta import TTA_MODES
+
     parser = argparse.ArgumentParser(prog="kcnn", description="Convolutional networks for Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="list registered models")
@@ -42,14 +46,29 @@ def _parser():
     _add_finetune_arguments(finetune)
     evaluate = commands.add_parser("evaluate", help="evaluate a run's model on its evaluation split")
     evaluate.add_argument("run_dir")
+    evaluate.add_argument("--tta", choices=TTA_MODES, help="also with test-time augmentation: the image and its mirror "
+                          "(flip), or both shifted too (flip_crop, 6 views); recorded in the run's metrics.json")
     predict = commands.add_parser("predict", help="classify image files with a run's model")
     predict.add_argument("run_dir", help="a run directory (or a model.keras file inside one), or the name of a "
                          "model with pretrained weights (ImageNet classes)")
     predict.add_argument("images", nargs="+", help="image files (png, jpg, bmp, gif, webp)")
     predict.add_argument("--top", type=int, default=5, help="how many classes to show (default 5)")
+    predict.add_argument("--tta", nargs="?", const="flip", choices=TTA_MODES,
+                         help="average over test-time views: flip (the default of a bare --tta) or flip_crop")
     predict.add_argument("--weights", default="imagenet", help="with a model name: which of its named weights "
                          "(default imagenet; `kcnn list --pretrained` lists them). Images get the weights' own "
                          "evaluation resize and centre crop")
+    explain = commands.add_parser("explain", help="Grad-CAM heatmaps over image files: where the model looked")
+    explain.add_argument("run_dir", help="a run directory (or a model.keras file inside one), or the name of a "
+                         "model with pretrained weights (ImageNet classes)")
+    explain.add_argument("images", nargs="+", help="image files (png, jpg, bmp, gif, webp)")
+    explain.add_argument("--output", help="where the overlays go, IMAGE_gradcam.png (default: RUN_DIR/explain, "
+                         "or saved_models/explain for a model name)")
+    explain.add_argument("--class", dest="class_name", help="the class whose evidence to show, by name (default: "
+                         "each image's predicted class)")
+    explain.add_argument("--layer", help="the layer whose feature maps are weighed (default: the last one with "
+                         "a spatial output)")
+    explain.add_argument("--weights", default="imagenet", help="with a model name: which of its named weights")
     export = commands.add_parser("export", help="export a run's model for serving (SavedModel, ONNX, .keras)")
     export.add_argument("source", help="a run directory, or a .keras file")
     export.add_argument("--format", default="saved_model", choices=("saved_model", "onnx", "keras"))
@@ -57,6 +76,9 @@ def _parser():
                         "for a .keras file); a SavedModel goes into OUTPUT/VERSION/ as TensorFlow Serving expects")
     export.add_argument("--version", type=int, default=1, help="SavedModel version folder (default 1)")
     export.add_argument("--overwrite", action="store_true", help="replace an existing export")
+    export.add_argument("--tta", nargs="?", const="flip", choices=TTA_MODES,
+                        help="the exported model answers with test-time augmentation (flip: 2 forward passes per "
+                             "image, flip_crop: 6; off by default)")
     doctor = commands.add_parser("doctor", help="report backends, GPUs, data and weights, and verify checksums")
     doctor.add_argument("--data-dir", help="a data folder searched before KCNN_DATA_DIR and the Keras cache")
     doctor.add_argument("--no-backends", dest="check_backends", action="store_false",
@@ -70,7 +92,9 @@ DISTRIBUTE_HELP = ("data-parallel training on the backend's engine: tf.distribut
 
 
 def _add_train_arguments(parser):
+    from kcnn.report import CLASS_WEIGHTS
     from kcnn.train import OPTIMIZERS, SCHEDULES
+    from kcnn.tta import TTA_MODES
     from kcnn.data.pipeline import AUGMENTATIONS
 
     parser.add_argument("--dataset", default="mnist",
@@ -91,6 +115,11 @@ def _add_train_arguments(parser):
                         help="image folders: skip and count unreadable files (default), or stop at the first")
     parser.add_argument("--early-stopping", type=int, metavar="PATIENCE",
                         help="stop after PATIENCE epochs without a better validation accuracy; keep the best weights")
+    parser.add_argument("--class-weight", choices=CLASS_WEIGHTS,
+                        help="balanced: every class counts as much, however many images it has (imbalanced folders)")
+    parser.add_argument("--tta", choices=TTA_MODES,
+                        help="also evaluate with test-time augmentation (flip, or flip_crop: 6 views); metrics.json "
+                             "records both accuracies")
     parser.add_argument("--mixed-precision", action="store_true")
     parser.add_argument("--no-jit", dest="jit_compile", action="store_false", default="auto")
     parser.add_argument("--distribute", action="store_true", help=DISTRIBUTE_HELP)
@@ -107,6 +136,8 @@ def _add_train_arguments(parser):
 
 def _add_finetune_arguments(parser):
     from kcnn.finetune import FinetuneConfig
+    from kcnn.report import CLASS_WEIGHTS
+    from kcnn.tta import TTA_MODES
 
     defaults = FinetuneConfig()
     parser.add_argument("--dataset", default=defaults.dataset,
@@ -128,6 +159,18 @@ def _add_finetune_arguments(parser):
     parser.add_argument("--finetune-learning-rate", type=float, default=defaults.finetune_learning_rate)
     parser.add_argument("--no-flip", dest="flip", action="store_false",
                         help="do not also train on mirror images (the default augmentation)")
+    parser.add_argument("--extra-views", type=int, default=defaults.extra_views,
+                        help=f"randomly shifted and mirrored copies of each training image, computed once through "
+                             f"the frozen layers (default {defaults.extra_views})")
+    parser.add_argument("--tta", choices=(*TTA_MODES, "none"), default=defaults.tta or "none",
+                        help=f"test-time augmentation of the held-out evaluation, reported beside the plain "
+                             f"accuracy (default {defaults.tta})")
+    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=defaults.ema,
+                        help="phase 2 ends on the moving average of its weights")
+    parser.add_argument("--mixup", type=float, default=defaults.mixup,
+                        help=f"mixup's alpha for the new head in phase 1 (default {defaults.mixup:g}: off)")
+    parser.add_argument("--class-weight", choices=CLASS_WEIGHTS, default=None,
+                        help="balanced: every class counts as much, however many images it has (imbalanced folders)")
     parser.add_argument("--validation-split", type=float, default=defaults.validation_split,
                         help="fraction of the training images the callbacks watch")
     parser.add_argument("--mixed-precision", action="store_true")
@@ -155,7 +198,9 @@ def _blocks(text):
 def _finetune(args):
     from kcnn.finetune import FinetuneConfig, finetune
 
-    finetune(FinetuneConfig(**{k: v for k, v in vars(args).items() if k != "command"}))
+    fields = {k: v for k, v in vars(args).items() if k != "command"}
+    fields["tta"] = None if fields["tta"] == "none" else fields["tta"]
+    finetune(FinetuneConfig(**fields))
 
 
 def _train(args):
@@ -165,37 +210,61 @@ def _train(args):
     train(TrainConfig(**fields))
 
 
-def _evaluate(run_dir):
+def _evaluate(run_dir, tta=None):
     import keras
 
-    from kcnn.rundir import load_run
-    from kcnn.train import evaluate_model
+    from kcnn.train import evaluate_run
 
-    model, config, _ = load_run(run_dir)
-    data = config.load(config.eval_split_name())
-    metrics = evaluate_model(model, data, tuple(model.input_shape[1:]), config.batch_size)
-    print(f"{config.eval_split_name()} accuracy {metrics['accuracy']:.4f} on {metrics['images']} images "
+    metrics = evaluate_run(run_dir, tta=tta)
+    print(f"{metrics['eval_split']} accuracy {metrics['accuracy']:.4f} on {metrics['images']} images "
           f"({keras.backend.backend()})")
+    for mode, accuracy in metrics.get("tta_accuracy", {}).items():
+        print(f"{metrics['eval_split']} accuracy with test-time {mode} {accuracy:.4f} (recorded in metrics.json)")
 
 
-def _predict(run_dir, images, top, weights="imagenet"):
+def _model_for(run_dir, weights="imagenet"):
+    """(model, class names, image transform) of a run directory (or a model.keras in one), or of the name
+    of a model with pretrained weights (its publisher's evaluation transform; a run's is None)."""
     import os
 
     import kcnn
     from kcnn.rundir import load_run
-    from kcnn.train import predict_files
 
     if not os.path.exists(run_dir) and run_dir in {info.name for info in kcnn.list_models(pretrained=True)}:
         from kcnn.weights import get_source
 
         source = get_source(run_dir, weights)
-        model, class_names, transform = kcnn.build(run_dir, weights=weights), source.class_names, source.eval_transform
-    else:
-        (model, _, class_names), transform = load_run(run_dir), None
-    for path, ranking in zip(images, predict_files(model, images, class_names, top=top, transform=transform)):
+        return kcnn.build(run_dir, weights=weights), source.class_names, source.eval_transform
+    model, _, class_names = load_run(run_dir)
+    return model, class_names, None
+
+
+def _predict(run_dir, images, top, weights="imagenet", tta=None):
+    from kcnn.train import predict_files
+
+    model, class_names, transform = _model_for(run_dir, weights)
+    rankings = predict_files(model, images, class_names, top=top, transform=transform, tta=tta)
+    for path, ranking in zip(images, rankings):
         print(path)
         for name, probability in ranking:
             print(f"  {probability:7.2%}  {name}")
+
+
+def _explain(args):
+    import os
+
+    from kcnn.explain import explain_files
+
+    model, class_names, transform = _model_for(args.run_dir, args.weights)
+    output = args.output
+    if output is None:
+        run_dir = os.path.dirname(args.run_dir) if args.run_dir.endswith(".keras") else args.run_dir
+        output = os.path.join("saved_models", "explain") if transform is not None else os.path.join(run_dir, "explain")
+    for path, name, probability, written in explain_files(model, args.images, class_names, output,
+                                                          transform=transform, class_name=args.class_name,
+                                                          layer=args.layer):
+        of = f", Grad-CAM of {args.class_name}" if args.class_name else ""
+        print(f"{path}: predicted {name} ({probability:.1%}){of} -> {written}")
 
 
 def _list(pattern, pretrained=False):
@@ -252,13 +321,16 @@ def main(argv=None):
         elif args.command == "finetune":
             _finetune(args)
         elif args.command == "evaluate":
-            _evaluate(args.run_dir)
+            _evaluate(args.run_dir, args.tta)
         elif args.command == "predict":
-            _predict(args.run_dir, args.images, args.top, args.weights)
+            _predict(args.run_dir, args.images, args.top, args.weights, args.tta)
+        elif args.command == "explain":
+            _explain(args)
         elif args.command == "export":
             from kcnn.export import export
 
-            export(args.source, args.format, args.output, version=args.version, overwrite=args.overwrite)
+            export(args.source, args.format, args.output, version=args.version, overwrite=args.overwrite,
+                   tta=args.tta)
         elif args.command == "doctor":
             from kcnn.doctor import doctor, format_report
 

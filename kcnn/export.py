@@ -38,7 +38,7 @@ import tempfile
 import numpy as np
 
 from kcnn import modelfile
-from kcnn.errors import KcnnError
+from kcnn.errors import InvalidArgumentError, KcnnError
 from kcnn.utils import atomic_open, atomic_path
 
 FORMATS = ("saved_model", "onnx", "keras")
@@ -52,12 +52,18 @@ class ExportError(KcnnError):
 
 
 def export(source, format="saved_model", output=None, *, version=1, overwrite=False, class_names=None,
-           verbose=True):
+           tta=None, verbose=True):
     """Export the model of a run directory (or a `.keras` file) for serving;
-    returns the path written (the version folder, model.onnx or model.keras)."""
+    returns the path written (the version folder, model.onnx or model.keras).
+    `tta` ("flip", "flip_crop"): the exported model averages its answer over test-time views
+    (kcnn.tta), at kcnn.tta.passes(tta) forward passes per image."""
     model_path, run_dir = find_model(source)
     if format not in FORMATS:
         raise ExportError(f"Unknown export format {format!r}; choose one of {', '.join(FORMATS)}.")
+    check_tta(tta)
+    if tta and format == "keras":
+        raise ExportError("A .keras export is a copy of the model file and cannot hold test-time augmentation; "
+                          "export saved_model or onnx with --tta, or wrap the loaded model with kcnn.tta.with_tta.")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ExportError(f"version must be a whole number of at least 1 (TensorFlow Serving's folder names). "
                           f"Received: version={version!r}")
@@ -81,7 +87,7 @@ def export(source, format="saved_model", output=None, *, version=1, overwrite=Fa
             with atomic_path(destination) as temporary:
                 shutil.copyfile(model_path, temporary)
         else:
-            _run_on_tensorflow(model_path, format, destination, class_names)
+            _run_on_tensorflow(model_path, format, destination, class_names, tta)
         _mark_output(output, destination, format, model_path)
     except BaseException:
         if created and not os.listdir(output):
@@ -90,6 +96,15 @@ def export(source, format="saved_model", output=None, *, version=1, overwrite=Fa
     if verbose:
         print(f"Exported {model_path} ({format}) to {destination}")
     return destination
+
+
+def check_tta(tta):
+    from kcnn.tta import check_mode
+
+    try:
+        check_mode(tta)
+    except InvalidArgumentError as error:
+        raise ExportError(str(error)) from None
 
 
 def find_model(source):
@@ -164,14 +179,14 @@ def load_model(model_path):
 refusal = modelfile.refusal  # one sentence on why a .keras file did not load
 
 
-def _run_on_tensorflow(model_path, format, destination, class_names):
+def _run_on_tensorflow(model_path, format, destination, class_names, tta=None):
     import keras
 
     if keras.backend.backend() == "tensorflow":
-        export_on_tensorflow(model_path, format, destination, class_names)
+        export_on_tensorflow(model_path, format, destination, class_names, tta)
         return
     request = json.dumps({"model": model_path, "format": format, "destination": destination,
-                          "class_names": class_names})
+                          "class_names": class_names, "tta": tta})
     environment = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     done = subprocess.run([sys.executable, "-m", "kcnn.export", request], env=environment, capture_output=True,
                           text=True)
@@ -182,12 +197,18 @@ def _run_on_tensorflow(model_path, format, destination, class_names):
         raise ExportError(f"Exporting on the TensorFlow backend failed:\n{tail}")
 
 
-def export_on_tensorflow(model_path, format, destination, class_names):
+def export_on_tensorflow(model_path, format, destination, class_names, tta=None):
     """The export itself; runs on the TensorFlow backend."""
+    from kcnn.tta import with_tta
+
     model = load_model(model_path)
     if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.inputs[0].shape) != 4:
         raise ExportError(f"{model_path} is not an image classifier with one image input and one output; kcnn "
                           f"exports those only.")
+    if tta and None in model.inputs[0].shape[1:3]:
+        raise ExportError(f"{model_path} takes images of any size {tuple(model.inputs[0].shape)[1:]}; test-time "
+                          f"augmentation needs a model of fixed input size: export it without --tta.")
+    model = with_tta(model, tta)
     num_classes = model.outputs[0].shape[-1]
     class_names = [str(name) for name in class_names] if class_names else [str(i) for i in range(num_classes)]
     if len(class_names) != num_classes or any("\n" in name for name in class_names):
@@ -298,7 +319,8 @@ def main(argv):
     """The child process of `_run_on_tensorflow`: exit 2 with one sentence on an ExportError."""
     request = json.loads(argv[0])
     try:
-        export_on_tensorflow(request["model"], request["format"], request["destination"], request["class_names"])
+        export_on_tensorflow(request["model"], request["format"], request["destination"], request["class_names"],
+                             request.get("tta"))
     except ExportError as error:
         print(error, file=sys.stderr)
         return 2

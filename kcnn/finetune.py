@@ -36,9 +36,10 @@ from typing import Optional, Union
 
 import numpy as np
 
-from kcnn import runs, workflow
+from kcnn import report, runs, tta, workflow
 from kcnn.data.datasets import FOLDER_SPLITS, SPLITS  # noqa: F401 (SPLITS: kcnn.finetune.SPLITS, as before)
 from kcnn.errors import InvalidArgumentError, KcnnError
+from kcnn.report import check_class_weight, class_weights
 from kcnn.rundir import config_record
 from kcnn.utils import atomic_path
 from kcnn.workflow import Run, summary_table  # noqa: F401 (kcnn.finetune.summary_table, as before)
@@ -63,6 +64,11 @@ class FinetuneConfig:
     dropout: float = 0.2
     label_smoothing: float = 0.1
     flip: bool = True  # also train on the mirror images (computed once, like everything frozen)
+    extra_views: int = 0  # randomly shifted and mirrored copies of each training image, also computed once
+    tta: Optional[str] = "flip"  # test-time augmentation of the held-out evaluation (kcnn.tta), or None
+    ema: bool = False  # phase 2 keeps an exponential moving average of the weights (Keras' use_ema) and ends on it
+    mixup: float = 0.0  # phase 1: mixup's Beta(alpha, alpha) on the pooled features (0: off)
+    class_weight: Optional[str] = None  # "balanced": each class weighs as if the classes were the same size
     validation_split: float = 0.1  # of the training images, for the callbacks (not the evaluation set)
     folder_validation_split: float = 0.2  # image folders: fraction of each class held out for evaluation
     mixed_precision: bool = False
@@ -124,6 +130,12 @@ class FinetuneConfig:
             bad("dropout", self.dropout, "in [0, 1)")
         if not 0 <= self.label_smoothing < 1:
             bad("label_smoothing", self.label_smoothing, "in [0, 1)")
+        if isinstance(self.extra_views, bool) or not isinstance(self.extra_views, int) or self.extra_views < 0:
+            bad("extra_views", self.extra_views, "a whole number of at least 0")
+        if not (isinstance(self.mixup, (int, float)) and self.mixup >= 0):
+            bad("mixup", self.mixup, "a number of at least 0 (0: off)")
+        tta.check_mode(self.tta)
+        check_class_weight(self.class_weight)
         if self.resume and self.overwrite:
             raise InvalidArgumentError("resume and overwrite contradict each other; pass one of them.")
 
@@ -164,10 +176,11 @@ class Backbone:
 @dataclasses.dataclass
 class Frozen:
     """What the frozen layers computed, once: activations at the cut (this worker's training rows, then
-    the held-out images), pooled features of the training rows, their one-hot labels and the rows."""
+    the held-out images in each of the evaluation's views, the images themselves first), pooled features of
+    the training rows, their one-hot labels and the rows."""
 
     activations: np.ndarray
-    eval_activations: np.ndarray
+    eval_activations: list
     features: np.ndarray
     one_hot: np.ndarray
     fit_rows: np.ndarray
@@ -232,6 +245,8 @@ def _checked_inputs(config):
     if len(train_data.class_names) < 2:
         raise KcnnError(f"{config.dataset_name} has {len(train_data.class_names)} class; fine-tuning needs at "
                         f"least two.")
+    if config.verbose and config.class_weight is None:
+        report.warn_if_imbalanced(train_data.labels, train_data.class_names)
     return info, train_data, eval_data
 
 
@@ -250,13 +265,13 @@ def _backbone(config):
 
 
 def extract_features(config, plan, run, backbone, train_data, eval_data):
-    """Step 1: the training images (and their mirrors) and the held-out images through the frozen layers,
-    once; cached in the run's backup (atomically), so that a resumed run does not compute them again."""
+    """Step 1: the training images (their mirrors and shifted copies) and the held-out images (in each
+    test-time augmentation view) through the frozen layers, once; cached in the run's backup (atomically),
+    so that a resumed run does not compute them again."""
     import keras
 
-    train_images, train_labels = _with_mirrors(train_data, config.flip)
-    fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed,
-                                             mirrored=config.flip)
+    train_images, train_labels, copies = training_views(train_data, config)
+    fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed, copies=copies)
     # Data-parallel: each worker computes and trains on its own part of the images (kcnn.distribute).
     fit_index, val_index = plan.worker_rows(fit_index), plan.worker_rows(val_index)
     batch_size = plan.worker_batch(config.batch_size)
@@ -265,26 +280,70 @@ def extract_features(config, plan, run, backbone, train_data, eval_data):
     one_hot = keras.utils.to_categorical(train_labels[mine], len(train_data.class_names))
     cache = run.file("backup", f"frozen_{plan.worker}_of_{plan.workers}.npz")
     clock = workflow.Stopwatch()
+    eval_views = eval_view_list(config.tta)
     if config.resume and os.path.exists(cache):
         with np.load(cache) as saved:  # seconds: what this process spent, reading them
-            return Frozen(saved["activations"], saved["eval_activations"], saved["features"], one_hot, fit_rows,
-                          val_rows, batch_size, clock.seconds)
+            return Frozen(saved["activations"], [saved[f"eval_activations_{i}"] for i in range(len(eval_views))],
+                          saved["features"], one_hot, fit_rows, val_rows, batch_size, clock.seconds)
+    total = len(mine) + len(eval_data) * len(eval_views)
     if config.verbose:
+        views = f", {len(eval_views)} views of each held-out image" if len(eval_views) > 1 else ""
         print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: {len(train_images):,} training and "
               f"{len(eval_data):,} held-out images at {config.image_size}x{config.image_size} go through the frozen "
-              f"layers once (up to {backbone.cut or 'the input'}) ...", flush=True)
+              f"layers once (up to {backbone.cut or 'the input'}{views}):", flush=True)
+    progress = ImageProgress(total, "frozen layers") if config.verbose else None
     size = config.image_size
-    activations = _predict(backbone.fast_bottom, train_images[mine], size, batch_size, plan.batch_multiple)
-    eval_activations = _predict(backbone.fast_bottom, eval_data.images, size, config.batch_size, plan.batch_multiple)
+    activations = _predict(backbone.fast_bottom, train_images[mine], size, batch_size, plan.batch_multiple,
+                           progress=progress)
+    eval_activations = [_predict(backbone.fast_bottom, eval_data.images, size, config.batch_size,
+                                 plan.batch_multiple, view=view, progress=progress) for view in eval_views]
     features = _predict(backbone.fast_top, activations, None, batch_size, plan.batch_multiple)
     seconds = clock.seconds
     if plan.is_chief:  # the others' rows are their own: they compute them again on a resume
         os.makedirs(run.backup, exist_ok=True)
         with atomic_path(cache) as temporary:
-            np.savez(temporary, activations=activations, eval_activations=eval_activations, features=features)
+            np.savez(temporary, activations=activations, features=features,
+                     **{f"eval_activations_{i}": value for i, value in enumerate(eval_activations)})
     if config.verbose:
         print(f"... {seconds:.0f} s.", flush=True)
     return Frozen(activations, eval_activations, features, one_hot, fit_rows, val_rows, batch_size, seconds)
+
+
+def eval_view_list(tta_mode):
+    """The views of the held-out images the evaluation needs: kcnn.tta's, or the images alone."""
+    return tta.VIEWS[tta_mode] if tta_mode else (PLAIN_VIEW,)
+
+
+PLAIN_VIEW = (1.0, 0, False)  # (weight, shift, mirrored), as kcnn.tta.VIEWS
+
+
+class ImageProgress:
+    """One Keras progress bar (keras.utils.Progbar) over several predict() calls, counted in images."""
+
+    def __init__(self, total, label):
+        import keras
+
+        self.bar = keras.utils.Progbar(total, unit_name="image")
+        self.label = label
+        self.done = 0
+
+    def callback(self, count, batch_size):
+        import keras
+
+        progress = self
+
+        class Advance(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.seen = 0
+
+            def on_predict_batch_end(self, batch, logs=None):
+                step = min(batch_size, count - self.seen)
+                self.seen += step
+                progress.done += step
+                progress.bar.update(progress.done)
+
+        return Advance()
 
 
 def fit_head(config, plan, run, frozen, num_classes, callbacks):
@@ -319,8 +378,10 @@ def fit_top(config, plan, run, backbone, head, frozen, callbacks):
         layers = f"the layers after {backbone.cut}" if backbone.cut else "every layer"
         print(f"Phase 2: {layers} and the head, learning rate {config.finetune_learning_rate:g}.", flush=True)
     trainable = keras.Model(backbone.fast_top.input, head(backbone.fast_top.output), name="finetune")
-    trainable.compile(optimizer=keras.optimizers.Adam(config.finetune_learning_rate), loss=_loss(config),
-                      metrics=["accuracy"])
+    # ema: Keras' optimizer keeps the moving average of the weights, and fit() ends on it.
+    trainable.compile(optimizer=keras.optimizers.Adam(config.finetune_learning_rate, use_ema=config.ema,
+                                                      ema_momentum=0.99),
+                      loss=_loss(config), metrics=["accuracy"])
     _fit_phase(config, plan, run, "finetune", trainable, frozen.activations, frozen, config.finetune_epochs,
                callbacks)
     jax_cpu.copy_weights(backbone.fast_top, backbone.top)
@@ -336,6 +397,8 @@ def _loss(config):
 def _fit_phase(config, plan, run, phase, model, inputs, frozen, epochs, callbacks):
     """One phase's fit(), resumable: its backup in backup/PHASE/, its rows in history.csv, and when it is
     done its final weights in backup/PHASE_final.*, which a resumed run loads instead of fitting again."""
+    import keras
+
     final = run.file("backup", f"{phase}_final")
     if config.resume and runs.load_model_state(model, final):
         return
@@ -354,9 +417,13 @@ def _fit_phase(config, plan, run, phase, model, inputs, frozen, epochs, callback
         writers = [runs.CrashSafeBackup(backup_dir, write_dir=os.path.join(scratch, "backup", phase) if scratch
                                         else False, callbacks=decisions)]
     steps = math.ceil(len(frozen.fit_rows) / frozen.batch_size)
+    targets = frozen.one_hot[frozen.fit_rows]
+    weights = class_weights(np.argmax(targets, axis=-1), targets.shape[-1], config.class_weight)
+    if config.ema and phase == "finetune":  # validation (and EarlyStopping's best epoch) on the average
+        decisions = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] + decisions
     plan.wrap(model).fit(
-        _epoch_batches(inputs[frozen.fit_rows], frozen.one_hot[frozen.fit_rows], frozen.batch_size,
-                       (config.seed, phase == "finetune"), first_epoch, epochs),
+        _epoch_batches(inputs[frozen.fit_rows], targets, frozen.batch_size, (config.seed, phase == "finetune"),
+                       first_epoch, epochs, class_weight=weights, mixup=config.mixup if phase == "head" else 0),
         steps_per_epoch=steps, epochs=epochs, shuffle=False,  # _epoch_batches shuffles
         validation_data=(inputs[frozen.val_rows], frozen.one_hot[frozen.val_rows]),
         validation_batch_size=frozen.batch_size,
@@ -368,16 +435,32 @@ def _fit_phase(config, plan, run, phase, model, inputs, frozen, epochs, callback
         runs.save_model_state(model, os.path.join(scratch, f"{phase}_final"))
 
 
-def _epoch_batches(inputs, targets, batch_size, seed, first_epoch, epochs):
+def _epoch_batches(inputs, targets, batch_size, seed, first_epoch, epochs, *, class_weight=None, mixup=0.0):
     """The training batches of epochs first_epoch, ..., epochs - 1, each epoch in an order drawn from
     (seed, epoch) alone: a resumed run sees the batches the uninterrupted one saw (Keras' own shuffle
     draws from the process's random state). A run resumed after its last epoch runs no epoch, but Keras
-    wants a first batch to look at: it gets the last epoch's."""
+    wants a first batch to look at: it gets the last epoch's.
+
+    class_weight ({class: weight}): each row's weight as fit(class_weight=...) gives it (Keras takes no
+    class_weight with a Python generator). mixup: each batch becomes a blend lam * x + (1 - lam) * x' of
+    itself and itself in another order, targets alike, lam ~ Beta(mixup, mixup) (Zhang et al. 2018)."""
+    row_weights = None
+    if class_weight is not None:
+        row_weights = np.asarray([class_weight[c] for c in range(targets.shape[-1])], "float32")[
+            np.argmax(targets, axis=-1)]
     for epoch in range(first_epoch, epochs) or [epochs - 1]:
-        order = np.random.default_rng([*seed, epoch]).permutation(len(inputs))
+        rng = np.random.default_rng([*seed, epoch])
+        order = rng.permutation(len(inputs))
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            yield inputs[rows], targets[rows]
+            x, y = inputs[rows], targets[rows]
+            w = None if row_weights is None else row_weights[rows]
+            if mixup:
+                lam = np.float32(rng.beta(mixup, mixup))
+                other = rng.permutation(len(rows))
+                x, y = lam * x + (1 - lam) * x[other], lam * y + (1 - lam) * y[other]
+                w = None if w is None else lam * w + (1 - lam) * w[other]
+            yield (x, y) if w is None else (x, y, w)
 
 
 def assemble(config, backbone, head):
@@ -401,24 +484,18 @@ def evaluate(config, plan, backbone, head, model, frozen, eval_data):
 
     if config.distribute:  # JAX's distributed predict() keeps the split into trainable variables and the
         backbone.fast_top.make_predict_function(force=True)  # rest from its first call, before the unfreezing
-    eval_features = _predict(backbone.fast_top, frozen.eval_activations, None, config.batch_size,
-                             plan.batch_multiple)
-    logits = _predict(head, eval_features, None, config.batch_size, plan.batch_multiple)
-    predicted = np.argmax(logits, axis=-1)
-    class_names = eval_data.class_names
-    metrics = {
-        "accuracy": float(np.mean(predicted == eval_data.labels)),
-        "eval_split": config.eval_split_name(),
-        "per_class_accuracy": {name: float(np.mean(predicted[eval_data.labels == i] == i))
-                               for i, name in enumerate(class_names) if np.any(eval_data.labels == i)},
-    }
+    view_logits = [_predict(head, _predict(backbone.fast_top, activations, None, config.batch_size,
+                                           plan.batch_multiple), None, config.batch_size, plan.batch_multiple)
+                   for activations in frozen.eval_activations]  # the images themselves first, then the views
+    metrics = report.evaluation_metrics(eval_data.labels, view_logits, eval_data.class_names, config.tta)
+    metrics["eval_split"] = config.eval_split_name()
     extra_split = config.splits()[2]
     if extra_split:
         extra = config.load(extra_split)
         extra_logits = _predict(jax_cpu.with_fast_depthwise(model), extra.images, config.image_size,
                                 config.batch_size, plan.batch_multiple)
         metrics[f"{extra_split}_accuracy"] = float(np.mean(np.argmax(extra_logits, axis=-1) == extra.labels))
-    return metrics, predicted
+    return metrics, np.argmax(view_logits[0], axis=-1)
 
 
 def _config_record(config):
@@ -492,46 +569,71 @@ def top_has_weights(top):
 # ---------------------------------------------------------------------------
 
 
-def _with_mirrors(data, flip):
+def training_views(data, config):
+    """(images, labels, copies): the training images, then their mirror images (config.flip), then
+    config.extra_views copies each shifted by up to 1/8 of its side (reflected at the edges) and mirrored
+    at random (drawn from the seed): view v of image i is row v * N + i."""
     images, labels = data.images, data.labels
-    if flip:
-        images = np.concatenate([images, images[:, :, ::-1]])
-        labels = np.concatenate([labels, labels])
-    return images, labels
+    views = [images]
+    if config.flip:
+        views.append(images[:, :, ::-1])
+    rng = np.random.default_rng([config.seed, 1])
+    for _ in range(config.extra_views):
+        views.append(_random_shifts(images, rng))
+    return np.concatenate(views), np.tile(labels, len(views)), len(views)
 
 
-def _validation_split(originals, fraction, seed, *, mirrored):
-    """(fit, validation) indices of the training images (and of their
-    mirror images, which follow them): an image and its mirror land on the same side."""
+def _random_shifts(images, rng):
+    """Each image moved by up to 1/8 of its side in each direction (reflected padding, then a crop),
+    and mirrored with probability 1/2: the crop-and-flip augmentation of CIFAR-10 training recipes."""
+    count, height, width = images.shape[:3]
+    pad = max(1, min(height, width) // 8)
+    padded = np.pad(images, [(0, 0), (pad, pad), (pad, pad), (0, 0)], mode="reflect")
+    tops, lefts = rng.integers(0, 2 * pad + 1, count), rng.integers(0, 2 * pad + 1, count)
+    mirrored = rng.random(count) < 0.5
+    shifted = np.empty_like(images)
+    for i in range(count):
+        crop = padded[i, tops[i]:tops[i] + height, lefts[i]:lefts[i] + width]
+        shifted[i] = crop[:, ::-1] if mirrored[i] else crop
+    return shifted
+
+
+def _validation_split(originals, fraction, seed, *, copies=1):
+    """(fit, validation) indices of the training images and of their copies (mirrors, shifted views),
+    which follow them in blocks of `originals`: an image and its copies land on the same side."""
     held = np.random.default_rng(seed).permutation(originals)[: max(1, int(round(fraction * originals)))]
-    validation = np.zeros(originals * (2 if mirrored else 1), bool)
-    validation[held] = True
-    if mirrored:
-        validation[held + originals] = True
+    validation = np.zeros(originals * copies, bool)
+    for copy in range(copies):
+        validation[held + copy * originals] = True
     return np.flatnonzero(~validation), np.flatnonzero(validation)
 
 
-def _resized(images, size, batch_size):
-    """float32 0-255 RGB images at size x size, through tf.data (resizing and grey-to-RGB)."""
+def _resized(images, size, batch_size, view=None):
+    """float32 0-255 RGB images at size x size, through tf.data (resizing and grey-to-RGB), in one of
+    kcnn.tta's views (view: (weight, shift, mirrored)) when given."""
     import tensorflow as tf
 
     def prepare(batch):
         batch = tf.cast(batch, tf.float32)
         if batch.shape[-1] == 1:
             batch = tf.repeat(batch, 3, axis=-1)
-        return tf.image.resize(batch, (size, size))
+        batch = tf.image.resize(batch, (size, size))
+        return tta.apply_view(batch, view, tf.experimental.numpy) if view else batch
 
     return tf.data.Dataset.from_tensor_slices(images).batch(batch_size).map(prepare).prefetch(tf.data.AUTOTUNE)
 
 
-def _predict(model, inputs, size, batch_size, multiple=1):
-    """model.predict on images (resized to `size`) or on activations (size None); `multiple`: the inputs
-    are padded to a multiple of it (copies of the last one) and the outputs cut back (kcnn.distribute)."""
+def _predict(model, inputs, size, batch_size, multiple=1, *, view=None, progress=None):
+    """model.predict on images (resized to `size`, in a test-time augmentation `view`) or on activations
+    (size None); `multiple`: the inputs are padded to a multiple of it (copies of the last one) and the
+    outputs cut back (kcnn.distribute); `progress`: an ImageProgress to advance."""
     count = len(inputs)
     if count % multiple:
         inputs = np.concatenate([inputs, np.repeat(inputs[-1:], multiple - count % multiple, axis=0)])
-    data = _resized(inputs, size, batch_size) if size else inputs
-    return np.asarray(model.predict(data, batch_size=batch_size, verbose=0), dtype="float32")[:count]
+    data = _resized(inputs, size, batch_size, view) if size else inputs
+    callbacks = [progress.callback(count, batch_size)] if progress else []
+    return np.asarray(model.predict(data, batch_size=batch_size, verbose=0, callbacks=callbacks),
+                      dtype="float32")[:count]
 
 
 def _phase_callbacks(config, finetune=False):

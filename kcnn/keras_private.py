@@ -30,6 +30,8 @@ INSTANCE_NAMES = [
     ("a layer on the torch backend", "_track_variables", "torch_fast lists the new parameter for torch"),
     ("a layer of a functional model", "_inbound_nodes", "torch_fast folds batch norms; kcnn.summary counts MACs"),
     ("a layer of a functional model", "_outbound_nodes", "torch_fast folds a batch norm into its only producer"),
+    ("a node of a functional model", "arguments", "kcnn.explain runs a model's graph layer by layer (a Node's "
+     "arguments.fill_in, input_tensors and outputs)"),
     ("a symbolic tensor", "_keras_history", "the layer that made a tensor (torch_fast, kcnn.weights.loading)"),
     ("a compiled model", "_loss_tracker", "DDP's train step tracks the loss as Keras' own"),
     ("a model", "_call_has_training_arg", "DDP's train step passes training=True as Keras' own"),
@@ -104,6 +106,18 @@ def outbound_nodes(layer):
 def producer(tensor):
     """The layer that made a symbolic tensor."""
     return tensor._keras_history.operation
+
+
+def node_tensors(node):
+    """(input tensors, output tensors) of one call of a layer in a functional graph (a keras.src Node)."""
+    return node.input_tensors, node.outputs
+
+
+def node_arguments(node, values):
+    """(args, kwargs) of a layer call in a functional graph, its symbolic tensors replaced by `values`
+    ({id(symbolic tensor): value}): what Keras' Functional.call passes to the layer (kcnn.explain walks a
+    model's graph this way, to read and change one layer's output)."""
+    return node.arguments.fill_in(values)
 
 
 # ---- torch kernels (kcnn.torch_fast) ---------------------------------------------------------------------

@@ -38,7 +38,7 @@ LOCK_NAME = ".kcnn.lock"
 MARKER = "kcnn"  # config.json's key that only kcnn writes: {"run_id", "kind", "version"}
 # Every name a run writes at the top of its directory; overwrite removes these (and temporaries) only.
 RUN_FILES = ("config.json", "model.keras", "best.keras", "history.csv", "metrics.json", "curves.png",
-             "confusion.png", "samples.png", "logs", "backup", "export", LOCK_NAME)
+             "confusion.png", "samples.png", "explain.png", "logs", "backup", "export", "explain", LOCK_NAME)
 # The kinds of run, and the config class each is read back into (imported by name: no import circle).
 KINDS = {"train": ("kcnn.train", "TrainConfig"), "finetune": ("kcnn.finetune", "FinetuneConfig")}
 # Settings a resumed run may change: they do not change what it computes.

@@ -16,7 +16,8 @@ from typing import Optional
 
 import numpy as np
 
-from kcnn import runs, torch_fast, workflow
+from kcnn import report, runs, torch_fast, workflow
+from kcnn import tta as kcnn_tta  # `tta` is a TrainConfig field and an argument here
 from kcnn.data.datasets import FOLDER_SPLITS, SPLITS
 from kcnn.errors import InvalidArgumentError, KcnnError
 from kcnn.rundir import RunDir, config_record, load_run  # noqa: F401 (load_run: kcnn.train.load_run, as before)
@@ -62,6 +63,8 @@ class TrainConfig:
     validation_split: float = 0.2  # image folders: fraction of each class held out
     on_bad_image: str = "skip"  # image folders: skip (and count) unreadable files, or stop at the first
     early_stopping: Optional[int] = None  # stop after this many epochs without a better val accuracy
+    class_weight: Optional[str] = None  # "balanced": each class weighs as if the classes were the same size
+    tta: Optional[str] = None  # also evaluate with test-time augmentation (kcnn.tta: flip, flip_crop)
     mixed_precision: bool = False
     jit_compile: object = "auto"
     distribute: bool = False  # data-parallel on the backend's own engine (kcnn.distribute); batch_size is global
@@ -156,6 +159,8 @@ class TrainConfig:
             bad("early_stopping", self.early_stopping, "a whole number of epochs of at least 1 (the patience)")
         if not 0 < self.validation_split < 1 and self.is_folder:
             bad("validation_split", self.validation_split, "in (0, 1) for an image folder")
+        kcnn_tta.check_mode(self.tta)
+        report.check_class_weight(self.class_weight)
         if self.resume and self.overwrite:
             raise InvalidArgumentError("resume and overwrite contradict each other; pass one of them.")
 
@@ -186,6 +191,8 @@ def _train(config, plan, callbacks):
         train_data = dataclasses.replace(train_data, images=train_data.images[: config.limit],
                                          labels=train_data.labels[: config.limit])
     num_classes = len(train_data.class_names)
+    if config.verbose and config.class_weight is None:
+        report.warn_if_imbalanced(train_data.labels, train_data.class_names)
     height, width, channels = train_data.image_shape
     if config.image_size:
         height = width = config.image_size
@@ -195,6 +202,9 @@ def _train(config, plan, callbacks):
     run = RunDir(config.output_dir)
     first_epoch = run.resumed_epoch() if config.resume else 0
     outputs = info.training.outputs_for(image_shape) if info.training else None  # training-only outputs
+    if outputs and config.class_weight:
+        raise InvalidArgumentError(f"{config.arch} trains with several outputs ({', '.join(outputs)}), which Keras' "
+                                   f"class weights do not cover; train it without class_weight (--class-weight).")
 
     # shard: this worker's part of each global batch (kcnn.distribute)
     train_ds = make_dataset(train_data, batch_size=config.batch_size, training=True, num_classes=num_classes,
@@ -246,6 +256,7 @@ def _fit(config, plan, run, info, outputs, train_data, train_ds, eval_ds, image_
             trainer = plan.wrap(trainer)
             trainer.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                         shuffle=False,  # the dataset shuffles, per epoch
+                        class_weight=report.class_weights(train_data.labels, num_classes, config.class_weight),
                         callbacks=plan.callbacks() + _callbacks(config, run.path, model, trainer, first_epoch, plan)
                         + list(callbacks),
                         verbose=config.verbose)
@@ -261,7 +272,7 @@ def _evaluate_and_save(config, plan, run, model, train_data, eval_data, image_sh
             f"Training diverged: the loss became NaN or infinite in epoch {len(rows)}; pass a lower learning "
             f"rate (--learning-rate, it was {config.learning_rate:g}) with --overwrite."
         )
-    metrics = evaluate_model(model, eval_data, image_shape, config.batch_size)
+    metrics = evaluate_model(model, eval_data, image_shape, config.batch_size, tta=config.tta)
     predicted = metrics.pop("predicted")
     if config.extra_eval_name():
         extra = config.load(config.extra_eval_name())
@@ -326,30 +337,55 @@ def normalized_model(arch, num_classes, image_shape, train_images, **build_kwarg
     return torch_fast.accelerate(keras.Model(inputs, backbone(x), name=arch))  # predict() under inference_mode
 
 
-def evaluate_model(model, data, image_shape, batch_size):
+def evaluate_model(model, data, image_shape, batch_size, *, tta=None):
+    """{accuracy, per_class_accuracy, per_class (precision, recall, F1), images, predicted} of `model` on
+    `data`, and with test-time augmentation `tta` (kcnn.tta) also {tta_accuracy: {tta: accuracy}}: the
+    views are made in the input pipeline, one pass each, the images themselves first."""
+    import tensorflow as tf
+
     from kcnn.data.pipeline import make_dataset
 
+    kcnn_tta.check_mode(tta)
     dataset = make_dataset(data, batch_size=batch_size, training=False, num_classes=len(data.class_names),
                            image_shape=image_shape)
-    logits = model.predict(dataset, verbose=0)
-    predicted = np.argmax(logits, axis=-1)
-    correct = predicted == data.labels
-    per_class = {name: float(correct[data.labels == i].mean()) for i, name in enumerate(data.class_names)
-                 if np.any(data.labels == i)}
-    return {"accuracy": float(correct.mean()), "per_class_accuracy": per_class, "images": int(len(data)),
-            "predicted": predicted}
+    view_logits = []
+    for view in kcnn_tta.VIEWS[tta] if tta else [None]:
+        changes = view is not None and (view[1] or view[2])  # (weight, shift, mirrored)
+        shown = dataset.map(lambda images, labels, view=view: (
+            kcnn_tta.apply_view(images, view, tf.experimental.numpy), labels)) if changes else dataset
+        view_logits.append(np.asarray(model.predict(shown, verbose=0), "float32"))
+    metrics = report.evaluation_metrics(data.labels, view_logits, data.class_names, tta)
+    metrics.update(images=int(len(data)), predicted=np.argmax(view_logits[0], axis=-1))
+    return metrics
 
 
-def predict_files(model, paths, class_names, *, top=5, transform=None):
+def evaluate_run(run_dir, *, tta=None):
+    """Evaluate a finished run's model.keras on its evaluation split again (on this backend): the metrics
+    of evaluate_model. With test-time augmentation `tta`, its accuracy is also recorded in the run's
+    metrics.json under tta_accuracy[tta] (written atomically; nothing else in the file changes)."""
+    model, config, _ = load_run(run_dir)
+    data = config.load(config.eval_split_name())
+    metrics = evaluate_model(model, data, tuple(model.input_shape[1:]), config.batch_size, tta=tta)
+    if tta:
+        run = RunDir(os.path.dirname(run_dir) if str(run_dir).endswith(".keras") else run_dir)
+        recorded = run.read_json("metrics.json")
+        recorded.setdefault("tta_accuracy", {}).update(metrics["tta_accuracy"])
+        run.write_json("metrics.json", recorded)
+    metrics["eval_split"] = config.eval_split_name()
+    return metrics
+
+
+def predict_files(model, paths, class_names, *, top=5, transform=None, tta=None):
     """For each image file, the `top` (class name, probability) pairs. `transform`: a pretrained source's
     `eval_transform` (resize the shorter side, centre crop); by default images are resized to the model's
-    input as in training."""
+    input as in training. `tta`: probabilities averaged over test-time views (kcnn.tta)."""
     import keras
 
     from kcnn.data.folder import read_image
 
     if not isinstance(top, int) or top < 1:
         raise InvalidArgumentError(f"top must be a whole number of at least 1. Received: top={top!r}")
+    answering = kcnn_tta.with_tta(model, tta)  # refuses before any file is read
     height, width, channels = model.input_shape[1:]
     mode = {1: "L", 3: "RGB"}[channels]
     images = []
@@ -359,7 +395,8 @@ def predict_files(model, paths, class_names, *, top=5, transform=None):
         else:
             images.append(read_image(path, mode, (height, width)))
     batch = np.stack(images).reshape(len(images), height, width, channels).astype("float32")
-    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(model.predict(batch, verbose=0), axis=-1))
+    logits = answering.predict(batch, verbose=0)
+    probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
     order = np.argsort(-probabilities, axis=-1)[:, :top]
     return [[(class_names[i], float(p[i])) for i in best] for p, best in zip(probabilities, order)]
 

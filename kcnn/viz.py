@@ -115,6 +115,46 @@ def sample_predictions(images, true_labels, predicted_labels, class_names, colum
     return figure
 
 
+def grad_cam_overlay(image, heatmap, alpha=0.4, cmap="jet"):
+    """A Grad-CAM heatmap (H, W) in [0, 1] (`kcnn.explain.grad_cam`) in a matplotlib colormap, blended over
+    the image (0-255, grey or RGB; `alpha` of the colour): an (H, W, 3) uint8 RGB image. A heatmap of
+    another size is resized (bilinear) to the image's."""
+    import matplotlib
+    from PIL import Image
+
+    image = np.asarray(image, dtype="float32")
+    image = np.repeat(image.reshape(image.shape[:2] + (1,)), 3, axis=-1) if image.ndim == 2 or image.shape[-1] == 1 \
+        else image[..., :3]
+    heatmap = np.asarray(heatmap, dtype="float32")
+    if heatmap.shape != image.shape[:2]:
+        heatmap = np.asarray(Image.fromarray(heatmap, mode="F").resize(image.shape[1::-1], Image.BILINEAR))
+    colours = matplotlib.colormaps[cmap](np.clip(heatmap, 0, 1))[..., :3] * 255
+    return np.clip((1 - alpha) * np.clip(image, 0, 255) + alpha * colours, 0, 255).round().astype(np.uint8)
+
+
+def grad_cam_grid(images, heatmaps, true_labels, predicted_labels, class_names, columns=4, alpha=0.4,
+                  title="Grad-CAM: where the model looked for its answer"):
+    """Images with their Grad-CAM overlays, titled with the prediction; wrong ones in red with the true
+    class (`true_labels` None: the prediction alone)."""
+    plt = _pyplot()
+    count = len(images)
+    rows = max(1, -(-count // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows + 0.4), squeeze=False)
+    for index, axis in enumerate(axes.ravel()):
+        axis.axis("off")
+        if index >= count:
+            continue
+        axis.imshow(grad_cam_overlay(images[index], heatmaps[index], alpha=alpha))
+        predicted = int(predicted_labels[index])
+        true = predicted if true_labels is None else int(true_labels[index])
+        right = predicted == true
+        label = class_names[predicted] if right else f"{class_names[predicted]}\n(true: {class_names[true]})"
+        axis.set_title(label, fontsize=8, color="black" if right else "red")
+    figure.suptitle(title + ("" if true_labels is None else " — wrong ones in red"))
+    figure.tight_layout()
+    return figure
+
+
 def save_figure(figure, path, dpi=110):
     from kcnn.utils import atomic_open
 

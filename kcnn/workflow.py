@@ -75,23 +75,34 @@ def save_run(run, config, plan, model, metrics, eval_data, predicted, *, phase_s
     metrics.setdefault("backend", keras.backend.backend())
     if config.distribute:
         metrics["distribute"] = plan.describe()
+    clock = Stopwatch()
+    if config.verbose:  # the steps after training take seconds each: say what is happening
+        print("Writing model.keras, metrics.json and the plots (curves, confusion, samples, Grad-CAM) ...",
+              flush=True)
     run.save_model(model)
     run.write_json("metrics.json", metrics)
     history = run.history()
-    plots(run, history, eval_data, predicted, config, phase_starts=phase_starts)
+    plots(run, history, eval_data, predicted, config, phase_starts=phase_starts, model=model)
+    if config.verbose:
+        print(f"... {clock.seconds:.0f} s.", flush=True)
     if config.export:
         from kcnn.export import export
 
+        if config.verbose:
+            print("Exporting a SavedModel for serving (on TensorFlow) ...", flush=True)
+            clock = Stopwatch()
         # overwrite: a resumed run replaces an export its killed predecessor finished
         metrics["export"] = export(run.path, "saved_model", overwrite=True, verbose=False)
         run.write_json("metrics.json", metrics)
+        if config.verbose:
+            print(f"... {clock.seconds:.0f} s.", flush=True)
     run.finish()  # last: while the backup exists, --resume can finish a run killed after training
     if config.verbose:
         print(summary_table(config, metrics))
     return Run(run.path, model, history, metrics)
 
 
-def plots(run, history, eval_data, predicted, config, phase_starts=None):
+def plots(run, history, eval_data, predicted, config, phase_starts=None, model=None):
     from kcnn import viz
 
     viz.save_figure(viz.training_curves(history, title=f"{config.arch} on {config.dataset_name}",
@@ -104,6 +115,27 @@ def plots(run, history, eval_data, predicted, config, phase_starts=None):
     viz.save_figure(viz.sample_predictions(eval_data.images[:32][wrong_first], eval_data.labels[:32][wrong_first],
                                            predicted[:32][wrong_first], eval_data.class_names),
                     run.file("samples.png"))
+    if model is not None:
+        explanations(run, model, eval_data, predicted)
+
+
+def explanations(run, model, eval_data, predicted, count=8):
+    """explain.png: Grad-CAM on `count` held-out images, the wrong ones first (up to half), each map of the
+    class the model predicted. A model without a convolution feature map (the mlp) gets none: one line says so."""
+    from kcnn import explain, viz
+
+    right, wrong = (np.flatnonzero((predicted[:64] == eval_data.labels[:64]) == ok) for ok in (True, False))
+    chosen = np.concatenate([wrong[:count // 2], right[:count - min(len(wrong), count // 2)], wrong[count // 2:]])
+    chosen = chosen[:count]
+    images = explain.fit_to_model(model, eval_data.images[chosen])
+    try:
+        heatmaps = explain.grad_cam(model, images, class_index=predicted[chosen])
+    except explain.NoSpatialLayerError:
+        print(f"explain.png skipped: {model.name} has no convolution feature map for Grad-CAM")
+        return
+    viz.save_figure(viz.grad_cam_grid(images, heatmaps, eval_data.labels[chosen], predicted[chosen],
+                                      eval_data.class_names, title=f"Grad-CAM on {eval_data.name}"),
+                    run.file("explain.png"))
 
 
 def summary_table(config, metrics):
@@ -116,6 +148,8 @@ def summary_table(config, metrics):
         f"{what:{width}s} {config.arch}{weights} / {config.dataset_name} ({metrics['backend']})",
         f"{metrics['eval_split'] + ' accuracy':{width}s} {metrics['accuracy']:.4f}",
     ]
+    for mode, accuracy in metrics.get("tta_accuracy", {}).items():
+        lines.append(f"{'with test-time ' + mode:{width}s} {accuracy:.4f}")
     for key, value in metrics.items():
         if key.endswith("_accuracy") and key != "per_class_accuracy" and isinstance(value, float):
             lines.append(f"{key:{width}s} {value:.4f}")
@@ -133,6 +167,11 @@ def summary_table(config, metrics):
     lines.append(f"{'parameters':{width}s} {metrics['parameters']:,}")
     if "export" in metrics:
         lines.append(f"{'export (SavedModel)':{width}s} {metrics['export']}")
+    if "per_class" in metrics:
+        from kcnn.report import format_report
+
+        lines += ["", f"per class, {metrics['eval_split']} images (metrics.json: per_class)",
+                  format_report(metrics["per_class"], width)]
     return "\n".join(lines)
 
 

@@ -13,7 +13,7 @@ if WORKERS_DIR not in sys.path:
 
 # What every finished run directory holds (both workflows).
 RUN_FILES = ("config.json", "model.keras", "history.csv", "metrics.json", "curves.png", "confusion.png",
-             "samples.png")
+             "samples.png", "explain.png")
 
 
 def worker(name):

@@ -27,6 +27,7 @@ from PIL import Image
 
 import kcnn
 import kcnn.data
+import kcnn.explain
 import kcnn.export
 from kcnn import runs
 from kcnn.data.files import ChecksumError, DatasetNotFoundError
@@ -138,6 +139,36 @@ def tiny_model_file(path):
     inputs = keras.Input((8, 8, 1))
     keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs))).save(path)
     return path
+
+
+def tiny_conv_model():
+    """A convolution, then a Dense layer (zero initializers: nothing compiled on JAX)."""
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    x = keras.layers.Conv2D(2, 3, kernel_initializer="zeros", name="conv")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, kernel_initializer="zeros", name="dense")(
+        keras.layers.Flatten()(x)))
+
+
+def tiny_dense_model():
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    return keras.Model(inputs, keras.layers.Dense(2, kernel_initializer="zeros")(keras.layers.Flatten()(inputs)))
+
+
+def explain_run(tmp, model_file_writer=lambda path: tiny_conv_model().save(path)):
+    """A run directory with a small model, and an image x.png to explain."""
+    _written(tmp / "x.png", png_bytes())
+    return run_with_model(tmp, model_file_writer)
+
+
+def any_size_model():
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    return keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs)))
 
 
 def run_with_model(tmp, model_file_writer):
@@ -255,6 +286,20 @@ BAD_INPUTS = [
         lambda t, p: train(t, label_smoothing=1.5), lambda t, p: ["train", *DIGITS, "--label-smoothing", "1.5"]),
     Row("image size of zero", InvalidArgumentError, r"image_size must be a whole number",
         lambda t, p: train(t, image_size=0), lambda t, p: ["train", *DIGITS, "--image-size", "0"]),
+    Row("unknown test-time augmentation", InvalidArgumentError,
+        r"Unknown test-time augmentation 'mirror'; choose flip or flip_crop",
+        lambda t, p: finetune(t, tta="mirror")),
+    Row("unknown class weighting", InvalidArgumentError, r"Unknown class weighting 'equal'; pass 'balanced'",
+        lambda t, p: train(t, class_weight="equal")),
+    Row("test-time augmentation on a model of any input size", InvalidArgumentError,
+        r"Test-time augmentation needs a model of fixed input size.*input_shape",
+        lambda t, p: predict_files(any_size_model(), [p], ["a", "b"], tta="flip"),
+        setup=lambda t, mp: _written(t / "cat.png", png_bytes())),
+    Row("test-time augmentation in a .keras export", ExportError,
+        r"cannot hold test-time augmentation; export saved_model or onnx with --tta",
+        lambda t, p: kcnn.export.export(p, "keras", tta="flip"),
+        lambda t, p: ["export", str(p), "--format", "keras", "--tta"],
+        setup=lambda t, mp: run_with_model(t, tiny_model_file)),
     Row("resume and overwrite together", InvalidArgumentError, r"resume and overwrite contradict",
         lambda t, p: train(t, resume=True, overwrite=True),
         lambda t, p: ["train", *DIGITS, "--resume", "--overwrite"]),
@@ -432,6 +477,30 @@ BAD_INPUTS = [
     Row("fine-tune at a size the backbone cannot take", InvalidArgumentError, r"at least 32x32",
         lambda t, p: finetune(t, image_size=16),
         lambda t, p: ["finetune", "--image-size", "16", "--output-dir", str(t / "ft")]),
+    # -- explanations (Grad-CAM) --
+    Row("Grad-CAM of a layer that does not exist", InvalidArgumentError,
+        r"no layer named 'conv9'.*spatial layers for Grad-CAM are conv",
+        lambda t, p: kcnn.explain.grad_cam(tiny_conv_model(), np.zeros((1, 8, 8, 1)), layer="conv9"),
+        lambda t, p: ["explain", str(p), str(t / "x.png"), "--layer", "conv9"], setup=lambda t, mp: explain_run(t)),
+    Row("Grad-CAM of a layer without a spatial output", InvalidArgumentError,
+        r"'dense' of .* has no spatial output.*spatial layers are conv",
+        lambda t, p: kcnn.explain.grad_cam(tiny_conv_model(), np.zeros((1, 8, 8, 1)), layer="dense"),
+        lambda t, p: ["explain", str(p), str(t / "x.png"), "--layer", "dense"], setup=lambda t, mp: explain_run(t)),
+    Row("Grad-CAM of a class index out of range", InvalidArgumentError, r"class_index 5 is outside 0\.\.1",
+        lambda t, p: kcnn.explain.grad_cam(tiny_conv_model(), np.zeros((1, 8, 8, 1)), class_index=5)),
+    Row("Grad-CAM of a class name the model does not have", InvalidArgumentError,
+        r"Unknown class 'zebra'.*classes are 'a', 'b'",
+        lambda t, p: kcnn.explain.explain_files(tiny_conv_model(), [str(t / "x.png")], ("a", "b"), str(t / "out"),
+                                                class_name="zebra"),
+        lambda t, p: ["explain", str(p), str(t / "x.png"), "--class", "zebra"], setup=lambda t, mp: explain_run(t)),
+    Row("Grad-CAM of images of the wrong size", InvalidArgumentError, r"shape \(N, 8, 8, 1\).*\(1, 9, 8, 1\)",
+        lambda t, p: kcnn.explain.grad_cam(tiny_conv_model(), np.zeros((1, 9, 8, 1)))),
+    Row("Grad-CAM of RGB images for a grey model", InvalidArgumentError, r"shape \(N, 8, 8, 1\).*\(2, 8, 8, 3\)",
+        lambda t, p: kcnn.explain.input_gradients(tiny_conv_model(), np.zeros((2, 8, 8, 3)))),
+    Row("Grad-CAM of a model without a feature map", kcnn.explain.NoSpatialLayerError,
+        r"no convolution feature map.*input_gradients",
+        lambda t, p: kcnn.explain.grad_cam(tiny_dense_model(), np.zeros((1, 8, 8, 1))),
+        lambda t, p: ["explain", str(p), str(t / "x.png")], setup=lambda t, mp: explain_run(t, tiny_model_file)),
 ]
 
 
@@ -530,7 +599,7 @@ def test_cli(row, tmp_path, monkeypatch, capsys):
 
 
 def test_the_table_is_large_and_mostly_through_both_doors():
-    assert len(BAD_INPUTS) >= 30 and len(CLI_ROWS) >= 30  # 56 and 49 (README)
+    assert len(BAD_INPUTS) >= 30 and len(CLI_ROWS) >= 30  # 63 and 53 (README)
     assert len({row.name for row in BAD_INPUTS}) == len(BAD_INPUTS)
 
 

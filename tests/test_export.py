@@ -148,6 +148,26 @@ def test_a_pretrained_model_with_preprocessing_inside_exports_from_another_backe
     assert (tmp_path / "served" / "class_names.txt").read_text().split() == list("abcde")
 
 
+def test_an_export_with_test_time_augmentation_answers_as_the_wrapped_model(tmp_path):
+    """kcnn export --tta flip_crop: the ONNX file (made on TensorFlow) gives the probabilities kcnn.tta's
+    model gives here (JAX): the 6 views averaged."""
+    import onnxruntime
+
+    from kcnn.tta import with_tta
+
+    model = kcnn.build("lenet5", num_classes=3, input_shape=(32, 32, 3))
+    model.save(tmp_path / "model.keras")
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(with_tta(model, "flip_crop")(images)))
+    plain = keras.ops.convert_to_numpy(keras.ops.softmax(model(images)))
+    assert np.abs(expected - plain).max() > 1e-4  # the views change the answer
+    path = export(tmp_path / "model.keras", "onnx", tmp_path / "served", tta="flip_crop", verbose=False)
+    session = onnxruntime.InferenceSession(path)
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"image": images})))
+    np.testing.assert_allclose(outputs["probabilities"], expected, rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(outputs["class_index"], np.argmax(expected, -1))
+
+
 # ---------------------------------------------------------------------------
 # Bad input: one clear message, nothing written or changed
 

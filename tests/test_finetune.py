@@ -37,17 +37,20 @@ def test_split_at_a_block_boundary_computes_the_same_model(arch, input_shape):
 
 
 def test_cached_features_give_the_answer_of_a_frozen_backbone_in_fit():
-    """kcnn's cache path (the backbone as fine-tuning builds and cuts it, `_with_mirrors`, `_predict` through
+    """kcnn's cache path (the backbone as fine-tuning builds and cuts it, `training_views`, `_predict` through
     both parts, resizing included) gives the features of the frozen model on each image and its mirror, and
-    a head fitted on them ends with the weights of the same head behind the frozen backbone inside fit()."""
-    from kcnn.finetune import FinetuneConfig, _backbone, _predict, _with_mirrors
+    on the test-time augmentation views of kcnn.tta; and a head fitted on them ends with the weights of the
+    same head behind the frozen backbone inside fit()."""
+    from kcnn import tta
+    from kcnn.finetune import FinetuneConfig, _backbone, _predict, training_views
 
     config = FinetuneConfig(image_size=32, unfreeze=2, verbose=0)
     backbone = _backbone(config)
     assert backbone.cut is not None  # the pass goes through a cut model: bottom, then top
     data = kcnn.data.load("cifar10_sample", "train")
     data = dataclasses.replace(data, images=data.images[:32], labels=data.labels[:32])
-    images, labels = _with_mirrors(data, flip=True)
+    images, labels, copies = training_views(data, config)
+    assert copies == 2
     activations = _predict(backbone.fast_bottom, images, 32, 16)
     features = _predict(backbone.fast_top, activations, None, 16)
     # the reference: the whole frozen model on the images and their mirrors, made here
@@ -55,6 +58,11 @@ def test_cached_features_give_the_answer_of_a_frozen_backbone_in_fit():
     both = np.concatenate([originals, originals[:, :, ::-1]])
     np.testing.assert_array_equal(labels, np.concatenate([data.labels, data.labels]))
     assert_close(features, backbone.model.predict(both, verbose=0), rtol=1e-5, what="cached features")
+    # a shifted test-time view through the cache path is the frozen model on that view (kcnn.tta's own ops)
+    view = tta.VIEWS["flip_crop"][-1]
+    shifted = _predict(backbone.fast_top, _predict(backbone.fast_bottom, data.images, 32, 16, view=view), None, 16)
+    reference = backbone.model.predict(tta.apply_view(originals, view, np), verbose=0)
+    assert_close(shifted, reference, rtol=1e-5, what="test-time view")
     one_hot = keras.utils.to_categorical(labels, 10)
 
     def head():
@@ -104,10 +112,13 @@ def test_finetune_an_image_folder_through_the_cli_then_evaluate_and_predict(tmp_
     assert metrics["export"] == str(run_dir / "export" / "1")  # a SavedModel for serving, TF Serving's layout
     assert (run_dir / "export" / "1" / "saved_model.pb").is_file()
     assert (run_dir / "export" / "1" / "assets" / "class_names.txt").read_text().split() == ["cat", "ship"]
-    evaluated = kcnn_cli("jax", "evaluate", str(run_dir))
+    # test-time flips: from the frozen-layer cache in the run (TensorFlow), in the input pipeline here (JAX)
+    evaluated = kcnn_cli("jax", "evaluate", str(run_dir), "--tta", "flip")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert f"validation accuracy {metrics['accuracy']:.4f}" in evaluated.stdout
-    predicted = kcnn_cli("torch", "predict", str(run_dir), str(photos / "cat" / "0.png"), "--top", "2")
+    assert f"validation accuracy with test-time flip {metrics['tta_accuracy']['flip']:.4f}" in evaluated.stdout
+    assert set(metrics["per_class"]) == {"cat", "ship", "macro avg"}
+    predicted = kcnn_cli("torch", "predict", str(run_dir), str(photos / "cat" / "0.png"), "--top", "2", "--tta")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     assert "cat" in predicted.stdout and "ship" in predicted.stdout
     again = kcnn_cli("tensorflow", "finetune", "--dataset", str(photos), "--output-dir", str(run_dir))

@@ -47,6 +47,7 @@ def test_every_private_instance_name_kcnn_uses_exists():
         "a built Conv2D": conv, "a Keras variable": conv.kernel, "a layer of a functional model": conv,
         "a symbolic tensor": outputs, "a compiled model": model, "a model": model,
         "a BackupAndRestore": keras.callbacks.BackupAndRestore("unused"),
+        "a node of a functional model": keras_private.inbound_nodes(conv)[0],
     }
     for where, name, use in keras_private.INSTANCE_NAMES:
         if where in objects:
@@ -54,6 +55,10 @@ def test_every_private_instance_name_kcnn_uses_exists():
     assert keras_private.kernel_variable(conv) is conv.kernel
     assert keras_private.producer(outputs).__class__ is keras.layers.BatchNormalization
     assert keras_private.inbound_nodes(conv) and keras_private.outbound_nodes(conv)
+    node_inputs, node_outputs = keras_private.node_tensors(keras_private.inbound_nodes(conv)[0])
+    assert node_inputs == [inputs] and keras_private.producer(node_outputs[0]) is conv
+    args, _ = keras_private.node_arguments(keras_private.inbound_nodes(conv)[0], {id(inputs): "value"})
+    assert args == ("value",), "a Node's arguments no longer fill in the values of its input tensors"
     assert keras_private.call_has_training_arg(model) in (True, False)
     assert seen["context"] == (probe, True), "Keras' call context no longer holds the entry layer and training"
     assert isinstance(keras_private.uninitialized_variables(), list)

@@ -22,7 +22,7 @@ QUICK = dict(dataset="digits", arch="lenet5", image_size=32, epochs=2, batch_siz
 def test_cli_training_run_on_each_backend(backend, tmp_path):
     run_dir = tmp_path / "run"
     result = kcnn_cli(backend, "train", "--dataset", "digits", "--epochs", "1", "--limit", "256",
-                      "--batch-size", "64", "--output-dir", str(run_dir))
+                      "--batch-size", "64", "--tta", "flip", "--output-dir", str(run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     for name in RUN_FILES:
         assert (run_dir / name).stat().st_size > 0, name
@@ -34,9 +34,12 @@ def test_cli_training_run_on_each_backend(backend, tmp_path):
     assert config["arch"] == "cifar_resnet20" and config["versions"]["backend"] == backend
     # the saved model evaluates the same on another backend
     other = {"tensorflow": "torch", "torch": "jax", "jax": "tensorflow"}[backend]
-    evaluated = kcnn_cli(other, "evaluate", str(run_dir))
+    # and with test-time augmentation (made in its input pipeline) as this backend's run recorded it
+    evaluated = kcnn_cli(other, "evaluate", str(run_dir), "--tta", "flip")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert f"test accuracy {metrics['accuracy']:.4f}" in evaluated.stdout
+    assert f"test accuracy with test-time flip {metrics['tta_accuracy']['flip']:.4f}" in evaluated.stdout
+    assert metrics["per_class"]["macro avg"]["support"] == metrics["images"]
 
 
 def test_resume_after_a_crash_reaches_the_same_weights(tmp_path, monkeypatch):
