@@ -1,13 +1,14 @@
 """The main job's levers, one at a time: what each adds in held-out accuracy and costs in seconds.
 
-    python bench/finetune_levers.py [--backend torch] [--levers all|NAME,NAME] [--seeds 0]
+    python bench/finetune_levers.py [--backend torch] [--levers all|NAME,NAME] [--seeds 0] [--base FLAGS]
+    python bench/finetune_levers.py --tta-latency RUN_DIR     # what test-time augmentation costs an export
 
 Every row is `workflows/finetune.py` (EfficientNet-Lite0 with its ImageNet weights, the embedded CIFAR-10
 sample: 2,000 training images, 1,000 held out) in a fresh process, with the flags in its row on top of
 the main job's defaults; run directories go to saved_models/bench_levers/. "plain" is the saved model's
 accuracy on the 1,000 held-out images, "TTA" the same model with test-time augmentation (kcnn.tta), and
-"workflow s" the fine-tuning's own clock (frozen-layer pass, both phases and the evaluation's views; not
-the process start). Times depend on the CPU: name its instruction sets beside them (`kcnn doctor`).
+"workflow s" the fine-tuning's own clock (metrics.json's workflow_seconds: the backbone, the frozen-layer pass,
+both phases and the evaluation with its views; not the process start, the plots or the export). Times depend on the CPU: name its instruction sets beside them (`kcnn doctor`).
 """
 
 import argparse
@@ -124,7 +125,7 @@ def main():
         tta = [m["tta_accuracy"][modes[0]] for m in metrics] if modes else []
         print(f"| {what} | `{' '.join(flags) or '(none)'}` | {cell([m['accuracy'] for m in metrics])} | "
               f"{cell(tta) + ' (' + modes[0] + ')' if tta else '-'} | "
-              f"{cell([m['train_seconds'] for m in metrics], False)} | "
+              f"{cell([m.get('workflow_seconds', m['train_seconds']) for m in metrics], False)} | "
               f"{cell([m['feature_seconds'] for m in metrics], False)} | "
               f"{cell([wall for _, wall in results], False)} |", flush=True)
 

@@ -10,7 +10,7 @@
     kcnn predict efficientnet_lite0 IMAGE     ImageNet top-5 with a pretrained model's weights
     kcnn explain RUN_DIR IMAGE [IMAGE ...]    Grad-CAM overlays, where the model looked (into RUN_DIR/explain/)
     kcnn explain efficientnet_lite0 IMAGE [--class NAME] [--layer NAME]   the same into saved_models/explain/
-    kcnn export RUN_DIR [--format onnx]       SavedModel (TF Serving layout), ONNX or .keras for serving
+    kcnn export RUN_DIR [--format onnx]       SavedModel (TF Serving layout), ONNX, LiteRT or .keras for serving
     kcnn doctor [--data-dir DIR]              backends, GPUs, data and weights found, checksums (exit 1: a mismatch)
 
 Bad input exits with code 2 and one line on stderr, never a traceback.
@@ -69,9 +69,15 @@ def _parser():
     explain.add_argument("--layer", help="the layer whose feature maps are weighed (default: the last one with "
                          "a spatial output)")
     explain.add_argument("--weights", default="imagenet", help="with a model name: which of its named weights")
-    export = commands.add_parser("export", help="export a run's model for serving (SavedModel, ONNX, .keras)")
+    export = commands.add_parser("export", help="export a run's model for serving (SavedModel, ONNX, LiteRT, "
+                                 ".keras)")
     export.add_argument("source", help="a run directory, or a .keras file")
-    export.add_argument("--format", default="saved_model", choices=("saved_model", "onnx", "keras"))
+    export.add_argument("--format", default="saved_model", choices=("saved_model", "onnx", "litert", "keras"))
+    export.add_argument("--quantize", choices=("none", "float16", "int8"),
+                        help="LiteRT only: float16 weights, or int8 weights and activations calibrated on the run's "
+                             "training images (needs a run directory); default none (float32)")
+    export.add_argument("--calibration-images", type=int, default=200,
+                        help="int8: how many training images calibrate the quantization (default 200)")
     export.add_argument("--output", help="the export folder (default: RUN_DIR/export, or saved_models/NAME_export "
                         "for a .keras file); a SavedModel goes into OUTPUT/VERSION/ as TensorFlow Serving expects")
     export.add_argument("--version", type=int, default=1, help="SavedModel version folder (default 1)")
@@ -330,7 +336,7 @@ def main(argv=None):
             from kcnn.export import export
 
             export(args.source, args.format, args.output, version=args.version, overwrite=args.overwrite,
-                   tta=args.tta)
+                   tta=args.tta, quantize=args.quantize, calibration_images=args.calibration_images)
         elif args.command == "doctor":
             from kcnn.doctor import doctor, format_report
 

@@ -3,6 +3,7 @@
     from kcnn.export import export
     export("saved_models/finetune_efficientnet_lite0_cifar10_sample")            # SavedModel, RUN/export/1/
     export("model.keras", format="onnx", output="saved_models/my_model")          # saved_models/my_model/model.onnx
+    export("saved_models/my_run", format="litert", quantize="int8")               # saved_models/my_run/export/model_int8.tflite
 
 Keras writes SavedModels only from the TensorFlow backend (`model.export`
 needs torch_xla on PyTorch), so the export itself always runs on TensorFlow:
@@ -21,6 +22,12 @@ Layouts:
   the folder TensorFlow Serving watches; `serving_default` (float32) and `serving_uint8`.
 - onnx: OUTPUT/model.onnx (dynamic batch; class names in its metadata) and
   OUTPUT/class_names.txt.
+- litert: OUTPUT/model.tflite (float32), model_float16.tflite (float16 weights) or model_int8.tflite
+  (int8 weights and activations, float32 in and out), each with the signature `serving_default`
+  (input `image`, outputs `probabilities` and `class_index`; class names in the flatbuffer's metadata
+  `class_names`), and OUTPUT/class_names.txt. int8 is post-training quantization calibrated on images of
+  the run's own training data, so it needs a run directory; from a run, the export measures the LiteRT
+  models' accuracy on the run's evaluation split (kcnn_export.json records it).
 - keras: OUTPUT/model.keras, a copy.
 
 Nothing half-written: everything is written under a temporary name beside
@@ -41,7 +48,12 @@ from kcnn import modelfile
 from kcnn.errors import InvalidArgumentError, KcnnError
 from kcnn.utils import atomic_open, atomic_path
 
-FORMATS = ("saved_model", "onnx", "keras")
+FORMATS = ("saved_model", "onnx", "keras", "litert")
+# LiteRT (TensorFlow Lite) flatbuffers, one file per quantization: float32, float16 weights, int8 throughout.
+QUANTIZATIONS = {"none": "model.tflite", "float16": "model_float16.tflite", "int8": "model_int8.tflite"}
+CALIBRATION_IMAGES = 200  # int8: training images the converter measures activation ranges on
+CALIBRATION_SEED = 0  # which training images those are
+EVALUATION_IMAGES = 1000  # the LiteRT models' accuracy: on the first images of the evaluation split
 # The file that marks a folder as kcnn's export folder (TensorFlow Serving looks only at the version folders).
 EXPORT_MARKER = "kcnn_export.json"
 ONNX_OPSET = 17
@@ -52,15 +64,18 @@ class ExportError(KcnnError):
 
 
 def export(source, format="saved_model", output=None, *, version=1, overwrite=False, class_names=None,
-           tta=None, verbose=True):
+           tta=None, quantize=None, calibration_images=CALIBRATION_IMAGES, verbose=True):
     """Export the model of a run directory (or a `.keras` file) for serving;
-    returns the path written (the version folder, model.onnx or model.keras).
+    returns the path written (the version folder, model.onnx, a .tflite file or model.keras).
     `tta` ("flip", "flip_crop"): the exported model averages its answer over test-time views
-    (kcnn.tta), at kcnn.tta.passes(tta) forward passes per image."""
+    (kcnn.tta), at kcnn.tta.passes(tta) forward passes per image.
+    `quantize` (litert only): "none" (the default), "float16" or "int8"; int8 is calibrated on
+    `calibration_images` images of the run's training split."""
     model_path, run_dir = find_model(source)
     if format not in FORMATS:
         raise ExportError(f"Unknown export format {format!r}; choose one of {', '.join(FORMATS)}.")
     check_tta(tta)
+    quantize = check_quantize(format, quantize, run_dir, calibration_images)
     if tta and format == "keras":
         raise ExportError("A .keras export is a copy of the model file and cannot hold test-time augmentation; "
                           "export saved_model or onnx with --tta, or wrap the loaded model with kcnn.tta.with_tta.")
@@ -71,8 +86,8 @@ def export(source, format="saved_model", output=None, *, version=1, overwrite=Fa
         stem = os.path.splitext(os.path.basename(model_path))[0]
         output = (os.path.join(run_dir, "export") if run_dir
                   else os.path.join("saved_models", f"{stem}_export"))
-    destination = os.path.join(output, {"saved_model": str(version), "onnx": "model.onnx",
-                                        "keras": "model.keras"}[format])
+    destination = os.path.join(output, {"saved_model": str(version), "onnx": "model.onnx", "keras": "model.keras",
+                                        "litert": QUANTIZATIONS.get(quantize)}[format])
     _check_output(output, run_dir, overwrite)
     if os.path.exists(destination) and not overwrite:
         raise ExportError(f"{destination} already exists; pass overwrite=True (--overwrite) to replace it"
@@ -86,16 +101,58 @@ def export(source, format="saved_model", output=None, *, version=1, overwrite=Fa
             load_model(model_path)  # refuse what Keras cannot load, as the other formats do
             with atomic_path(destination) as temporary:
                 shutil.copyfile(model_path, temporary)
+            record = {}
         else:
-            _run_on_tensorflow(model_path, format, destination, class_names, tta)
-        _mark_output(output, destination, format, model_path)
+            litert = {"quantize": quantize, "run_dir": run_dir, "calibration_images": calibration_images} \
+                if format == "litert" else None
+            record = _run_on_tensorflow(model_path, format, destination, class_names, tta, litert) or {}
+        _mark_output(output, destination, format, model_path, record)
     except BaseException:
         if created and not os.listdir(output):
             os.rmdir(output)  # leave no trace of a failed export
         raise
     if verbose:
-        print(f"Exported {model_path} ({format}) to {destination}")
+        print(f"Exported {model_path} ({format}{f', {quantize}' if quantize else ''}) to {destination}")
+        if "accuracy" in record:
+            print(describe_accuracy(record["accuracy"]))
     return destination
+
+
+def check_quantize(format, quantize, run_dir, calibration_images):
+    """The quantization of a LiteRT export ("none" when not given); refused for the other formats, and int8
+    without a run's training images to calibrate on."""
+    if format != "litert":
+        if quantize is not None:
+            raise ExportError(f"Quantization applies to LiteRT exports only; pass --format litert, or leave out "
+                              f"--quantize. Received: quantize={quantize!r} with format={format!r}")
+        return None
+    quantize = "none" if quantize is None else quantize
+    if quantize not in QUANTIZATIONS:
+        raise ExportError(f"Unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}.")
+    if quantize == "int8":
+        if isinstance(calibration_images, bool) or not isinstance(calibration_images, int) or calibration_images < 1:
+            raise ExportError(f"calibration_images must be a whole number of at least 1. "
+                              f"Received: calibration_images={calibration_images!r}")
+        if run_dir is None:
+            raise ExportError("int8 needs calibration images from the run's training data: export a run directory "
+                              "(or the model.keras inside one), not a bare .keras file, or choose float16.")
+        _litert_run_config(run_dir)  # its config.json names the data; refused here, before any work
+    return quantize
+
+
+def _litert_run_config(run_dir):
+    from kcnn.rundir import run_config
+
+    try:
+        return run_config(run_dir)[0]
+    except KcnnError as error:
+        raise ExportError(f"int8 needs the run's training images to calibrate on, but {error}") from None
+
+
+def describe_accuracy(accuracy):
+    """One line: the LiteRT models' accuracy on the evaluation images (kcnn_export.json's `accuracy`)."""
+    shown = ", ".join(f"{name} {value:.4f}" for name, value in accuracy.items() if name not in ("split", "images"))
+    return f"LiteRT accuracy on the first {accuracy['images']} images of {accuracy['split']}: {shown}"
 
 
 def check_tta(tta):
@@ -146,7 +203,7 @@ def _check_output(output, run_dir, overwrite):
             f"folder as --output.")
 
 
-def _mark_output(output, destination, format, model_path):
+def _mark_output(output, destination, format, model_path, details=None):
     """kcnn_export.json: what kcnn exported into this folder (so that a later export may replace it)."""
     path = os.path.join(output, EXPORT_MARKER)
     try:
@@ -157,7 +214,8 @@ def _mark_output(output, destination, format, model_path):
     import kcnn
 
     exports = dict(record.get("kcnn", {}).get("exports", {}))
-    exports[os.path.basename(destination)] = {"format": format, "model": os.path.abspath(model_path)}
+    exports[os.path.basename(destination)] = {"format": format, "model": os.path.abspath(model_path),
+                                              **(details or {})}
     with atomic_open(path) as f:
         json.dump({"kcnn": {"version": kcnn.__version__, "exports": exports}}, f, indent=1)
 
@@ -179,26 +237,35 @@ def load_model(model_path):
 refusal = modelfile.refusal  # one sentence on why a .keras file did not load
 
 
-def _run_on_tensorflow(model_path, format, destination, class_names, tta=None):
+def _run_on_tensorflow(model_path, format, destination, class_names, tta=None, litert=None):
+    """The export on TensorFlow, here or in a child process; returns what export_on_tensorflow returns."""
     import keras
 
     if keras.backend.backend() == "tensorflow":
-        export_on_tensorflow(model_path, format, destination, class_names, tta)
-        return
+        return export_on_tensorflow(model_path, format, destination, class_names, tta, litert)
+    folder = tempfile.mkdtemp()
+    report = os.path.join(folder, "report.json")  # what the child returns
     request = json.dumps({"model": model_path, "format": format, "destination": destination,
-                          "class_names": class_names, "tta": tta})
+                          "class_names": class_names, "tta": tta, "litert": litert, "report": report})
     environment = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
-    done = subprocess.run([sys.executable, "-m", "kcnn.export", request], env=environment, capture_output=True,
-                          text=True)
-    if done.returncode == 2:  # an ExportError, one sentence on the last line
-        raise ExportError(done.stderr.strip().splitlines()[-1])
-    if done.returncode != 0:
-        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
-        raise ExportError(f"Exporting on the TensorFlow backend failed:\n{tail}")
+    try:
+        done = subprocess.run([sys.executable, "-m", "kcnn.export", request], env=environment, capture_output=True,
+                              text=True)
+        if done.returncode == 2:  # an ExportError, one sentence on the last line
+            raise ExportError(done.stderr.strip().splitlines()[-1])
+        if done.returncode != 0:
+            tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+            raise ExportError(f"Exporting on the TensorFlow backend failed:\n{tail}")
+        with open(report) as f:
+            return json.load(f)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
-def export_on_tensorflow(model_path, format, destination, class_names, tta=None):
-    """The export itself; runs on the TensorFlow backend."""
+def export_on_tensorflow(model_path, format, destination, class_names, tta=None, litert=None):
+    """The export itself; runs on the TensorFlow backend. Returns what kcnn_export.json records beside the
+    format (a LiteRT export's quantization, size and accuracy), or None. `litert`: {quantize, run_dir,
+    calibration_images}."""
     from kcnn.tta import with_tta
 
     model = load_model(model_path)
@@ -214,14 +281,21 @@ def export_on_tensorflow(model_path, format, destination, class_names, tta=None)
     if len(class_names) != num_classes or any("\n" in name for name in class_names):
         raise ExportError(f"{len(class_names)} class names for a model with {num_classes} outputs (or a name with "
                           f"a line break); pass one name per class.")
+    record = None
     if format == "saved_model":
         with atomic_path(destination) as temporary:
             _write_saved_model(model, temporary, class_names)
+    elif format == "litert":
+        from kcnn import litert as kcnn_litert
+
+        record = kcnn_litert.write(model, destination, class_names, **(litert or {}))
     else:
         with atomic_path(destination) as temporary:
             _write_onnx(model, temporary, class_names)
+    if format in ("onnx", "litert"):
         with atomic_path(os.path.join(os.path.dirname(destination), "class_names.txt")) as temporary:
             _write_lines(temporary, class_names)
+    return record
 
 
 def _serving_function(model):
@@ -319,11 +393,14 @@ def main(argv):
     """The child process of `_run_on_tensorflow`: exit 2 with one sentence on an ExportError."""
     request = json.loads(argv[0])
     try:
-        export_on_tensorflow(request["model"], request["format"], request["destination"], request["class_names"],
-                             request.get("tta"))
-    except ExportError as error:
+        record = export_on_tensorflow(request["model"], request["format"], request["destination"],
+                                      request["class_names"], request.get("tta"), request.get("litert"))
+    except KcnnError as error:  # an ExportError, or the run's data that does not load (one sentence each)
         print(error, file=sys.stderr)
         return 2
+    if request.get("report"):
+        with open(request["report"], "w") as f:
+            json.dump(record, f)
     return 0
 
 

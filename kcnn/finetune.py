@@ -206,8 +206,9 @@ def _finetune(config, plan, callbacks):
             train_seconds = clock.seconds
         model = assemble(config, backbone, head)
         metrics, predicted = evaluate(config, plan, backbone, head, model, frozen, eval_data)
-        metrics.update(
+        metrics.update(  # workflow_seconds: backbone, frozen pass, both phases and the evaluation
             train_seconds=round(train_seconds, 2), feature_seconds=round(frozen.seconds, 2),
+            workflow_seconds=round(clock.seconds, 2),
             train_images=int(len(train_data)), image_size=config.image_size, unfrozen_from=backbone.cut or "all",
             parameters=int(model.count_params()), backend=keras.backend.backend(), class_names=list(class_names),
             skipped_files=int(getattr(train_data, "skipped", 0)))

@@ -337,6 +337,13 @@ def load_run(path):
     model_path = path if str(path).endswith(".keras") else os.path.join(run_dir, "model.keras")
     if not os.path.isfile(model_path):
         raise KcnnError(f"{run_dir} holds no model.keras; pass the directory of a finished run.")
+    config, class_names = run_config(run_dir)
+    return load_model(model_path, error=KcnnError, accelerate=False), config, class_names
+
+
+def run_config(run_dir):
+    """(config, class names) of a finished run directory, its model left unread: a TrainConfig or a
+    FinetuneConfig, as config.json names its kind."""
     run = RunDir(run_dir)
     try:
         record = run.read_json("config.json")  # only read: a run without the marker loads too
@@ -349,4 +356,4 @@ def load_run(path):
             f"{run_dir} is not a complete kcnn run (config.json or metrics.json is missing or unreadable: "
             f"{error}); pass the directory a finished `kcnn train` wrote."
         ) from None
-    return load_model(model_path, error=KcnnError, accelerate=False), config, tuple(class_names)
+    return config, tuple(class_names)

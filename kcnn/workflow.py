@@ -159,8 +159,9 @@ def summary_table(config, metrics):
         lines.append(f"{'fine-tuned from':{width}s} {metrics['unfrozen_from']}")
     lines.append(f"{'epochs':{width}s} {metrics['epochs_run']}")
     if "feature_seconds" in metrics:
-        lines.append(f"{'time':{width}s} {metrics['train_seconds']:.1f} s ({metrics['feature_seconds']:.1f} s of it "
-                     f"through the frozen layers, once)")
+        lines.append(f"{'time':{width}s} {metrics.get('workflow_seconds', metrics['train_seconds']):.1f} s "
+                     f"({metrics['feature_seconds']:.1f} s of it through the frozen layers, once; "
+                     f"{metrics['train_seconds']:.1f} s to the end of training)")
     else:
         lines.append(f"{'training time':{width}s} {metrics['train_seconds']:.1f} s "
                      f"({metrics['train_images_per_second']:.0f} images/s)")
