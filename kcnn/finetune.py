@@ -36,7 +36,7 @@ from typing import Optional, Union
 
 import numpy as np
 
-from kcnn import report, runs, tta, workflow
+from kcnn import keras_private, report, runs, tta, workflow
 from kcnn.data.datasets import FOLDER_SPLITS, SPLITS  # noqa: F401 (SPLITS: kcnn.finetune.SPLITS, as before)
 from kcnn.errors import InvalidArgumentError, KcnnError
 from kcnn.report import check_class_weight, class_weights
@@ -421,7 +421,9 @@ def _fit_phase(config, plan, run, phase, model, inputs, frozen, epochs, callback
     targets = frozen.one_hot[frozen.fit_rows]
     weights = class_weights(np.argmax(targets, axis=-1), targets.shape[-1], config.class_weight)
     if config.ema and phase == "finetune":  # validation (and EarlyStopping's best epoch) on the average
-        decisions = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] + decisions
+        swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+        # each epoch's backup is saved with the average in the model (the swap comes first at an epoch's end)
+        decisions = [keras_private.resumes_with_ema_weights_in_model(swap) if first_epoch else swap] + decisions
     plan.wrap(model).fit(
         _epoch_batches(inputs[frozen.fit_rows], targets, frozen.batch_size, (config.seed, phase == "finetune"),
                        first_epoch, epochs, class_weight=weights, mixup=config.mixup if phase == "head" else 0),

@@ -37,6 +37,8 @@ INSTANCE_NAMES = [
     ("a model", "_call_has_training_arg", "DDP's train step passes training=True as Keras' own"),
     ("a model", "_initial_epoch", "where fit() starts: set by a backup, as Keras' BackupAndRestore does"),
     ("a BackupAndRestore", "_current_epoch", "the epoch a backup resumes at"),
+    ("a SwapEMAWeights", "_ema_weights_in_model", "a fine-tuning run with --ema resumes from a backup that holds "
+     "the average in the model"),
     ("keras.src.backend.common.global_state", "current_call_ctx", "torch_fast: the training flag of a call"),
     ("keras.src.backend.common.global_state", "uninitialized_variables", "kcnn.utils.weightless_scope"),
 ]
@@ -52,6 +54,13 @@ def backup_epoch(callback):
 def set_initial_epoch(model, epoch):
     """Tell fit() to start at `epoch`: what Keras' own BackupAndRestore does in on_train_begin."""
     model._initial_epoch = epoch
+
+
+def resumes_with_ema_weights_in_model(callback):
+    """Tell a SwapEMAWeights(swap_on_epoch=True) that the model holds the moving average, as a backup
+    saved at the end of an epoch has it (it swaps the training weights back when the next epoch begins)."""
+    callback._ema_weights_in_model = True
+    return callback
 
 
 # ---- compiling ---------------------------------------------------------------------------------------------

@@ -160,6 +160,37 @@ def test_a_folder_with_one_class_is_refused(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_with_ema_killed_in_phase_2_resumes_to_the_uninterrupted_weights(tmp_path):
+    """--ema: each epoch's backup holds the moving average in the model (swapped in for validation); a resumed
+    run swaps the training weights back before it trains on, as the uninterrupted run does."""
+    config = dict(TINY, head_epochs=1, finetune_epochs=3, ema=True, tta=None)
+    uninterrupted = finetune(FinetuneConfig(**config, output_dir=str(tmp_path / "full")))
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if self.model.name == "finetune" and epoch == 2:
+                raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        finetune(FinetuneConfig(**config, output_dir=str(tmp_path / "run")), callbacks=[Crash()])
+    resumed = finetune(FinetuneConfig(**config, output_dir=str(tmp_path / "run"), resume=True))
+    for a, b in zip(uninterrupted.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    # the epochs after the crash trained as the uninterrupted run's did (the best epoch's weights, restored
+    # at the end, may come from before it): the same losses, epoch by epoch
+    histories = [history_losses(path / "history.csv") for path in (tmp_path / "full", tmp_path / "run")]
+    assert len(histories[0]) == len(histories[1]) == 4
+    np.testing.assert_allclose(histories[1], histories[0], rtol=1e-5)
+
+
+def history_losses(path):
+    """history.csv's loss and val_loss columns, one row per epoch."""
+    import csv
+
+    with open(path) as f:
+        return [[float(row["loss"]), float(row["val_loss"])] for row in csv.DictReader(f)]
+
+
 def test_resume_after_the_frozen_pass_does_not_compute_it_again(tmp_path, monkeypatch):
     """A run stopped in phase 1 resumes from its cached activations (no image goes through the frozen
     layers again) to the weights of an uninterrupted run (bit for bit after SIGKILL: tests/test_crash.py)."""

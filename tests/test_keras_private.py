@@ -47,6 +47,7 @@ def test_every_private_instance_name_kcnn_uses_exists():
         "a built Conv2D": conv, "a Keras variable": conv.kernel, "a layer of a functional model": conv,
         "a symbolic tensor": outputs, "a compiled model": model, "a model": model,
         "a BackupAndRestore": keras.callbacks.BackupAndRestore("unused"),
+        "a SwapEMAWeights": keras.callbacks.SwapEMAWeights(swap_on_epoch=True),
         "a node of a functional model": keras_private.inbound_nodes(conv)[0],
     }
     for where, name, use in keras_private.INSTANCE_NAMES:

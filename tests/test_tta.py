@@ -165,3 +165,23 @@ def test_a_train_run_records_tta_and_per_class_figures_and_evaluate_adds_another
     assert again["accuracy"] == pytest.approx(metrics["accuracy"])
     assert {k: v for k, v in recorded.items() if k != "tta_accuracy"} == \
         {k: v for k, v in metrics.items() if k != "tta_accuracy"}  # nothing else in the file changed
+
+
+def test_extra_training_views_are_shifted_mirrored_copies_drawn_from_the_seed():
+    from kcnn.finetune import FinetuneConfig, training_views
+
+    rng = np.random.default_rng(0)
+    data = ImageData(rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), np.arange(6) % 2, ("a", "b"), "toy")
+    config = FinetuneConfig(extra_views=2, seed=4)
+    images, labels, copies = training_views(data, config)
+    assert copies == 4 and images.shape == (24, 16, 16, 3)
+    np.testing.assert_array_equal(labels, np.tile(data.labels, 4))
+    np.testing.assert_array_equal(images[6:12], data.images[:, :, ::-1])
+    padded = np.pad(data.images, [(0, 0), (2, 2), (2, 2), (0, 0)], mode="reflect")  # 1/8 of 16 pixels
+    for row in range(12, 24):
+        original = padded[row % 6]
+        crops = [original[top:top + 16, left:left + 16] for top in range(5) for left in range(5)]
+        assert any(np.array_equal(images[row], c) or np.array_equal(images[row], c[:, ::-1]) for c in crops)
+    again, _, _ = training_views(data, config)
+    np.testing.assert_array_equal(again, images)  # drawn from the seed: a resumed run gets the same views
+    assert not np.array_equal(training_views(data, FinetuneConfig(extra_views=2, seed=5))[0], images)
