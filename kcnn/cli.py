@@ -153,8 +153,8 @@ def _add_finetune_arguments(parser):
                         help="a model with pretrained weights (kcnn list --pretrained); default efficientnet_lite0")
     parser.add_argument("--weights", default=defaults.weights, help="named weights (default imagenet)")
     parser.add_argument("--image-size", type=int, default=defaults.image_size,
-                        help=f"input size (default {defaults.image_size}: fast on a CPU; 224 is what the weights "
-                             f"were trained at)")
+                        help=f"input size (default {defaults.image_size}, what the weights were trained at; 128 "
+                             f"takes a third of the time, 7 points less on the CIFAR-10 sample)")
     parser.add_argument("--head-epochs", type=int, default=defaults.head_epochs, help="phase 1: the new head")
     parser.add_argument("--finetune-epochs", type=int, default=defaults.finetune_epochs,
                         help="phase 2: the unfrozen top of the backbone (0: skip)")

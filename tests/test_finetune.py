@@ -4,6 +4,10 @@ gives, the two phases, the run directory, and the command line."""
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+
 
 import keras
 import numpy as np
@@ -104,11 +108,13 @@ def test_finetune_an_image_folder_through_the_cli_then_evaluate_and_predict(tmp_
     photos = _folder(tmp_path / "fish or cat", per_class=20)
     run_dir = tmp_path / "runs" / "pets"
     result = kcnn_cli("tensorflow", "finetune", "--dataset", str(photos), "--image-size", "32", "--head-epochs", "3",
-                      "--finetune-epochs", "1", "--batch-size", "16", "--output-dir", str(run_dir))
+                      "--finetune-epochs", "1", "--batch-size", "16", "--class-weight", "balanced", "--output-dir",
+                      str(run_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "validation accuracy" in result.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["class_names"] == ["cat", "ship"]
+    assert json.loads((run_dir / "config.json").read_text())["class_weight"] == "balanced"
     assert metrics["export"] == str(run_dir / "export" / "1")  # a SavedModel for serving, TF Serving's layout
     assert (run_dir / "export" / "1" / "saved_model.pb").is_file()
     assert (run_dir / "export" / "1" / "assets" / "class_names.txt").read_text().split() == ["cat", "ship"]
@@ -158,6 +164,32 @@ def test_a_folder_with_one_class_is_refused(tmp_path):
     with pytest.raises(kcnn.KcnnError, match="class"):
         finetune(FinetuneConfig(**dict(TINY, limit=None), dataset=str(photos), output_dir=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+TTA_RUNS = """
+import json, sys
+import numpy as np
+from kcnn.finetune import FinetuneConfig, finetune
+tiny = dict(image_size=32, head_epochs=2, finetune_epochs=1, batch_size=32, limit=160, export=False, verbose=0)
+runs = [finetune(FinetuneConfig(**tiny, tta=tta, output_dir=sys.argv[1] + f"/{tta}")) for tta in (None, "flip_crop")]
+weights = [run.model.get_weights() for run in runs]
+print(json.dumps({"difference": max(float(np.abs(a - b).max()) for a, b in zip(*weights)),
+                  "metrics": [run.metrics for run in runs]}))
+"""
+
+
+def test_test_time_augmentation_changes_the_evaluation_not_the_training(tmp_path):
+    """The held-out views go through the frozen layers with the training images; the weights trained after
+    them are the same whatever the views (tta=None, flip_crop), and so is the plain accuracy. On torch, where
+    the extra predict() calls of the views moved the random draws of the training that followed."""
+    done = subprocess.run([sys.executable, "-c", TTA_RUNS, str(tmp_path)], capture_output=True, text=True,
+                          env=dict(os.environ, KERAS_BACKEND="torch"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["difference"] == 0.0
+    plain, augmented = result["metrics"]
+    assert plain["accuracy"] == augmented["accuracy"]
+    assert "tta_accuracy" not in plain and set(augmented["tta_accuracy"]) == {"flip_crop"}
 
 
 def test_a_run_with_ema_killed_in_phase_2_resumes_to_the_uninterrupted_weights(tmp_path):
