@@ -56,7 +56,7 @@ class FinetuneConfig:
     weights: str = "imagenet"
     image_size: int = 224  # the weights' own: +7 points over 128 on the CIFAR-10 sample (bench/finetune_levers.py)
     head_epochs: int = 15
-    finetune_epochs: int = 10
+    finetune_epochs: int = 8  # phase 2 costs most of the time (15 s an epoch at 224 on 2 cores)
     unfreeze: Union[int, str] = 3  # top blocks to fine-tune in phase 2, "all", or 0 (head only)
     batch_size: int = 64
     head_learning_rate: float = 1e-3
@@ -646,9 +646,11 @@ def _phase_callbacks(config, finetune=False):
     import keras
 
     # A head on fixed features overfits within a few epochs: stop when validation accuracy stops improving.
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=4 if finetune else 3,
-                                               restore_best_weights=True, verbose=config.verbose)]
+    # Phase 2 watches the validation loss: the accuracy of 10% of the training images moves in steps of
+    # a few images, and stopping on it kept the weights of the first epochs (87.7% against 89.5% held out).
+    monitor = dict(monitor="val_loss", mode="min") if finetune else dict(monitor="val_accuracy", mode="max")
+    callbacks = [keras.callbacks.EarlyStopping(**monitor, patience=4 if finetune else 3, restore_best_weights=True,
+                                               verbose=config.verbose)]
     if finetune:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_accuracy", mode="max", factor=0.2,
-                                                           patience=2, verbose=config.verbose))
+        callbacks.append(keras.callbacks.ReduceLROnPlateau(**monitor, factor=0.2, patience=2, verbose=config.verbose))
     return callbacks
