@@ -22,7 +22,8 @@ from helpers import image_folder_of_the_sample as _folder
 from helpers import deterministic_weights
 
 # export=False: the CLI test below checks the run's SavedModel; tests/test_export.py checks exports themselves.
-TINY = dict(image_size=32, head_epochs=3, finetune_epochs=1, batch_size=32, limit=160, export=False, verbose=0)
+TINY = dict(image_size=32, head_epochs=3, finetune_epochs=1, batch_size=32, limit=160, export=False, verbose=0,
+            tta=None)  # test-time views: tested where they are the point
 
 
 @pytest.mark.parametrize("arch, input_shape", [("efficientnet_lite0", (64, 64, 3)), ("cifar_resnet20", (32, 32, 3))])
@@ -194,7 +195,7 @@ def test_test_time_augmentation_changes_the_evaluation_not_the_training(tmp_path
 def test_a_run_with_ema_killed_in_phase_2_resumes_to_the_uninterrupted_weights(tmp_path):
     """--ema: each epoch's backup holds the moving average in the model (swapped in for validation); a resumed
     run swaps the training weights back before it trains on, as the uninterrupted run does."""
-    config = dict(TINY, head_epochs=1, finetune_epochs=3, ema=True, tta=None)
+    config = dict(TINY, head_epochs=1, finetune_epochs=3, ema=True)
     uninterrupted = finetune(FinetuneConfig(**config, output_dir=str(tmp_path / "full")))
 
     class Crash(keras.callbacks.Callback):
