@@ -118,7 +118,7 @@ def test_an_existing_litert_export_is_replaced_only_with_overwrite(served):
     assert open(path, "rb").read() == before
 
 
-@pytest.mark.slow  # 45 CPU-seconds (AVX-512), more than the suite's budget for LiteRT: `make test` skips it
+@pytest.mark.slow  # 45 CPU-seconds (AVX-512); `make test` runs it (`make test-fast` leaves it out)
 def test_architectures_with_every_kind_of_layer_convert_to_litert(tmp_path):
     """Float32 LiteRT at small test inputs, converted on TensorFlow and run by the interpreter alone, each
     giving the Keras model's probabilities within 1e-4."""
