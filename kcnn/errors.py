@@ -19,3 +19,7 @@ class UnknownModelError(KcnnError, KeyError):
 
 class InvalidArgumentError(KcnnError):
     """An argument whose value the architecture cannot take."""
+
+
+class ExportError(KcnnError):
+    """A model that cannot be exported, or an export that would overwrite one (kcnn.export, kcnn.litert)."""

@@ -45,22 +45,17 @@ import tempfile
 import numpy as np
 
 from kcnn import modelfile
-from kcnn.errors import InvalidArgumentError, KcnnError
+from kcnn.errors import ExportError, InvalidArgumentError, KcnnError  # noqa: F401 (kcnn.export.ExportError)
 from kcnn.utils import atomic_open, atomic_path
 
 FORMATS = ("saved_model", "onnx", "keras", "litert")
 # LiteRT (TensorFlow Lite) flatbuffers, one file per quantization: float32, float16 weights, int8 throughout.
 QUANTIZATIONS = {"none": "model.tflite", "float16": "model_float16.tflite", "int8": "model_int8.tflite"}
 CALIBRATION_IMAGES = 200  # int8: training images the converter measures activation ranges on
-CALIBRATION_SEED = 0  # which training images those are
-EVALUATION_IMAGES = 1000  # the LiteRT models' accuracy: on the first images of the evaluation split
 # The file that marks a folder as kcnn's export folder (TensorFlow Serving looks only at the version folders).
 EXPORT_MARKER = "kcnn_export.json"
 ONNX_OPSET = 17
 
-
-class ExportError(KcnnError):
-    """A model that cannot be exported, or an export that would overwrite one."""
 
 
 def export(source, format="saved_model", output=None, *, version=1, overwrite=False, class_names=None,
@@ -136,17 +131,10 @@ def check_quantize(format, quantize, run_dir, calibration_images):
         if run_dir is None:
             raise ExportError("int8 needs calibration images from the run's training data: export a run directory "
                               "(or the model.keras inside one), not a bare .keras file, or choose float16.")
-        _litert_run_config(run_dir)  # its config.json names the data; refused here, before any work
+        from kcnn.litert import run_config_of
+
+        run_config_of(run_dir)  # its config.json names the data; refused here, before any work
     return quantize
-
-
-def _litert_run_config(run_dir):
-    from kcnn.rundir import run_config
-
-    try:
-        return run_config(run_dir)[0]
-    except KcnnError as error:
-        raise ExportError(f"int8 needs the run's training images to calibrate on, but {error}") from None
 
 
 def describe_accuracy(accuracy):
@@ -288,7 +276,8 @@ def export_on_tensorflow(model_path, format, destination, class_names, tta=None,
     elif format == "litert":
         from kcnn import litert as kcnn_litert
 
-        record = kcnn_litert.write(model, destination, class_names, **(litert or {}))
+        record = kcnn_litert.write(model, destination, class_names, serving_function=_serving_function,
+                                   **(litert or {}))
     else:
         with atomic_path(destination) as temporary:
             _write_onnx(model, temporary, class_names)

@@ -32,29 +32,32 @@ import tempfile
 
 import numpy as np
 
-from kcnn.errors import KcnnError
+from kcnn.errors import ExportError, KcnnError
 from kcnn.utils import atomic_path
 
 SIGNATURE = "serving_default"
 METADATA_NAME = "class_names"  # the flatbuffer's metadata entry holding the class names (JSON)
 BATCH_SIZE = 64  # images per interpreter call when measuring accuracy
+CALIBRATION_SEED = 0  # which training images those are
+EVALUATION_IMAGES = 1000  # the LiteRT models' accuracy: on the first images of the evaluation split
 
 
-def write(model, destination, class_names, *, quantize="none", run_dir=None, calibration_images=200):
+def write(model, destination, class_names, *, serving_function, quantize="none", run_dir=None,
+          calibration_images=200):
     """Write `model` (a Keras model on TensorFlow) as a LiteRT flatbuffer to `destination`, atomically;
     returns what kcnn_export.json records: the quantization, the size and, from a run whose data loads,
-    the accuracy of the float32 and quantized LiteRT models."""
-    from kcnn.export import CALIBRATION_SEED, EVALUATION_IMAGES, ExportError, _litert_run_config
+    the accuracy of the float32 and quantized LiteRT models. `serving_function`: kcnn.export's (images in,
+    probabilities and class index out), passed in so that this module never imports kcnn.export."""
 
     shape = tuple(model.inputs[0].shape[1:])
     record = {"quantize": quantize}
     calibration = None
     if quantize == "int8":
-        config = _litert_run_config(run_dir)
+        config = run_config_of(run_dir)
         split = config.splits()[0]
         calibration = _prepared(_sample(config.load(split), calibration_images, CALIBRATION_SEED), shape)[0]
         record.update(calibration_split=split, calibration_images=len(calibration))
-    flatbuffer = with_metadata(convert(model, quantize, calibration, error=ExportError),
+    flatbuffer = with_metadata(convert(model, serving_function, quantize, calibration, error=ExportError),
                                {METADATA_NAME: json.dumps(list(class_names))})
     with atomic_path(destination) as temporary:
         with open(temporary, "wb") as f:
@@ -63,7 +66,8 @@ def write(model, destination, class_names, *, quantize="none", run_dir=None, cal
     evaluation = _evaluation_images(run_dir, shape, EVALUATION_IMAGES)
     if evaluation is not None:
         images, labels, split = evaluation
-        models = {"float32": flatbuffer if quantize == "none" else convert(model, "none", error=ExportError)}
+        models = {"float32": flatbuffer if quantize == "none"
+                  else convert(model, serving_function, "none", error=ExportError)}
         if quantize != "none":
             models[quantize] = flatbuffer
         record["accuracy"] = {"split": split, "images": len(labels),
@@ -71,18 +75,16 @@ def write(model, destination, class_names, *, quantize="none", run_dir=None, cal
     return record
 
 
-def convert(model, quantize="none", calibration=None, *, error=KcnnError):
+def convert(model, serving_function, quantize="none", calibration=None, *, error=KcnnError):
     """The LiteRT flatbuffer (bytes) of kcnn.export's serving function of `model`; `calibration`: the
     float32 images an int8 conversion measures activation ranges on."""
     import keras
     import tensorflow as tf
 
-    from kcnn.export import _serving_function
-
     # Through a SavedModel in a temporary folder, as Keras' own LiteRT export goes: the converter freezes
     # its variables into constants (from_concrete_functions would keep the Keras model's variables as
     # resource variables, which int8 calibration cannot read) and keeps the signature's names.
-    serve, shape = _serving_function(model)
+    serve, shape = serving_function(model)
     folder = tempfile.mkdtemp()
     try:
         archive = keras.export.ExportArchive()
@@ -176,3 +178,13 @@ def _evaluation_images(run_dir, shape, count):
         return None
     first = dataclasses.replace(data, images=data.images[:count], labels=data.labels[:count])
     return (*_prepared(first, shape), data.name)
+
+
+def run_config_of(run_dir):
+    """The run config of `run_dir` (int8 calibrates on its training data), or one ExportError sentence."""
+    from kcnn.rundir import run_config
+
+    try:
+        return run_config(run_dir)[0]
+    except KcnnError as error:
+        raise ExportError(f"int8 needs the run's training images to calibrate on, but {error}") from None

@@ -16,7 +16,7 @@ import pytest
 import kcnn
 from kcnn.export import ExportError, export
 
-from helpers import BACKENDS, assert_close, worker, _tail, run_python
+from helpers import BACKENDS, _tail, assert_close, deterministic_weights, run_python, worker
 
 # Runs in a fresh process that imports TensorFlow only: no Keras model code, no kcnn.
 SERVE_WITH_TENSORFLOW_ONLY = """
@@ -156,6 +156,7 @@ def test_an_export_with_test_time_augmentation_answers_as_the_wrapped_model(tmp_
     from kcnn.tta import with_tta
 
     model = kcnn.build("lenet5", num_classes=3, input_shape=(32, 32, 3))
+    deterministic_weights(model)  # the same varied weights in every run (Keras' own draws left all-equal logits once)
     model.save(tmp_path / "model.keras")
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
     expected = keras.ops.convert_to_numpy(keras.ops.softmax(with_tta(model, "flip_crop")(images)))
