@@ -295,7 +295,7 @@ def extract_features(config, plan, run, backbone, train_data, eval_data):
         print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: {len(train_images):,} training and "
               f"{len(eval_data):,} held-out images at {config.image_size}x{config.image_size} go through the frozen "
               f"layers once (up to {backbone.cut or 'the input'}{views}):", flush=True)
-    progress = ImageProgress(total, "frozen layers") if config.verbose else None
+    progress = ImageProgress(total) if config.verbose else None
     size = config.image_size
     activations = _predict(backbone.fast_bottom, train_images[mine], size, batch_size, plan.batch_multiple,
                            progress=progress)
@@ -324,11 +324,10 @@ PLAIN_VIEW = (1.0, 0, False)  # (weight, shift, mirrored), as kcnn.tta.VIEWS
 class ImageProgress:
     """One Keras progress bar (keras.utils.Progbar) over several predict() calls, counted in images."""
 
-    def __init__(self, total, label):
+    def __init__(self, total):
         import keras
 
         self.bar = keras.utils.Progbar(total, unit_name="image")
-        self.label = label
         self.done = 0
 
     def callback(self, count, batch_size):

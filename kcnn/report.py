@@ -94,7 +94,7 @@ def evaluation_metrics(labels, view_logits, class_names, tta_mode=None):
         "per_class": per_class_report(labels, predicted, class_names),
     }
     if tta_mode:
-        probabilities = tta.combine([softmax(logits, axis=-1) for logits in view_logits], tta_mode, np)
+        probabilities = tta.combine([softmax(logits, axis=-1) for logits in view_logits], tta_mode)
         metrics["tta_accuracy"] = {tta_mode: float(np.mean(np.argmax(probabilities, axis=-1) == labels))}
     return metrics
 

@@ -58,7 +58,7 @@ def apply_view(images, view, xp):
     return images
 
 
-def combine(probabilities, tta, xp):
+def combine(probabilities, tta):
     """The weighted mean of the views' probabilities (a list in VIEWS[tta]'s order)."""
     return sum(weight * p for (weight, _, _), p in zip(VIEWS[tta], probabilities))
 
@@ -81,7 +81,7 @@ def with_tta(model, tta):
     ops = keras.ops
     inputs = keras.Input(model.inputs[0].shape[1:], name="image")
     probabilities = [to_probabilities(model, model(apply_view(inputs, view, ops))) for view in VIEWS[tta]]
-    logits = ops.log(ops.maximum(combine(probabilities, tta, ops), 1e-12))
+    logits = ops.log(ops.maximum(combine(probabilities, tta), 1e-12))
     return keras.Model(inputs, logits, name=f"{model.name}_tta_{tta}")
 
 
