@@ -11,6 +11,7 @@
     kcnn explain RUN_DIR IMAGE [IMAGE ...]    Grad-CAM overlays, where the model looked (into RUN_DIR/explain/)
     kcnn explain efficientnet_lite0 IMAGE [--class NAME] [--layer NAME]   the same into saved_models/explain/
     kcnn export RUN_DIR [--format onnx]       SavedModel (TF Serving layout), ONNX, LiteRT or .keras for serving
+    kcnn serve RUN_DIR [--port 8501]          TensorFlow Serving's REST API and a page, on onnxruntime (kcnn/serve.py)
     kcnn doctor [--data-dir DIR]              backends, GPUs, data and weights found, checksums (exit 1: a mismatch)
 
 Bad input exits with code 2 and one line on stderr, never a traceback.
@@ -85,6 +86,11 @@ def _parser():
     export.add_argument("--tta", nargs="?", const="flip", choices=TTA_MODES,
                         help="the exported model answers with test-time augmentation (flip: 2 forward passes per "
                              "image, flip_crop: 6; off by default)")
+    serve = commands.add_parser("serve", help="serve a model over TensorFlow Serving's REST API (and a page to try "
+                                "it), with onnxruntime")
+    from kcnn.serve import add_arguments
+
+    add_arguments(serve)
     doctor = commands.add_parser("doctor", help="report backends, GPUs, data and weights, and verify checksums")
     doctor.add_argument("--data-dir", help="a data folder searched before KCNN_DATA_DIR and the Keras cache")
     doctor.add_argument("--no-backends", dest="check_backends", action="store_false",
@@ -337,6 +343,11 @@ def main(argv=None):
 
             export(args.source, args.format, args.output, version=args.version, overwrite=args.overwrite,
                    tta=args.tta, quantize=args.quantize, calibration_images=args.calibration_images)
+        elif args.command == "serve":
+            from kcnn.serve import start
+
+            return start(args.source, model_name=args.model_name, host=args.host, port=args.port,
+                         max_body_mb=args.max_body_mb, max_batch=args.max_batch)  # returns only on Windows
         elif args.command == "doctor":
             from kcnn.doctor import doctor, format_report
 
