@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed-stamp
 DEMO_BACKEND := $(or $(KERAS_BACKEND),torch)
 export KCNN_DATA_DIR ?= $(abspath ../shared/data)
 
-.PHONY: demo tour test test-fast clean
+.PHONY: demo tour test test-fast clean browser
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,19 @@ tour: $(STAMP)
 # nothing with pytest 9.2: xdist 3.8 renames items through the `_nodeid` attribute pytest 9 no longer reads.)
 PYTEST := $(PY) -m pytest -n 2 --dist loadfile
 
-test: $(STAMP)
+# tests/test_serve_browser.py drives Debian's Chromium through its chromedriver (selenium; nothing downloaded at
+# run time). Installed here where it is missing and this is a Debian machine run as root (as CI is); elsewhere
+# one line says how, and that test skips with the same words.
+BROWSER := /usr/bin/chromedriver
+
+browser:
+	@test -x $(BROWSER) || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Installing Debian's chromium and chromium-driver for the browser test ..."; \
+	  apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; }; \
+	else echo "The browser test needs Debian's chromium and chromium-driver: apt-get install chromium chromium-driver"; fi; }
+
+test: $(STAMP) browser
 	$(PYTEST) --durations=25
 
 test-fast: $(STAMP)
