@@ -179,6 +179,9 @@ def _add_finetune_arguments(parser):
                              f"accuracy (default {defaults.tta})")
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=defaults.ema,
                         help="phase 2 ends on the moving average of its weights")
+    parser.add_argument("--layer-decay", type=float, default=defaults.layer_decay,
+                        help=f"phase 2: each block learns at this fraction of the rate of the block above it "
+                             f"(layer-wise decay; default {defaults.layer_decay:g}: off)")
     parser.add_argument("--mixup", type=float, default=defaults.mixup,
                         help=f"mixup's alpha for the new head in phase 1 (default {defaults.mixup:g}: off)")
     parser.add_argument("--class-weight", choices=CLASS_WEIGHTS, default=None,

@@ -68,6 +68,7 @@ class FinetuneConfig:
     tta: Optional[str] = "flip"  # the held-out evaluation also with test-time augmentation (kcnn.tta), or None
     ema: bool = False  # phase 2 keeps an exponential moving average of the weights (Keras' use_ema) and ends on it
     mixup: float = 0.0  # phase 1: mixup's Beta(alpha, alpha) on the pooled features (0: off)
+    layer_decay: float = 1.0  # phase 2: each block below the top one learns at this fraction of the one above (1: off)
     class_weight: Optional[str] = None  # "balanced": each class weighs as if the classes were the same size
     validation_split: float = 0.1  # of the training images, for the callbacks (not the evaluation set)
     folder_validation_split: float = 0.2  # image folders: fraction of each class held out for evaluation
@@ -134,6 +135,8 @@ class FinetuneConfig:
             bad("extra_views", self.extra_views, "a whole number of at least 0")
         if not (isinstance(self.mixup, (int, float)) and self.mixup >= 0):
             bad("mixup", self.mixup, "a number of at least 0 (0: off)")
+        if not (isinstance(self.layer_decay, (int, float)) and 0 < self.layer_decay <= 1):
+            bad("layer_decay", self.layer_decay, "a number in (0, 1] (1: every block at the same learning rate)")
         tta.check_mode(self.tta)
         check_class_weight(self.class_weight)
         if self.resume and self.overwrite:
@@ -382,13 +385,34 @@ def fit_top(config, plan, run, backbone, head, frozen, callbacks):
         print(f"Phase 2: {layers} and the head, learning rate {config.finetune_learning_rate:g}.", flush=True)
     trainable = keras.Model(backbone.fast_top.input, head(backbone.fast_top.output), name="finetune")
     # ema: Keras' optimizer keeps the moving average of the weights, and fit() ends on it.
-    trainable.compile(optimizer=keras.optimizers.Adam(config.finetune_learning_rate, use_ema=config.ema,
-                                                      ema_momentum=0.99),
-                      loss=_loss(config), metrics=["accuracy"])
+    trainable.compile(optimizer=_finetune_optimizer(config, backbone.fast_top), loss=_loss(config),
+                      metrics=["accuracy"])
     _fit_phase(config, plan, run, "finetune", trainable, frozen.activations, frozen, config.finetune_epochs,
                callbacks)
     jax_cpu.copy_weights(backbone.fast_top, backbone.top)
     return True
+
+
+def _finetune_optimizer(config, top):
+    """Adam at the fine-tuning rate; with layer_decay < 1, layer-wise learning-rate decay (Clark et al. 2020,
+    BEiT): the layers after the top's last block end (kcnn.finetune.cut_points) and the head at the rate, each
+    block below at layer_decay times the one above it; one Adam per depth (Keras' MultiOptimizer)."""
+    import keras
+
+    def adam(rate):
+        return keras.optimizers.Adam(rate, use_ema=config.ema, ema_momentum=0.99)
+
+    if config.layer_decay == 1:
+        return adam(config.finetune_learning_rate)
+    ends = cut_points(top)
+    depth_of, depth = {}, len(ends)
+    for layer in top.layers:  # in order, input to output: the depth falls at each block end
+        for variable in layer.weights:
+            depth_of[variable.path] = depth
+        if layer.name in ends:
+            depth -= 1
+    optimizers = {d: adam(config.finetune_learning_rate * config.layer_decay ** d) for d in range(len(ends) + 1)}
+    return _layer_decay_class()(lambda variable: optimizers[depth_of.get(variable.path, 0)])  # the head: depth 0
 
 
 def _loss(config):
@@ -653,3 +677,23 @@ def _phase_callbacks(config, finetune=False):
     if finetune:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(**monitor, factor=0.2, patience=2, verbose=config.verbose))
     return callbacks
+
+
+def _layer_decay_class():
+    import keras
+
+    class LayerDecay(keras.optimizers.MultiOptimizer):
+        """MultiOptimizer whose learning_rate is the top's: setting it (ReduceLROnPlateau) scales every depth's."""
+
+        @property
+        def learning_rate(self):
+            return max((o.learning_rate for o in self.optimizers), key=lambda rate: float(rate))
+
+        @learning_rate.setter
+        def learning_rate(self, rate):
+            ratio = float(rate) / float(self.learning_rate)
+            for optimizer in self.optimizers:
+                optimizer.learning_rate = float(optimizer.learning_rate) * ratio
+
+    return LayerDecay
+

@@ -185,3 +185,35 @@ def test_extra_training_views_are_shifted_mirrored_copies_drawn_from_the_seed():
     again, _, _ = training_views(data, config)
     np.testing.assert_array_equal(again, images)  # drawn from the seed: a resumed run gets the same views
     assert not np.array_equal(training_views(data, FinetuneConfig(extra_views=2, seed=5))[0], images)
+
+
+def test_layer_decay_gives_each_block_its_rate_and_the_plateau_callback_scales_them_all():
+    from kcnn.finetune import FinetuneConfig, _finetune_optimizer
+
+    # three blocks ending in Add layers (the cut points), then a dense head on top
+    inputs = keras.Input((4,))
+    x = inputs
+    for block in range(3):
+        y = keras.layers.Dense(4, name=f"block{block}_dense")(x)
+        x = keras.layers.Add(name=f"block{block}_add")([x, y])
+    model = keras.Model(inputs, keras.layers.Dense(2, name="head")(x))
+    optimizer = _finetune_optimizer(FinetuneConfig(layer_decay=0.5, finetune_learning_rate=0.4), model)
+    model.compile(optimizer=optimizer, loss="mse")
+    before = {w.path: keras.ops.convert_to_numpy(w) for w in model.trainable_weights}
+    model.fit(np.ones((8, 4), "float32"), np.zeros((8, 2), "float32"), epochs=1, batch_size=8, verbose=0)
+    rates = {}
+    for optimizer_part in optimizer.optimizers:
+        for variable in optimizer_part._trainable_variables:
+            rates[variable.path] = float(optimizer_part.learning_rate)
+    # what follows the last block end (block2_add) learns at the rate, each block below at half the one above
+    assert rates["head/kernel"] == pytest.approx(0.4) and rates["block2_dense/kernel"] == pytest.approx(0.2)
+    assert rates["block1_dense/kernel"] == pytest.approx(0.1) and rates["block0_dense/kernel"] == pytest.approx(0.05)
+    # Adam's first step moves every weight by about its rate
+    for path, value in before.items():
+        step = np.abs(keras.ops.convert_to_numpy(next(w for w in model.trainable_weights if w.path == path)) - value)
+        assert step.max() == pytest.approx(rates[path], rel=1e-3), path
+    optimizer.learning_rate = 0.08  # what ReduceLROnPlateau does, factor 0.2
+    assert sorted(float(o.learning_rate) for o in optimizer.optimizers) == pytest.approx([0.01, 0.02, 0.04, 0.08])
+    assert float(_finetune_optimizer(FinetuneConfig(), model).learning_rate) == pytest.approx(1e-4)  # off: one Adam
+    with pytest.raises(InvalidArgumentError, match=r"layer_decay must be a number in \(0, 1\]"):
+        FinetuneConfig(layer_decay=1.5).check()
