@@ -256,8 +256,14 @@ class Model:
     def __init__(self, path, name=MODEL_NAME):
         import onnxruntime
 
+        options = onnxruntime.SessionOptions()
+        if hasattr(os, "sched_getaffinity"):
+            # onnxruntime counts the machine's cores, not those this process may use: pinned to one of two
+            # cores (taskset), its two threads took turns on it and ran 2.2x slower (bench/serving.py)
+            options.intra_op_num_threads = len(os.sched_getaffinity(0))
         try:
-            self.session = onnxruntime.InferenceSession(path, providers=onnxruntime.get_available_providers())
+            self.session = onnxruntime.InferenceSession(path, options,
+                                                        providers=onnxruntime.get_available_providers())
         except Exception as error:
             reason = (str(error).strip().splitlines() or ["no details"])[0][:200]
             raise ServeError(f"{path} cannot be loaded by onnxruntime ({reason}); pass a model.onnx written by "
