@@ -1,5 +1,6 @@
 """Training throughput of airbench (the CIFAR-10 recipe's network) in float32, mixed bfloat16 and mixed
-float16, on the backend in KERAS_BACKEND: why `--mixed-precision` picks bfloat16 on CPUs.
+float16, on the backend in KERAS_BACKEND: why `--mixed-precision` picks bfloat16 on CPUs with native bfloat16
+(AVX-512 BF16, AMX) and stays in float32 on others (kcnn.utils.precision_decision, printed under the table).
 
     KERAS_BACKEND=torch python bench/mixed_precision.py
 
@@ -13,12 +14,14 @@ import keras
 import numpy as np
 
 import kcnn
+from kcnn.utils import cpu_flags, instruction_sets, precision_decision
 
 
 def main():
     images = np.random.default_rng(0).uniform(0, 255, (512, 32, 32, 3)).astype("float32")
     labels = np.arange(512) % 10
-    print(f"Command: `KERAS_BACKEND={keras.backend.backend()} python bench/mixed_precision.py` (airbench, batch 512)\n")
+    print(f"Command: `KERAS_BACKEND={keras.backend.backend()} python bench/mixed_precision.py` (airbench, batch 512; "
+          f"CPU: {', '.join(instruction_sets(cpu_flags())) or 'instruction sets unknown'})\n")
     print("| policy | training images/s |\n|---|---:|")
     for policy in ("float32", "mixed_bfloat16", "mixed_float16"):
         keras.mixed_precision.set_global_policy(policy)
@@ -31,6 +34,7 @@ def main():
             model.train_on_batch(images, labels)
         print(f"| {policy} | {1024 / (time.perf_counter() - started):,.0f} |", flush=True)
     keras.mixed_precision.set_global_policy("float32")
+    print("\n`--mixed-precision` here: {}, {}".format(*precision_decision()))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@
     report.failures                # present files that do not match their published checksums
 
 It reports the Python, kcnn and Keras versions and the active Keras backend;
-each backend's version and the GPUs it sees; where dataset files and named
+each backend's version and the GPUs it sees; the CPU's instruction sets that
+decide training speed, and the policy `--mixed-precision` trains in here (it
+stays float32 on a CPU without native bfloat16); where dataset files and named
 pretrained weights are looked for, which are present, and whether each
 matches its published checksum. Nothing is downloaded. Each backend is
 probed in a child process of its own (importing TensorFlow, PyTorch and JAX
@@ -84,6 +86,8 @@ class Report:
     sample: FileCheck
     weights_folders: list  # of (folder, what is looked for there)
     weights: list  # of FileCheck
+    cpu: str = ""  # the machine, its logical cores and instruction sets that decide speed
+    mixed_precision: tuple = ()  # (policy, reason): kcnn.utils.precision_decision, or ("", what went wrong)
 
     @property
     def files(self):
@@ -114,7 +118,34 @@ def doctor(data_dir=None, check_backends=True) -> Report:
         weights_folders=_weights_folders(),
         weights=_check_weights(),
         backends=_finish_probes(probes) if probes is not None else None,
+        cpu=_cpu(),
+        mixed_precision=_mixed_precision(),
     )
+
+
+# ---- speed ---------------------------------------------------------------------
+
+
+def _cpu():
+    """"x86_64, 2 logical cores: AVX2, AVX-512F, AVX-512 BF16, AMX": what absolute times depend on."""
+    from kcnn.utils import SPEED_INSTRUCTION_SETS, cpu_flags, instruction_sets
+
+    flags = cpu_flags()
+    if flags is None:
+        sets = "its instruction sets cannot be read here"
+    else:
+        sets = ", ".join(instruction_sets(flags)) or "none of " + ", ".join(n for _, n in SPEED_INSTRUCTION_SETS)
+    return f"{platform.machine() or 'unknown machine'}, {os.cpu_count()} logical cores: {sets}"
+
+
+def _mixed_precision():
+    from kcnn.errors import KcnnError
+    from kcnn.utils import precision_decision
+
+    try:
+        return precision_decision()
+    except KcnnError as error:  # a KCNN_MIXED_PRECISION it does not know: said here, raised by the workflows
+        return "", str(error)
 
 
 # ---- backends ----------------------------------------------------------------
@@ -314,6 +345,11 @@ def format_report(report) -> str:
                 lines.append(f"  {check.name:<11} broken: {check.reason}")
             else:
                 lines.append(f"  {check.name:<11} {check.status}")
+    if report.cpu:
+        lines += ["", "Speed", f"  {'CPU':<18} {report.cpu}"]
+    if report.mixed_precision:
+        policy, reason = report.mixed_precision
+        lines.append(f"  {'--mixed-precision':<18} {policy + ': ' if policy else ''}{reason}")
     lines += ["", "Data: folders searched, in order"]
     lines += [f"  {root}" + (f"  ({why})" if why else "") for root, why in report.data_roots]
     for title, checks in report.datasets.items():

@@ -32,7 +32,7 @@ DATASET_DEFAULTS = {
     "mnist": dict(arch="lenet5", epochs=8, batch_size=128, optimizer="adamw", learning_rate=3e-3,
                   schedule="onecycle", weight_decay=5e-4, label_smoothing=0.0, augment="none"),
     # airbench recipe: >= 90% on batch 5 in under 30 minutes on 2 CPU cores (bench/cifar10.py, which
-    # adds --mixed-precision: bfloat16 is 1.6x faster on CPUs that support it, slower on others)
+    # adds --mixed-precision: bfloat16, 1.6x faster on CPUs with native bfloat16; float32 on others)
     "cifar10": dict(arch="airbench", epochs=12, batch_size=512, optimizer="sgd", learning_rate=1.0,
                     schedule="onecycle", weight_decay=5e-4, label_smoothing=0.2, augment="crop_flip"),
     "cifar10_sample": dict(arch="cifar_resnet20", epochs=10, batch_size=64, optimizer="adamw", learning_rate=2e-3,

@@ -12,7 +12,7 @@ import numpy as np
 
 from kcnn import distribute
 from kcnn.rundir import RunDir, write_errors_explained
-from kcnn.utils import mixed_precision_policy
+from kcnn.utils import mixed_precision_policy, precision_decision
 
 
 @dataclasses.dataclass
@@ -55,7 +55,8 @@ def owned_run_dir(config, kind, plan):
 
 @contextlib.contextmanager
 def precision(mixed):
-    """Keras' mixed-precision policy for the block (if `mixed`), and the caller's policy again after it."""
+    """Keras' mixed-precision policy for the block (if `mixed`: the one this machine trains fastest in, which
+    can be float32, kcnn.utils.precision_decision), and the caller's policy again after it."""
     import keras
 
     policy = keras.mixed_precision.global_policy()
@@ -67,12 +68,20 @@ def precision(mixed):
         keras.mixed_precision.set_global_policy(policy)
 
 
+def dtype_policy(mixed):
+    """The name of the policy a run trains in (metrics.json's `dtype_policy`): what `precision(mixed)` sets."""
+    import keras
+
+    return precision_decision()[0] if mixed else keras.mixed_precision.global_policy().name
+
+
 def save_run(run, config, plan, model, metrics, eval_data, predicted, *, phase_starts=None):
     """The end of every run, on the chief: model.keras, metrics.json, the plots, the export, then the
     backup deleted, then the summary. Returns the `Run`."""
     import keras
 
     metrics.setdefault("backend", keras.backend.backend())
+    metrics.setdefault("dtype_policy", dtype_policy(config.mixed_precision))
     if config.distribute:
         metrics["distribute"] = plan.describe()
     clock = Stopwatch()

@@ -148,8 +148,12 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
 
 
 def test_mixed_precision_leaves_the_global_policy_as_it_was(tmp_path):
-    training.train(TrainConfig(**dict(QUICK, epochs=1), mixed_precision=True, output_dir=str(tmp_path / "run")))
+    from kcnn.utils import mixed_precision_policy  # what this machine affords (tests/test_precision.py)
+
+    run = training.train(TrainConfig(**dict(QUICK, epochs=1), mixed_precision=True,
+                                     output_dir=str(tmp_path / "run")))
     assert keras.mixed_precision.global_policy().name == "float32"
+    assert run.metrics["dtype_policy"] == run.model.dtype_policy.name == mixed_precision_policy()
 
 
 def test_googlenet_trains_with_auxiliary_heads_and_saves_without(tmp_path):
