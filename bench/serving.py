@@ -515,7 +515,7 @@ def serve(args, folder, prepared):
     sizes = {payload: np.mean([len(body) for body in encoded]) / 1e3 for payload, encoded in payloads.items()}
     print(f"run {args.run}: images {tuple(prepared['shape'])}; {args.seconds:g} s per row; one image per request "
           f"({', '.join(f'{p} {s:.0f} kB' for p, s in sizes.items())} a body); batched: "
-          f"`{commands[args.max_batch]}`" + ("" if args.max_batch else f" (its default --max-batch)")
+          f"`{commands[args.max_batch]}`" + ("" if args.max_batch else " (its default --max-batch)")
           + "; images/run: mean images per inference run")
     print(f"| {'payload':7s} | {'max batch':>12s} | {'clients':>7s} | {'requests/s':>10s} | {'p50 ms':>7s} | "
           f"{'p99 ms':>7s} | {'images/run':>10s} | {'failed':>6s} | {'req/s vs max batch 1':>20s} |")

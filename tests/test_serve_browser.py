@@ -8,12 +8,7 @@ the page's five classes, with the probabilities the REST API gives for the same 
 """
 
 import base64
-import io
-import json
 import os
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
