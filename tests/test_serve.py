@@ -345,7 +345,9 @@ def test_keep_alive_requests_do_not_wait_for_delayed_acks(server):
             started = time.perf_counter()
             session.post(server.url + PREDICT, data=json.dumps(GOOD), timeout=30)
             times.append(time.perf_counter() - started)
-    assert np.median(times) < 0.025, f"median {np.median(times) * 1e3:.0f} ms"
+    # every request waited at least the 40 ms of Linux's delayed ACK without it: the fastest of 15 tells, however
+    # busy the machine is (a median would count the requests a loaded machine kept waiting for other reasons)
+    assert min(times) < 0.030, f"fastest {min(times) * 1e3:.0f} ms, median {np.median(times) * 1e3:.0f} ms"
 
 
 def test_the_serving_process_loads_no_tensorflow_keras_or_jax(server):
