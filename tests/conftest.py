@@ -56,10 +56,12 @@ def pytest_configure(config):
 # The files that take longest go first (pytest-xdist's loadfile hands files out in collection order, each to the
 # worker that is free): with the alphabetical order, test_weights.py (five minutes of a worker) started near the end
 # and one core idled while the other finished it (`make test`, 2026-12-05: 170% of the 2 cores on average).
-# test_zoo.py waits for the backend runs, so it comes after the long ones, while they finish.
+# test_zoo.py comes last: it waits for the backend runs (JAX's build and load the longest), and as the 7th file its
+# worker waited 370 s for them (`make test`, 2026-12-05: 1,214 s, 163% of the 2 cores).
 LONGEST_FIRST = ("test_weights.py", "test_crash.py", "test_export.py", "test_distribute.py", "test_train.py",
-                 "test_finetune.py", "test_zoo.py", "test_notebooks.py", "test_keras_applications.py", "test_api.py",
+                 "test_finetune.py", "test_notebooks.py", "test_keras_applications.py", "test_api.py",
                  "test_explain.py", "test_litert.py", "test_bad_input.py")
+LAST = "test_zoo.py"
 
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection: `make test-fast` needs no backend runs
@@ -67,7 +69,8 @@ def pytest_collection_modifyitems(session, config, items):
     """Order the files longest first; start the per-backend runs as soon as the tests that need them are
     collected, so that they run while the in-process tests do."""
     rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the order within a file stays
+    last = len(rank) + 1
+    items.sort(key=lambda item: last if item.path.name == LAST else rank.get(item.path.name, len(rank)))  # stable
     needing = [item for item in items if "backend_runs" in getattr(item, "fixturenames", ())]
     if needing:
         # `pytest -k lenet5` builds only the models the selected tests ask for (their `name` parameter)
