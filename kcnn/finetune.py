@@ -394,8 +394,8 @@ def fit_top(config, plan, run, backbone, head, frozen, callbacks):
 
 
 def _finetune_optimizer(config, top):
-    """Adam at the fine-tuning rate; with layer_decay < 1, layer-wise learning-rate decay (Clark et al. 2020,
-    BEiT): the layers after the top's last block end (kcnn.finetune.cut_points) and the head at the rate, each
+    """Adam at the fine-tuning rate; with layer_decay < 1, layer-wise learning-rate decay (Clark et al. 2020's
+    ELECTRA, BEiT): the layers after the top's last block end (kcnn.finetune.cut_points) and the head at the rate, each
     block below at layer_decay times the one above it; one Adam per depth (Keras' MultiOptimizer)."""
     import keras
 
@@ -696,4 +696,3 @@ def _layer_decay_class():
                 optimizer.learning_rate = float(optimizer.learning_rate) * ratio
 
     return LayerDecay
-
