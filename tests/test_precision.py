@@ -111,7 +111,7 @@ def test_a_cpu_whose_flags_cannot_be_read_stays_in_float32(monkeypatch):
 
 
 def test_this_machines_flags_are_read_from_proc_cpuinfo():
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux"):  # runs in CI (Linux); other systems' readers are tested with their text
         pytest.skip("/proc/cpuinfo is Linux's")
     with open("/proc/cpuinfo") as f:
         assert utils.cpu_flags() == utils.cpu_flags(f.read()) != None  # noqa: E711

@@ -352,7 +352,7 @@ def test_keep_alive_requests_do_not_wait_for_delayed_acks(server):
 
 def test_the_serving_process_loads_no_tensorflow_keras_or_jax(server):
     maps = f"/proc/{server.process.pid}/maps"  # the same process: `kcnn serve` became the server (exec)
-    if not os.path.exists(maps):
+    if not os.path.exists(maps):  # Linux's /proc: CI and the project machines have it; macOS does not
         pytest.skip("no /proc here")
     libraries = open(maps).read()
     assert "onnxruntime" in libraries
