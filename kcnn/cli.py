@@ -116,8 +116,19 @@ def _add_train_arguments(parser):
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--optimizer", choices=OPTIMIZERS)
     parser.add_argument("--learning-rate", "--lr", type=float)
-    parser.add_argument("--schedule", choices=SCHEDULES)
+    parser.add_argument("--schedule", choices=SCHEDULES,
+                        help="learning rate over the run: triangle is airbench94's (up over 23%%, then down)")
     parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--momentum", type=float, help="SGD's Nesterov momentum (default 0.9; CIFAR-10: 0.85)")
+    parser.add_argument("--norm-bias-lr", type=float, metavar="FACTOR",
+                        help="batch-norm biases learn FACTOR times faster, with the same decay per step "
+                             "(CIFAR-10: 64, as airbench94)")
+    parser.add_argument("--lookahead", action=argparse.BooleanOptionalAction,
+                        help="lookahead every 5 steps, as airbench94 (CIFAR-10: on)")
+    parser.add_argument("--dirac-init", action=argparse.BooleanOptionalAction,
+                        help="convolutions start as identities (CIFAR-10: on)")
+    parser.add_argument("--whiten-bias-epochs", type=int, metavar="N",
+                        help="airbench: the whitening layer's bias trains for N epochs (CIFAR-10: 3; 0: frozen)")
     parser.add_argument("--label-smoothing", type=float)
     parser.add_argument("--augment", choices=AUGMENTATIONS)
     parser.add_argument("--image-size", type=int, help="resize images to this square size")
@@ -129,10 +140,12 @@ def _add_train_arguments(parser):
                         help="stop after PATIENCE epochs without a better validation accuracy; keep the best weights")
     parser.add_argument("--class-weight", choices=CLASS_WEIGHTS,
                         help="balanced: every class counts as much, however many images it has (imbalanced folders)")
-    parser.add_argument("--tta", choices=TTA_MODES,
-                        help="also evaluate with test-time augmentation (flip, or flip_crop: 6 views); metrics.json "
-                             "records both accuracies")
-    parser.add_argument("--mixed-precision", action="store_true")
+    parser.add_argument("--tta", choices=(*TTA_MODES, "none"),
+                        help="also evaluate with test-time augmentation (flip, or flip_crop: 6 views; CIFAR-10: "
+                             "flip_crop); metrics.json records both accuracies")
+    parser.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction,
+                        help="bfloat16 or float16 where this machine computes it natively, float32 where not "
+                             "(kcnn doctor says which; CIFAR-10: on; KCNN_MIXED_PRECISION overrides)")
     parser.add_argument("--no-jit", dest="jit_compile", action="store_false", default="auto")
     parser.add_argument("--distribute", action="store_true", help=DISTRIBUTE_HELP)
     parser.add_argument("--seed", type=int, default=0)

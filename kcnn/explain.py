@@ -295,8 +295,8 @@ class _Graph:
                 outputs = _without_softmax(layer, args, kwargs)
             else:
                 outputs = layer(*args, **kwargs)
-            if layer is shift_layer:
-                outputs = outputs + shift
+            if layer is shift_layer:  # in float32: a mixed-precision model's layers compute in bfloat16
+                outputs = keras.ops.cast(outputs, "float32") + keras.ops.cast(shift, "float32")
                 read["features"] = outputs
             values.update(zip((id(t) for t in keras_private.node_tensors(node)[1]), keras.tree.flatten(outputs)))
         return [values[id(tensor)] for tensor in model.outputs]

@@ -399,6 +399,8 @@ def _finetune_optimizer(config, top):
     block below at layer_decay times the one above it; one Adam per depth (Keras' MultiOptimizer)."""
     import keras
 
+    from kcnn.optim import grouped
+
     def adam(rate):
         return keras.optimizers.Adam(rate, use_ema=config.ema, ema_momentum=0.99)
 
@@ -411,8 +413,9 @@ def _finetune_optimizer(config, top):
             depth_of[variable.path] = depth
         if layer.name in ends:
             depth -= 1
-    optimizers = {d: adam(config.finetune_learning_rate * config.layer_decay ** d) for d in range(len(ends) + 1)}
-    return _layer_decay_class()(lambda variable: optimizers[depth_of.get(variable.path, 0)])  # the head: depth 0
+    paths = {d: [path for path, at in depth_of.items() if at == d] for d in range(1, len(ends) + 1)}
+    rate = config.finetune_learning_rate
+    return grouped(adam(rate), {adam(rate * config.layer_decay ** d): paths[d] for d in paths})  # the head: depth 0
 
 
 def _loss(config):
@@ -677,22 +680,3 @@ def _phase_callbacks(config, finetune=False):
     if finetune:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(**monitor, factor=0.2, patience=2, verbose=config.verbose))
     return callbacks
-
-
-def _layer_decay_class():
-    import keras
-
-    class LayerDecay(keras.optimizers.MultiOptimizer):
-        """MultiOptimizer whose learning_rate is the top's: setting it (ReduceLROnPlateau) scales every depth's."""
-
-        @property
-        def learning_rate(self):
-            return max((o.learning_rate for o in self.optimizers), key=lambda rate: float(rate))
-
-        @learning_rate.setter
-        def learning_rate(self, rate):
-            ratio = float(rate) / float(self.learning_rate)
-            for optimizer in self.optimizers:
-                optimizer.learning_rate = float(optimizer.learning_rate) * ratio
-
-    return LayerDecay

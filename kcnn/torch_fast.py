@@ -19,9 +19,11 @@ it; the model's predict() runs under torch.inference_mode. Same weights, same
 formulas (Keras' momentum and biased batch variance for the moving
 statistics), outputs equal to float32 rounding. Only the instances change:
 their classes, configs and saved files stay Keras' own, so `model.save()`
-writes a plain Keras model that loads anywhere. Layers in a case this does not
-cover (float16/bfloat16, masks, renorm, LoRA, quantization, depth multipliers
-above 1, torch.compile tracing) keep Keras' code.
+writes a plain Keras model that loads anywhere. The mixed_bfloat16 policy runs
+on them too (bfloat16 convolutions, batch norm computed in float32 as Keras
+does; no folding). Layers in a case this does not cover (float16, masks,
+renorm, LoRA, quantization, depth multipliers above 1, torch.compile tracing)
+keep Keras' code.
 """
 
 import os
@@ -161,7 +163,7 @@ def _convolve(layer, inputs, kernel, groups):
     batch_norm = _batch_norm_to_fold(layer)
     if batch_norm is not None:
         weight, bias = _folded(layer, batch_norm, weight, bias, memory_format)
-    elif not torch.is_grad_enabled():
+    elif not torch.is_grad_enabled() and weight.dtype == torch.float32:  # (bfloat16: cast anew on each call)
         weight = _inference_weight(layer, weight, memory_format)
     padding = 0
     if layer.padding == "same":
@@ -185,8 +187,8 @@ def _batch_norm_to_fold(layer):
     `training` value the batch norm will get (private; without it nothing is folded)."""
     import torch
 
-    if not FOLD_BATCH_NORMS or torch.is_grad_enabled():
-        return None
+    if not FOLD_BATCH_NORMS or torch.is_grad_enabled() or layer.compute_dtype != "float32":
+        return None  # (in bfloat16 a folded kernel would round differently from Keras' float32 batch norm)
     try:
         context = keras_private.call_context()
         entry, training = context.entry_layer, context.training
@@ -240,10 +242,13 @@ def _inference_weight(layer, weight, memory_format):
 
 
 def _eligible(layer, inputs):
+    """float32, and the mixed_bfloat16 policy (bfloat16 maps, float32 variables that Keras casts as the
+    layer reads them, batch norm's statistics in float32 as Keras keeps them)."""
     import torch
 
-    return (not _is_symbolic(inputs) and inputs.ndim == 4 and inputs.dtype == torch.float32
-            and layer.compute_dtype == "float32" and getattr(layer, "quantization_mode", None) is None)
+    dtype = {torch.float32: "float32", torch.bfloat16: "bfloat16"}.get(getattr(inputs, "dtype", None))
+    return (not _is_symbolic(inputs) and inputs.ndim == 4 and dtype is not None and layer.compute_dtype == dtype
+            and getattr(layer, "quantization_mode", None) is None)
 
 
 def _keras_call(layer, *args, **kwargs):
@@ -293,13 +298,15 @@ def _batch_norm_call(self, inputs, training=None, mask=None):
     count = x.numel() // channels
     if training and self.trainable and count < 2:  # torch refuses batch statistics of one value
         return _keras_call(self, inputs, training=training, mask=mask)
-    gamma = self.gamma.value if self.scale else None
+    gamma = self.gamma.value if self.scale else None  # float32 always (Keras: autocast=False)
     beta = self.beta.value if self.center else None
+    # bfloat16 maps: torch's CPU batch norm takes them with float32 parameters and statistics and computes
+    # in float32, one rounding to bfloat16 at the end, as Keras' cast to float32 and back does.
     if training and self.trainable:
         # momentum=1: torch stores this batch's mean and unbiased variance in the buffers; Keras'
         # moving statistics use its momentum the other way round and the biased variance.
-        batch_mean = torch.zeros(channels, dtype=x.dtype, device=x.device)
-        batch_variance = torch.ones(channels, dtype=x.dtype, device=x.device)
+        batch_mean = torch.zeros(channels, dtype=torch.float32, device=x.device)
+        batch_variance = torch.ones(channels, dtype=torch.float32, device=x.device)
         outputs = F.batch_norm(x, batch_mean, batch_variance, gamma, beta, training=True,
                                momentum=1.0, eps=self.epsilon)
         biased_variance = batch_variance * ((count - 1) / count)

@@ -210,8 +210,8 @@ def free_port():
 def test_learning_rate_follows_the_global_batch():
     from kcnn.train import TrainConfig
 
-    cifar = TrainConfig(dataset="cifar10").resolved()  # SGD, batch 512, learning rate 1.0
-    assert TrainConfig(dataset="cifar10", batch_size=1024).resolved().learning_rate == pytest.approx(2 * cifar.learning_rate)
+    cifar = TrainConfig(dataset="cifar10").resolved()  # SGD, batch 1024, learning rate 1.5
+    assert TrainConfig(dataset="cifar10", batch_size=2048).resolved().learning_rate == pytest.approx(2 * cifar.learning_rate)
     mnist = TrainConfig(dataset="mnist").resolved()  # AdamW: the square root
     assert TrainConfig(dataset="mnist", batch_size=4 * mnist.batch_size).resolved().learning_rate == \
         pytest.approx(2 * mnist.learning_rate)

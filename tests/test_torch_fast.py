@@ -52,6 +52,17 @@ def test_gradients_and_fit_match_keras_layers(report, case):
         assert fast_loss == pytest.approx(plain_loss, rel=1e-4)
 
 
+@pytest.mark.parametrize("case", ["airbench_small_bfloat16", "mobilenet_v2_bfloat16"])
+def test_mixed_bfloat16_runs_on_torch_kernels_within_bfloat16_rounding(report, case):
+    """Issue 24: the mixed_bfloat16 policy on the torch kernels (convolutions in bfloat16, batch norms
+    computed in float32 as Keras does), every layer of the model on them, results within the rounding."""
+    result = report[case]
+    assert result["keras_call_layers"] == [] and result["torch_kernel_layers"] > 0
+    assert result["output_dtype"] in ("bfloat16", "float32")
+    for key in ("inference", "training_mode", "predict", "gradients"):
+        assert within_floor(result, key), f"{case}: {key} differ by {result[key]:.2e}, floor {result[key + '_floor']:.2e}"
+
+
 def test_only_the_cases_left_to_keras_take_its_code(report):
     assert report["edge_cases"]["keras_call_layers"] == ["depth_multiplier_2"]
     assert report["cifar_resnet20"]["keras_call_layers"] == []

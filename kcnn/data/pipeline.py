@@ -9,7 +9,11 @@ Scaling to the model's range is not done here: kcnn training models take raw
 
 from kcnn.errors import InvalidArgumentError
 
-AUGMENTATIONS = ("none", "crop", "flip", "crop_flip", "randaugment", "mixup", "cutmix")
+AUGMENTATIONS = ("none", "crop", "flip", "crop_flip", "translate_flip", "airbench", "randaugment", "mixup",
+                 "cutmix")
+# translate_flip: shifts of up to 1/16 of the side (2 pixels at 32x32) in a reflected border, random flips.
+# airbench: airbench94's (Jordan 2024): those shifts, and alternating flips: each image is mirrored or not at
+# random once, then every image is mirrored on odd epochs, so that each is seen both ways every two epochs.
 
 
 def augmentation_layers(name, image_size, seed=0):
@@ -32,6 +36,10 @@ def augmentation_layers(name, image_size, seed=0):
         return crop
     if name == "crop_flip":
         return crop + flip
+    if name == "translate_flip":  # make_dataset translates each image (Keras' RandomCrop: one shift a batch)
+        return flip
+    if name == "airbench":  # make_dataset translates each image and flips by the epoch
+        return []
     if name == "randaugment":
         return crop + flip + [keras.layers.RandAugment(value_range=(0, 255), seed=seed)]
     return crop + flip  # mixup and cutmix mix labels too: see make_dataset
@@ -110,8 +118,19 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
             batches = batches.map(lambda indices: indices[shard_index::shard_count])
         return batches.enumerate(start=epoch * steps)
 
+    # alternating flips (augment="airbench"): each image's first mirroring depends on (seed, its index) only
+    first_mirrored = tf.random.stateless_uniform([count], seed=[seed, 1]) < 0.5
+
     def gather(batch_number, indices):
-        return (batch_number, *prepare(tf.gather(images, indices), tf.gather(labels, indices)))
+        batch = tf.gather(images, indices)
+        if augment == "airbench":
+            odd_epoch = tf.equal((batch_number // steps) % 2, 1)
+            mirrored = tf.math.logical_xor(tf.gather(first_mirrored, indices), odd_epoch)
+            batch = tf.where(mirrored[:, None, None, None], tf.reverse(batch, [2]), batch)
+        batch, batch_labels = prepare(batch, tf.gather(labels, indices))
+        if augment in ("translate_flip", "airbench"):
+            batch = _translate_each(batch, max(1, image_shape[0] // 16), seed=[seed * 64 + 63, batch_number])
+        return batch_number, batch, batch_labels
 
     last_epoch = epochs if epochs is not None else 2**40  # None: an endless stream
     if augment == "none":
@@ -141,6 +160,21 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
 
 
 SHARDS = 4  # parallel augmentation streams; fixed, so that results do not depend on the machine
+
+
+def _translate_each(images, pad, seed):
+    """Each image shifted by its own (dy, dx) in [-pad, pad], the border filled by reflection (airbench94's
+    translation). Keras' RandomCrop draws one offset for the whole batch, hence this. `seed`: stateless."""
+    import tensorflow as tf
+
+    height, width = images.shape[1], images.shape[2]
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
+    offsets = tf.random.stateless_uniform([tf.shape(images)[0], 2], seed=tf.cast(tf.stack(seed), tf.int64),
+                                          minval=0, maxval=2 * pad + 1, dtype=tf.int32)
+    rows = offsets[:, :1] + tf.range(height)[None]  # (N, H) row indices into the padded images
+    columns = offsets[:, 1:] + tf.range(width)[None]
+    shifted = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(shifted, columns, axis=2, batch_dims=1)
 
 
 def _augmenter(augment, image_size, seed, stream=0):

@@ -166,6 +166,37 @@ def one_value_batch_norm():
     return {"took_keras_call": torch_fast.took_keras_call(layer), "finite": bool(np.all(np.isfinite(outputs)))}
 
 
+def compare_bfloat16(build, input_shape, batch):
+    """Under the mixed_bfloat16 policy: the accelerated model against Keras' layers, beside the floor of
+    bfloat16 rounding (Keras' own results when the input moves by 2^-9 relative, half a bfloat16 step)."""
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        plain, fast = plain_and_fast(build, varied=True)
+        rng = np.random.default_rng(1)
+        images = rng.uniform(0, 1, (batch,) + input_shape).astype("float32")
+        nudged = images * (1 + 2.0 ** -9 * rng.standard_normal(images.shape)).astype("float32")
+        labels = rng.integers(0, plain.output_shape[-1], batch)
+        report = {"predict": relative([fast.predict(images, verbose=0).astype("float32")],
+                                      [plain.predict(images, verbose=0).astype("float32")])}
+        # training mode last: each call moves the moving statistics (the floor's call moves plain's again)
+        for training in (False, True):
+            key = "training_mode" if training else "inference"
+            expected = numpy(plain(images, training=training)).astype("float32")
+            report[key] = relative([numpy(fast(images, training=training)).astype("float32")], [expected])
+            report[key + "_floor"] = relative([numpy(plain(nudged, training=training)).astype("float32")], [expected])
+        report["predict_floor"] = report["inference_floor"]
+        reference = gradients(plain, images, labels)
+        report["gradients"] = relative(gradients(fast, images, labels), reference)
+        report["gradients_floor"] = relative(gradients(plain, nudged, labels), reference)
+        report["output_dtype"] = str(numpy(fast(images, training=False)).dtype)
+        report["keras_call_layers"] = sorted(layer.name for layer in torch_fast.layers_of(fast)
+                                             if torch_fast.took_keras_call(layer))
+        report["torch_kernel_layers"] = sum(torch_fast.is_accelerated(layer) for layer in torch_fast.layers_of(fast))
+        return report
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 def main(out_path):
     keras.utils.set_random_seed(0)
     cases = {
@@ -178,6 +209,13 @@ def main(out_path):
         keras.utils.set_random_seed(0)
         results[name] = compare(build, input_shape, batch)
         print(name, json.dumps(results[name]), flush=True)
+    for name, (build, input_shape, batch) in {
+            "airbench_small": (lambda: kcnn.build("airbench_small"), (32, 32, 3), 8),
+            "mobilenet_v2": (lambda: kcnn.build("mobilenet_v2", num_classes=5, input_shape=(64, 64, 3)), (64, 64, 3), 4),
+    }.items():
+        keras.utils.set_random_seed(0)
+        results[name + "_bfloat16"] = compare_bfloat16(build, input_shape, batch)
+        print(name, "bfloat16", json.dumps(results[name + "_bfloat16"]), flush=True)
     results["one_value"] = one_value_batch_norm()
     results["cut_after_folded_convolution"] = cut_after_a_folded_convolution()
     # kcnn.build and kcnn's loading give torch kernels without being asked
