@@ -4,10 +4,12 @@ float16, on the backend in KERAS_BACKEND: why `--mixed-precision` picks bfloat16
 
     KERAS_BACKEND=torch python bench/mixed_precision.py
     KERAS_BACKEND=torch KCNN_TORCH_FAST=0 python bench/mixed_precision.py   # Keras' own torch layers
+    python bench/mixed_precision.py --policies float32,mixed_bfloat16
 
 train_on_batch at batch 512 on random 32x32 images, one warm-up step, then the mean of 4 steps.
 """
 
+import argparse
 import os
 import time
 
@@ -19,13 +21,16 @@ from kcnn.utils import cpu_flags, instruction_sets, precision_decision
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--policies", default="float32,mixed_bfloat16,mixed_float16")
+    args = parser.parse_args()
     images = np.random.default_rng(0).uniform(0, 255, (512, 32, 32, 3)).astype("float32")
     labels = np.arange(512) % 10
     switch = " KCNN_TORCH_FAST=0" if os.environ.get("KCNN_TORCH_FAST") == "0" else ""
     print(f"Command: `KERAS_BACKEND={keras.backend.backend()}{switch} python bench/mixed_precision.py` (airbench, batch 512; "
           f"CPU: {', '.join(instruction_sets(cpu_flags())) or 'instruction sets unknown'})\n")
     print("| policy | training images/s |\n|---|---:|")
-    for policy in ("float32", "mixed_bfloat16", "mixed_float16"):
+    for policy in args.policies.split(","):
         keras.mixed_precision.set_global_policy(policy)
         model = kcnn.build("airbench", num_classes=10)
         model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),

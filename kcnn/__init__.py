@@ -20,6 +20,7 @@ from kcnn.summary import ModelSummary, summary
 # imports none of them. kcnn.hub registers the "hub:" names (keras-hub itself is imported only to build one).
 import kcnn.models  # noqa: E402, F401
 import kcnn.hub  # noqa: E402, F401
+import kcnn.optim  # noqa: E402, F401 (registers the recipes' schedules and optimizer: saved runs load anywhere)
 
 __version__ = "0.1.0"
 

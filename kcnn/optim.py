@@ -71,6 +71,7 @@ def grouped(default, groups):
     return GroupedOptimizer(keras.optimizers.OptimizerMap(default, patterns))
 
 
+@keras.saving.register_keras_serializable(package="kcnn")
 class GroupedOptimizer(keras.optimizers.MultiOptimizer):
     """MultiOptimizer (one optimizer per group of variables) whose learning_rate is its fastest group's:
     setting it (ReduceLROnPlateau) scales every group's by the same ratio."""
@@ -126,6 +127,21 @@ def add_lookahead(optimizer, total_steps, every=5, decay=0.95):
     optimizer._update_model_variables_moving_average = update_slow_weights
     optimizer._overwrite_model_variables_with_average_value = restart_from_slow_weights
     return optimizer
+
+
+class FreezeGroup(keras.callbacks.Callback):
+    """From epoch `epoch` on, the variables of one SGD group stop moving at once: `Until` has set their rate
+    to 0, and this clears the velocity that Keras' SGD would otherwise keep applying (airbench turns the
+    whitening bias's requires_grad off)."""
+
+    def __init__(self, optimizer, epoch):
+        super().__init__()
+        self.optimizer, self.epoch = optimizer, epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch >= self.epoch:
+            for velocity in getattr(self.optimizer, "momentums", ()):
+                velocity.assign(ops.zeros(velocity.shape, velocity.dtype))
 
 
 def dirac_init(model):

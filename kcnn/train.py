@@ -172,6 +172,10 @@ class TrainConfig:
         if isinstance(self.whiten_bias_epochs, bool) or not isinstance(self.whiten_bias_epochs, int) \
                 or self.whiten_bias_epochs < 0:
             bad("whiten_bias_epochs", self.whiten_bias_epochs, "a whole number of epochs of at least 0")
+        if self.whiten_bias_epochs and self.schedule == "plateau":
+            raise InvalidArgumentError("whiten_bias_epochs stops the whitening bias on a schedule of its own, which "
+                                       "ReduceLROnPlateau cannot scale; pick another schedule (--schedule) or "
+                                       "--whiten-bias-epochs 0.")
         if self.optimizer not in OPTIMIZERS:
             bad("optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
@@ -263,6 +267,8 @@ def _fit(config, plan, run, info, outputs, train_data, train_ds, eval_ds, image_
     """The model, trained with Keras' fit() and callbacks (a resumed run starts at its backup's epoch)."""
     import keras
 
+    from kcnn import optim
+
     num_classes = len(train_data.class_names)
     with workflow.precision(config.mixed_precision):
         keras.utils.set_random_seed(config.seed)
@@ -278,13 +284,20 @@ def _fit(config, plan, run, info, outputs, train_data, train_ds, eval_ds, image_
             else:
                 trainer.compile(optimizer=_optimizer(config, steps_per_epoch, trainer), loss=loss, metrics=["accuracy"],
                                 jit_compile=config.jit_compile)
+            extra = []
+            if config.whiten_bias_epochs:  # its group stops for good after its epochs
+                grouped = getattr(trainer.optimizer, "inner_optimizer", trainer.optimizer)  # (float16's loss scale)
+                group = grouped._optimizer_map(_whitening_layer(trainer, config).bias)
+                extra.append(optim.FreezeGroup(group, config.whiten_bias_epochs))
             trainer = plan.wrap(trainer)
             trainer.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                         shuffle=False,  # the dataset shuffles, per epoch
                         class_weight=report.class_weights(train_data.labels, num_classes, config.class_weight),
-                        callbacks=plan.callbacks() + _callbacks(config, run.path, model, trainer, first_epoch, plan)
-                        + list(callbacks),
+                        callbacks=plan.callbacks() + extra + _callbacks(config, run.path, model, trainer,
+                                                                        first_epoch, plan) + list(callbacks),
                         verbose=config.verbose)
+        if config.whiten_bias_epochs:
+            _whitening_layer(model, config).trainable = False  # saved as built: frozen
         return plan.single_device(model)
 
 

@@ -40,7 +40,8 @@ def passes(tta):
 
 
 def shift_pixels(height, width):
-    """How far flip_crop shifts an image: 1/16 of its side (2 pixels at 32x32, as airbench), at least 1."""
+    """How far flip_crop shifts an image: 1/16 of its side (2 pixels at 32x32; airbench94 shifts by 1 and
+    averages logits, kcnn averages probabilities), at least 1."""
     return max(1, round(min(height, width) / 16))
 
 

@@ -15,7 +15,7 @@ QUICK = dict(dataset="digits", image_size=32, epochs=2, batch_size=64, limit=320
 # every ingredient of the CIFAR-10 recipe, on digits (one channel) and the small airbench
 AIRBENCH = dict(QUICK, arch="airbench_small", optimizer="sgd", learning_rate=0.1, schedule="triangle", momentum=0.85,
                 weight_decay=0.0089, norm_bias_lr=64.0, lookahead=True, dirac_init=True, whiten_bias_epochs=1,
-                label_smoothing=0.2, augment="airbench", epochs=3, seed=3)
+                label_smoothing=0.2, augment="airbench", epochs=3, seed=3, limit=192)
 
 
 def test_triangle_rises_over_23_percent_then_falls_to_7_percent():
@@ -86,7 +86,7 @@ def test_groups_batch_norm_biases_at_64x_and_the_whitening_bias_for_its_epochs()
     assert float(rate[main](0)) == pytest.approx(0.2 * 1.5)
     assert beta.weight_decay == pytest.approx(0.0089 / 64) and main.weight_decay == pytest.approx(0.0089)
     assert (main.momentum, main.nesterov, main.use_ema, main.ema_overwrite_frequency) == (0.85, True, True, 5)
-    assert optimizer.learning_rate is not None  # the fastest group's: ReduceLROnPlateau can read it
+    assert float(optimizer.learning_rate) == pytest.approx(64 * float(main.learning_rate))  # the fastest group's
 
 
 def test_dirac_initialisation_passes_the_input_through():
@@ -131,7 +131,17 @@ def test_airbench_augmentation_alternates_flips_and_translates_two_pixels():
 def test_airbench_recipe_trains_its_whitening_bias_only_and_resumes_exactly(tmp_path, monkeypatch):
     from kcnn.models.airbench import WHITEN_NAME
 
-    uninterrupted = training.train(TrainConfig(**AIRBENCH, output_dir=str(tmp_path / "full")))
+    class WhiteningBias(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.per_epoch = []
+
+        def on_epoch_end(self, epoch, logs=None):
+            layer = next(layer for layer in self.model._flatten_layers() if layer.name == WHITEN_NAME)
+            self.per_epoch.append(np.array(keras.ops.convert_to_numpy(layer.bias)))
+
+    recorded = WhiteningBias()
+    uninterrupted = training.train(TrainConfig(**AIRBENCH, output_dir=str(tmp_path / "full")), callbacks=[recorded])
 
     class Crash(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -150,11 +160,20 @@ def test_airbench_recipe_trains_its_whitening_bias_only_and_resumes_exactly(tmp_
     def whitening(model):
         return next(layer for layer in model._flatten_layers() if layer.name == WHITEN_NAME)
 
-    data = TrainConfig(**AIRBENCH).resolved().load("train")
-    untrained = training.normalized_model("airbench_small", 10, (32, 32, 1), data.images[:320])
+    config = TrainConfig(**AIRBENCH).resolved()
+    data = config.load(config.train_split_name())
+    untrained = training.normalized_model("airbench_small", 10, (32, 32, 1), data.images[:192])
     kernel, bias = whitening(uninterrupted.model).get_weights()
     np.testing.assert_array_equal(kernel, whitening(untrained).get_weights()[0])  # as the data set it
-    assert np.abs(bias).max() > 1e-4  # it trained
+    assert np.abs(bias).max() > 1e-4  # it trained in its epoch (the first), and stopped: from step 5 (the first
+    # lookahead step after it, which also moves it, as airbench's) nothing changes it, momentum included
+    np.testing.assert_array_equal(recorded.per_epoch[1], recorded.per_epoch[2])
+    np.testing.assert_array_equal(recorded.per_epoch[2], bias)
+    assert not np.array_equal(recorded.per_epoch[0], recorded.per_epoch[1])
+    assert not whitening(uninterrupted.model).trainable  # saved frozen, as built
+    loaded = keras.models.load_model(tmp_path / "full" / "model.keras")  # with its optimizer's groups and schedules
+    for a, b in zip(loaded.get_weights(), uninterrupted.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize(
@@ -172,3 +191,24 @@ def test_bad_recipe_input_writes_nothing(changes, message, tmp_path):
     with pytest.raises(kcnn.KcnnError, match=message):
         training.train(TrainConfig(**dict(dict(QUICK, arch="lenet5"), **changes), output_dir=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+def test_cli_flags_reach_the_recipe():
+    """Each of the recipe's flags sets its field; the bare command keeps CIFAR-10's defaults, and "none" and
+    --no-... turn a default off."""
+    from kcnn.cli import _parser
+
+    def resolved(*flags):
+        args = vars(_parser().parse_args(["train", "--dataset", "cifar10", *flags]))
+        args.pop("command")
+        return TrainConfig(**args).resolved()
+
+    bare = resolved()
+    assert (bare.schedule, bare.augment, bare.mixed_precision, bare.tta) == ("triangle", "airbench", True, "flip_crop")
+    changed = resolved("--momentum", "0.9", "--norm-bias-lr", "1", "--no-lookahead", "--no-dirac-init",
+                       "--whiten-bias-epochs", "0", "--tta", "none", "--no-mixed-precision", "--schedule", "onecycle",
+                       "--augment", "translate_flip")
+    assert (changed.momentum, changed.norm_bias_lr, changed.lookahead, changed.dirac_init) == (0.9, 1.0, False, False)
+    assert (changed.whiten_bias_epochs, changed.tta, changed.mixed_precision) == (0, None, False)
+    assert (changed.schedule, changed.augment) == ("onecycle", "translate_flip")
+    assert TrainConfig(dataset="mnist").resolved().lookahead is False  # other datasets: as before

@@ -1,7 +1,7 @@
 """Train a kcnn architecture from scratch.
 
     KERAS_BACKEND=jax python workflows/train.py --arch lenet5 --dataset mnist
-    python workflows/train.py --dataset cifar10          # cifar_resnet20, holdout protocol
+    python workflows/train.py --dataset cifar10          # airbench94 recipe, holdout protocol
     python workflows/train.py --dataset cifar10 --resume # continue an interrupted run
     KERAS_BACKEND=torch torchrun --nproc_per_node 4 workflows/train.py --dataset cifar10 --distribute
 

@@ -119,7 +119,7 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
         return batches.enumerate(start=epoch * steps)
 
     # alternating flips (augment="airbench"): each image's first mirroring depends on (seed, its index) only
-    first_mirrored = tf.random.stateless_uniform([count], seed=[seed, 1]) < 0.5
+    first_mirrored = tf.random.stateless_uniform([count], seed=[seed, -1]) < 0.5  # (epochs use [seed, epoch])
 
     def gather(batch_number, indices):
         batch = tf.gather(images, indices)
@@ -129,7 +129,8 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
             batch = tf.where(mirrored[:, None, None, None], tf.reverse(batch, [2]), batch)
         batch, batch_labels = prepare(batch, tf.gather(labels, indices))
         if augment in ("translate_flip", "airbench"):
-            batch = _translate_each(batch, max(1, image_shape[0] // 16), seed=[seed * 64 + 63, batch_number])
+            batch = _translate_each(batch, max(1, image_shape[0] // 16),
+                                    seed=[seed * 64 + 63 + shard_index * 2**20, batch_number])
         return batch_number, batch, batch_labels
 
     last_epoch = epochs if epochs is not None else 2**40  # None: an endless stream
