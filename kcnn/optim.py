@@ -2,8 +2,8 @@
 
 - `Triangle`: airbench94's learning-rate schedule (Jordan 2024), linear up then linear down.
 - `Until`: any schedule, then 0 from a given step on (airbench trains its whitening bias for 3 epochs).
-- `GroupedOptimizer`: Keras' MultiOptimizer whose `learning_rate` reads and scales every group's, so
-  ReduceLROnPlateau still works with parameter groups (layer-wise decay, faster batch-norm biases).
+- `GroupedOptimizer`: Keras' MultiOptimizer (parameter groups: layer-wise decay, faster batch-norm biases)
+  with a `learning_rate` that code written for one optimizer can read and set.
 - `add_lookahead`: lookahead (Zhang et al. 2019) as airbench94 schedules it, kept in Keras' own EMA slots,
   so it runs inside the compiled step on every backend and is saved in the optimizer's state.
 
@@ -74,7 +74,7 @@ def grouped(default, groups):
 @keras.saving.register_keras_serializable(package="kcnn")
 class GroupedOptimizer(keras.optimizers.MultiOptimizer):
     """MultiOptimizer (one optimizer per group of variables) whose learning_rate is its fastest group's:
-    setting it (ReduceLROnPlateau) scales every group's by the same ratio."""
+    setting it scales every group's by the same ratio. (Keras' ReduceLROnPlateau reduces each group itself.)"""
 
     @property
     def learning_rate(self):
