@@ -15,7 +15,7 @@ QUICK = dict(dataset="digits", image_size=32, epochs=2, batch_size=64, limit=320
 # every ingredient of the CIFAR-10 recipe, on digits (one channel) and the small airbench
 AIRBENCH = dict(QUICK, arch="airbench_small", optimizer="sgd", learning_rate=0.1, schedule="triangle", momentum=0.85,
                 weight_decay=0.0089, norm_bias_lr=64.0, lookahead=True, dirac_init=True, whiten_bias_epochs=1,
-                label_smoothing=0.2, augment="airbench", epochs=3, seed=3, limit=192)
+                label_smoothing=0.2, augment="airbench", epochs=2, seed=3, limit=192)
 
 
 def test_triangle_rises_over_23_percent_then_falls_to_7_percent():
@@ -145,7 +145,7 @@ def test_airbench_recipe_trains_its_whitening_bias_only_and_resumes_exactly(tmp_
 
     class Crash(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
+            if epoch == 1:
                 raise RuntimeError("simulated crash")
 
     original = training._callbacks
@@ -165,11 +165,10 @@ def test_airbench_recipe_trains_its_whitening_bias_only_and_resumes_exactly(tmp_
     untrained = training.normalized_model("airbench_small", 10, (32, 32, 1), data.images[:192])
     kernel, bias = whitening(uninterrupted.model).get_weights()
     np.testing.assert_array_equal(kernel, whitening(untrained).get_weights()[0])  # as the data set it
-    assert np.abs(bias).max() > 1e-4  # it trained in its epoch (the first), and stopped: from step 5 (the first
-    # lookahead step after it, which also moves it, as airbench's) nothing changes it, momentum included
-    np.testing.assert_array_equal(recorded.per_epoch[1], recorded.per_epoch[2])
-    np.testing.assert_array_equal(recorded.per_epoch[2], bias)
+    assert np.abs(bias).max() > 1e-4  # it trained in its epoch (the first: steps 1-3), and stopped: after step 5
+    # (the first lookahead step after it, which also moves it, as airbench's) nothing changes it, momentum included
     assert not np.array_equal(recorded.per_epoch[0], recorded.per_epoch[1])
+    np.testing.assert_array_equal(recorded.per_epoch[1], bias)
     assert not whitening(uninterrupted.model).trainable  # saved frozen, as built
     loaded = keras.models.load_model(tmp_path / "full" / "model.keras")  # with its optimizer's groups and schedules
     for a, b in zip(loaded.get_weights(), uninterrupted.model.get_weights()):

@@ -52,12 +52,13 @@ def test_gradients_and_fit_match_keras_layers(report, case):
         assert fast_loss == pytest.approx(plain_loss, rel=1e-4)
 
 
-@pytest.mark.parametrize("case", ["airbench_small_bfloat16", "mobilenet_v2_bfloat16"])
+@pytest.mark.parametrize("case", ["airbench_small_bfloat16", "edge_cases_bfloat16"])
 def test_mixed_bfloat16_runs_on_torch_kernels_within_bfloat16_rounding(report, case):
     """Issue 24: the mixed_bfloat16 policy on the torch kernels (convolutions in bfloat16, batch norms
     computed in float32 as Keras does), every layer of the model on them, results within the rounding."""
     result = report[case]
-    assert result["keras_call_layers"] == [] and result["torch_kernel_layers"] > 0
+    left_to_keras = ["depth_multiplier_2"] if case.startswith("edge_cases") else []  # as in float32
+    assert result["keras_call_layers"] == left_to_keras and result["torch_kernel_layers"] > 0
     assert result["output_dtype"] == "bfloat16"  # computed in bfloat16, as Keras' layers under the policy
     for key in ("inference", "training_mode", "predict", "gradients"):
         assert within_floor(result, key), f"{case}: {key} differ by {result[key]:.2e}, floor {result[key + '_floor']:.2e}"

@@ -211,7 +211,7 @@ def main(out_path):
         print(name, json.dumps(results[name]), flush=True)
     for name, (build, input_shape, batch) in {
             "airbench_small": (lambda: kcnn.build("airbench_small"), (32, 32, 3), 8),
-            "mobilenet_v2": (lambda: kcnn.build("mobilenet_v2", num_classes=5, input_shape=(64, 64, 3)), (64, 64, 3), 4),
+            "edge_cases": (edge_cases, (9, 10, 6), 2),  # depthwise, grouped, dilated, channels_first
     }.items():
         keras.utils.set_random_seed(0)
         results[name + "_bfloat16"] = compare_bfloat16(build, input_shape, batch)
