@@ -43,12 +43,12 @@ def test_cli_training_run_on_each_backend(backend, tmp_path):
 
 
 def test_resume_after_a_crash_reaches_the_same_weights(tmp_path, monkeypatch):
-    config = dict(QUICK, epochs=3, seed=3, augment="crop_flip")
+    config = dict(QUICK, epochs=2, seed=3, augment="crop_flip")
     uninterrupted = training.train(TrainConfig(**config, output_dir=str(tmp_path / "full")))
 
     class Crash(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 2:
+            if epoch == 1:
                 raise RuntimeError("simulated crash")
 
     original = training._callbacks
@@ -61,7 +61,7 @@ def test_resume_after_a_crash_reaches_the_same_weights(tmp_path, monkeypatch):
     for a, b in zip(uninterrupted.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     history = (tmp_path / "resumed" / "history.csv").read_text().strip().splitlines()
-    assert len(history) == 1 + 3  # header and one row per epoch, none twice
+    assert len(history) == 1 + 2  # header and one row per epoch, none twice
 
 
 def test_existing_run_is_refused_and_left_alone(tmp_path):
@@ -102,7 +102,7 @@ def test_cli_bad_input_exits_2(tmp_path):
 
 
 def test_same_seed_gives_the_same_run(tmp_path):
-    config = dict(QUICK, augment="crop")
+    config = dict(QUICK, augment="crop", epochs=1)
     first = training.train(TrainConfig(**config, seed=5, output_dir=str(tmp_path / "a")))
     second = training.train(TrainConfig(**config, seed=5, output_dir=str(tmp_path / "b")))
     other = training.train(TrainConfig(**config, seed=6, output_dir=str(tmp_path / "c")))
