@@ -142,3 +142,25 @@ def assert_close(actual, reference, rtol=1e-4, floor=1e-3, what="outputs"):
     assert_varies(reference, floor, what)
     relative = np.linalg.norm(actual - reference) / np.linalg.norm(reference)
     assert relative <= rtol, f"{what}: differ by {relative:.2e} of the reference's norm (allowed {rtol:.0e})"
+
+
+def killed_then_resumed(config, output_dir, monkeypatch, crash_epoch=1):
+    """`kcnn.train.train(config)` into `output_dir`, killed as epoch `crash_epoch` begins (it must write no
+    model.keras), then resumed there: the resumed Run."""
+    import keras
+    import pytest
+
+    from kcnn import train as training
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == crash_epoch:
+                raise RuntimeError("simulated crash")
+
+    original = training._callbacks
+    monkeypatch.setattr(training, "_callbacks", lambda *args: original(*args) + [Crash()])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        training.train(training.TrainConfig(**config, output_dir=str(output_dir)))
+    monkeypatch.setattr(training, "_callbacks", original)
+    assert not (output_dir / "model.keras").exists()
+    return training.train(training.TrainConfig(**config, output_dir=str(output_dir), resume=True))

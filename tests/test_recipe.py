@@ -10,6 +10,7 @@ import kcnn
 from kcnn import optim
 from kcnn import train as training
 from kcnn.train import TrainConfig
+from helpers import killed_then_resumed
 
 QUICK = dict(dataset="digits", image_size=32, epochs=2, batch_size=64, limit=320, verbose=0)
 # every ingredient of the CIFAR-10 recipe, on digits (one channel) and the small airbench
@@ -142,18 +143,7 @@ def test_airbench_recipe_trains_its_whitening_bias_only_and_resumes_exactly(tmp_
 
     recorded = WhiteningBias()
     uninterrupted = training.train(TrainConfig(**AIRBENCH, output_dir=str(tmp_path / "full")), callbacks=[recorded])
-
-    class Crash(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 1:
-                raise RuntimeError("simulated crash")
-
-    original = training._callbacks
-    monkeypatch.setattr(training, "_callbacks", lambda *args: original(*args) + [Crash()])
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        training.train(TrainConfig(**AIRBENCH, output_dir=str(tmp_path / "resumed")))
-    monkeypatch.setattr(training, "_callbacks", original)
-    resumed = training.train(TrainConfig(**AIRBENCH, output_dir=str(tmp_path / "resumed"), resume=True))
+    resumed = killed_then_resumed(AIRBENCH, tmp_path / "resumed", monkeypatch)
     for a, b in zip(uninterrupted.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 

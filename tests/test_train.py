@@ -10,7 +10,7 @@ import pytest
 
 import kcnn
 import kcnn.data
-from helpers import RUN_FILES, image_folder_of_the_sample as _folder, kcnn_cli
+from helpers import RUN_FILES, image_folder_of_the_sample as _folder, kcnn_cli, killed_then_resumed
 from kcnn import train as training
 from kcnn.train import TrainConfig
 
@@ -45,19 +45,7 @@ def test_cli_training_run_on_each_backend(backend, tmp_path):
 def test_resume_after_a_crash_reaches_the_same_weights(tmp_path, monkeypatch):
     config = dict(QUICK, epochs=2, seed=3, augment="crop_flip")
     uninterrupted = training.train(TrainConfig(**config, output_dir=str(tmp_path / "full")))
-
-    class Crash(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            if epoch == 1:
-                raise RuntimeError("simulated crash")
-
-    original = training._callbacks
-    monkeypatch.setattr(training, "_callbacks", lambda *args: original(*args) + [Crash()])
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        training.train(TrainConfig(**config, output_dir=str(tmp_path / "resumed")))
-    monkeypatch.setattr(training, "_callbacks", original)
-    assert not (tmp_path / "resumed" / "model.keras").exists()
-    resumed = training.train(TrainConfig(**config, output_dir=str(tmp_path / "resumed"), resume=True))
+    resumed = killed_then_resumed(config, tmp_path / "resumed", monkeypatch)
     for a, b in zip(uninterrupted.model.get_weights(), resumed.model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     history = (tmp_path / "resumed" / "history.csv").read_text().strip().splitlines()
