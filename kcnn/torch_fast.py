@@ -1,4 +1,4 @@
-"""Native PyTorch kernels for Keras' convolution and batch-norm layers (torch backend).
+"""Native PyTorch kernels for Keras' convolution, batch-norm and pooling layers (torch backend).
 
 Keras 3 on the torch backend runs a convolution as: permute the NHWC input to
 NCHW and copy it (`.contiguous()`), copy it again into torch's channels_last
@@ -10,12 +10,14 @@ and `python bench/torch_conv_layout.py`, numbers in BENCHMARKS.md).
 
 An NHWC tensor viewed as NCHW (a permute, no copy) already is channels_last
 memory, which is what torch's CPU convolutions and batch norm run fastest on.
-`accelerate(model)` gives the model's Conv2D, DepthwiseConv2D and
-BatchNormalization layers a `call` that does exactly that: one `F.conv2d`
-(bias and symmetric padding inside it) and one `F.batch_norm`; it stores each
-kernel's values in torch's layout (Keras' shape kept as a strided view), and
-in inference (no gradients) folds each batch norm into the convolution before
-it; the model's predict() runs under torch.inference_mode. Same weights, same
+`accelerate(model)` gives the model's Conv2D, DepthwiseConv2D,
+BatchNormalization, MaxPooling2D and AveragePooling2D layers a `call` that
+does exactly that: one `F.conv2d` (bias and symmetric padding inside it), one
+`F.batch_norm`, one `F.max_pool2d` / `F.avg_pool2d` (Keras' pooling copies the
+maps to contiguous NCHW, and every layer after it then runs on that slower
+layout); it stores each kernel's values in torch's layout (Keras' shape kept
+as a strided view), and in inference (no gradients) folds each batch norm into
+the convolution before it; the model's predict() runs under torch.inference_mode. Same weights, same
 formulas (Keras' momentum and biased batch variance for the moving
 statistics), outputs equal to float32 rounding. Only the instances change:
 their classes, configs and saved files stay Keras' own, so `model.save()`
@@ -319,8 +321,38 @@ def _batch_norm_call(self, inputs, training=None, mask=None):
     return outputs.permute(0, 2, 3, 1) if axis == 3 else outputs
 
 
+def _pool_call(self, inputs):
+    """Max and average pooling on the NCHW view of NHWC maps (channels_last memory). Keras' torch backend
+    copies the maps into contiguous NCHW first (`.contiguous()`), and everything after the pooling then runs
+    in that layout: airbench's bfloat16 training step spent 65% of its time in convolution backward passes
+    on such maps (bench/mixed_precision.py, BENCHMARKS.md). Same padding as Keras' torch backend: inside
+    the op where symmetric, else replicated edges (the same maximum; the average counts them as Keras does)."""
+    import torch.nn.functional as F
+
+    if not _eligible(self, inputs) or (self.padding == "same" and any(
+            k < s for k, s in zip(self.pool_size, self.strides))):  # (Keras would crop there)
+        return _keras_call(self, inputs)
+    channels_last = self.data_format == "channels_last"
+    x = inputs.permute(0, 3, 1, 2) if channels_last else inputs
+    padding = 0
+    if self.padding == "same":
+        pads = [_same_padding(size, k, s, 1) for size, k, s in zip(x.shape[2:], self.pool_size, self.strides)]
+        if all(before == after for before, after in pads):
+            padding = tuple(before for before, _ in pads)
+        else:
+            (top, bottom), (left, right) = pads
+            x = F.pad(x, (left, right, top, bottom), mode="replicate")
+    if isinstance(self, keras.layers.MaxPooling2D):
+        outputs = F.max_pool2d(x, self.pool_size, self.strides, padding)
+    else:
+        outputs = F.avg_pool2d(x, self.pool_size, self.strides, padding, count_include_pad=False)
+    return outputs.permute(0, 2, 3, 1) if channels_last else outputs
+
+
 _FAST_CALLS = {
     keras.layers.Conv2D: _conv2d_call,
     keras.layers.DepthwiseConv2D: _depthwise_call,
     keras.layers.BatchNormalization: _batch_norm_call,
+    keras.layers.MaxPooling2D: _pool_call,
+    keras.layers.AveragePooling2D: _pool_call,
 }

@@ -66,6 +66,7 @@ def test_mixed_bfloat16_runs_on_torch_kernels_within_bfloat16_rounding(report, c
 
 def test_only_the_cases_left_to_keras_take_its_code(report):
     assert report["edge_cases"]["keras_call_layers"] == ["depth_multiplier_2"]
+    assert report["edge_cases"]["torch_kernel_layers"] == 12  # 6 convolutions, 3 batch norms, 3 poolings
     assert report["cifar_resnet20"]["keras_call_layers"] == []
     assert report["mobilenet_v2"]["keras_call_layers"] == []
     assert report["mobilenet_v2"]["torch_kernel_layers"] >= 100  # 52 convolutions, 52 batch norms
@@ -87,4 +88,4 @@ def test_a_model_cut_after_a_convolution_does_not_fold_the_batch_norm_it_lacks(r
 
 
 def test_kcnn_build_gives_torch_kernels_without_being_asked(report):
-    assert report["build_accelerates"] == 2  # lenet5: conv1, conv2
+    assert report["build_accelerates"] == 4  # lenet5: two convolutions, two poolings

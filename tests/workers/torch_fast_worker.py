@@ -27,18 +27,21 @@ layers = keras.layers
 
 
 def edge_cases():
-    """Every option the torch kernels handle, and one they leave to Keras (depth_multiplier=2)."""
+    """Every option the torch kernels handle (pooling included), and one they leave to Keras (depth_multiplier=2)."""
     inputs = keras.Input((9, 10, 6))
     x = layers.Conv2D(8, 3, strides=2, padding="same", activation="relu", name="odd_padding")(inputs)  # 9x10 -> 5x5
     x = layers.BatchNormalization(center=False, name="bn_no_beta")(x)
     x = layers.Conv2D(8, 3, dilation_rate=2, padding="same", groups=2, use_bias=False, name="grouped_dilated")(x)
     x = layers.BatchNormalization(scale=False, momentum=0.9, epsilon=1e-5, name="bn_no_gamma")(x)
+    x = layers.MaxPooling2D(3, strides=1, padding="same", name="max_same")(x)  # padding inside the op
     x = layers.DepthwiseConv2D(3, strides=2, padding="same", activation="relu6", name="depthwise_strided")(x)
     x = layers.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="depth_multiplier_2")(x)  # Keras' code
+    x = layers.AveragePooling2D(2, strides=1, padding="same", name="avg_same_odd")(x)  # one pixel after: F.pad
     x = layers.Conv2D(6, 2, padding="valid", name="valid")(x)
     y = layers.Permute((3, 1, 2))(x)
     y = layers.Conv2D(4, 3, padding="same", data_format="channels_first", name="channels_first")(y)
     y = layers.BatchNormalization(axis=1, name="bn_channels_first")(y)
+    y = layers.AveragePooling2D(2, data_format="channels_first", name="avg_channels_first")(y)
     y = layers.GlobalAveragePooling2D(data_format="channels_first")(y)
     outputs = layers.Dense(3)(y)
     return keras.Model(inputs, outputs, name="edge_cases")
