@@ -29,7 +29,11 @@ tour: $(STAMP)
 # Two pytest processes (pytest-xdist): in one, 1.4 of the 2 cores were busy on average. Whole files
 # go to one process (loadfile), so that a module fixture runs once. (loadgroup's xdist_group marks do
 # nothing with pytest 9.2: xdist 3.8 renames items through the `_nodeid` attribute pytest 9 no longer reads.)
-PYTEST := $(PY) -m pytest -n 2 --dist loadfile
+# --no-loadscope-reorder: xdist otherwise hands files out by their number of tests, not in the order
+# tests/conftest.py gives them (longest first, test_zoo.py last): test_zoo.py (the most tests) went first and
+# waited 328 s for the backend runs, and few-but-long files such as test_crash.py came late (`make test`,
+# 2026-12-06: 1,258 s, 161% of the 2 cores).
+PYTEST := $(PY) -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 # tests/test_serve_browser.py drives Debian's Chromium through its chromedriver (selenium; nothing downloaded at
 # run time). Installed here where it is missing and this is a Debian machine run as root (as CI is); elsewhere
