@@ -135,11 +135,11 @@ def test_airbench_recipe_trains_its_whitening_bias_only_and_resumes_exactly(tmp_
     class WhiteningBias(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.per_epoch = []
+            self.per_step = []
 
-        def on_epoch_end(self, epoch, logs=None):
+        def on_train_batch_end(self, batch, logs=None):
             layer = next(layer for layer in self.model._flatten_layers() if layer.name == WHITEN_NAME)
-            self.per_epoch.append(np.array(keras.ops.convert_to_numpy(layer.bias)))
+            self.per_step.append(np.array(keras.ops.convert_to_numpy(layer.bias)))
 
     recorded = WhiteningBias()
     uninterrupted = training.train(TrainConfig(**AIRBENCH, output_dir=str(tmp_path / "full")), callbacks=[recorded])
@@ -155,10 +155,14 @@ def test_airbench_recipe_trains_its_whitening_bias_only_and_resumes_exactly(tmp_
     untrained = training.normalized_model("airbench_small", 10, (32, 32, 1), data.images[:192])
     kernel, bias = whitening(uninterrupted.model).get_weights()
     np.testing.assert_array_equal(kernel, whitening(untrained).get_weights()[0])  # as the data set it
-    assert np.abs(bias).max() > 1e-4  # it trained in its epoch (the first: steps 1-3), and stopped: after step 5
-    # (the first lookahead step after it, which also moves it, as airbench's) nothing changes it, momentum included
-    assert not np.array_equal(recorded.per_epoch[0], recorded.per_epoch[1])
-    np.testing.assert_array_equal(recorded.per_epoch[1], bias)
+    assert np.abs(bias).max() > 1e-4  # it trained in its epoch (the first: steps 1-3), and stopped: step 4 leaves
+    # it (its momentum included), step 5 (lookahead, as airbench's) moves it, step 6 leaves it again
+    steps = recorded.per_step
+    assert len(steps) == 6 and not np.array_equal(steps[1], steps[2])
+    np.testing.assert_array_equal(steps[3], steps[2])
+    assert not np.array_equal(steps[4], steps[3])
+    np.testing.assert_array_equal(steps[5], steps[4])
+    np.testing.assert_array_equal(steps[5], bias)
     assert not whitening(uninterrupted.model).trainable  # saved frozen, as built
     loaded = keras.models.load_model(tmp_path / "full" / "model.keras")  # with its optimizer's groups and schedules
     for a, b in zip(loaded.get_weights(), uninterrupted.model.get_weights()):
