@@ -19,9 +19,9 @@ layout); it stores each kernel's values in torch's layout (Keras' shape kept
 as a strided view), and in inference (no gradients) folds each batch norm into
 the convolution before it; the model's predict() runs under
 torch.inference_mode. Same weights, same formulas (Keras' momentum and biased
-batch variance for the moving statistics), outputs equal to float32 rounding. Only the instances change:
-their classes, configs and saved files stay Keras' own, so `model.save()`
-writes a plain Keras model that loads anywhere. The mixed_bfloat16 policy runs
+batch variance for the moving statistics), outputs equal to float32 rounding.
+Only the instances change: their classes, configs and saved files stay Keras'
+own, so `model.save()` writes a plain Keras model that loads anywhere. The mixed_bfloat16 policy runs
 on them too (bfloat16 convolutions, batch norm computed in float32 as Keras
 does; no folding). Layers in a case this does not cover (float16, masks,
 renorm, LoRA, quantization, depth multipliers above 1, torch.compile tracing)
