@@ -55,7 +55,8 @@ def pytest_configure(config):
 
 # The files that take longest go first (pytest-xdist's loadfile hands files out in collection order, each to the
 # worker that is free, with --no-loadscope-reorder as the Makefile runs it; without, by number of tests): with
-# the alphabetical order, test_weights.py (five minutes of a worker) started near the end and one core idled while the other finished it (`make test`, 2026-12-05: 170% of the 2 cores on average).
+# the alphabetical order, test_weights.py (five minutes of a worker) started near the end and one core idled
+# while the other finished it (`make test`, 2026-12-05: 170% of the 2 cores on average).
 # test_zoo.py comes last: it waits for the backend runs (JAX's build and load the longest), and as the 7th file its
 # worker waited 370 s for them (`make test`, 2026-12-05: 1,214 s, 163% of the 2 cores).
 LONGEST_FIRST = ("test_weights.py", "test_crash.py", "test_export.py", "test_distribute.py", "test_train.py",
