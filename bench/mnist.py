@@ -20,8 +20,8 @@ from common import BACKENDS, ROOT, mean_spread, run_training, time_to
 RECIPES = {
     # Reach 99% as early as possible: 3 epochs of batch 256 (fewer, cheaper steps), one-cycle AdamW. Issue 24 gave it
     # a margin. Searched with common.run_training (TensorFlow, seeds 0-2, two runs at a time, each pinned to one core
-    # with taskset and OMP_NUM_THREADS=1: accuracies only, not timings); final accuracy at a peak of 6e-3 99.07/99.06/99.09%, 1e-2 99.17/99.13/99.17,
-    # 1.5e-2 99.28/99.08/99.26, 2e-2 99.17/99.16/99.15, 3e-2 99.16/98.98/99.25; at 1.5e-2 with decoupled weight
+    # with taskset and OMP_NUM_THREADS=1: accuracies only, not timings); final accuracy at a peak of 6e-3
+    # 99.07/99.06/99.09%, 1e-2 99.17/99.13/99.17, 1.5e-2 99.28/99.08/99.26, 2e-2 99.17/99.16/99.15, 3e-2 99.16/98.98/99.25; at 1.5e-2 with decoupled weight
     # decay 5e-3 99.28/99.19/99.23 (decay 2e-2: 99.25/99.09/99.28). Batch 512 (at 1e-2) and 2 epochs of batch 128
     # ended below 99% (seed 0); without label smoothing, at 6e-3: 99.02/99.16/99.07.
     "fast": dict(dataset="mnist", arch="lenet5", epochs=3, batch_size=256, optimizer="adamw", learning_rate=1.5e-2,
