@@ -21,7 +21,7 @@ import statistics
 
 from common import ROOT, run_training
 
-from kcnn.utils import cpu_flags, instruction_sets
+from kcnn.backends.precision import cpu_flags, instruction_sets
 
 BASELINE = dict(dataset="cifar10", augment="translate_flip", whiten_bias_epochs=0, dirac_init=False,
                 norm_bias_lr=1.0, lookahead=False, tta="flip_crop")

@@ -7,10 +7,10 @@ mean and spread, as airbench reports.
     python bench/cifar10.py [--backends tensorflow] [--seeds 0,1] [--epochs 12]
 
 "Training s" excludes the per-epoch validation (shown separately) and includes the first compilation.
-The accuracy columns are with the recipe's 6-view test-time augmentation (kcnn.tta flip_crop) and, in
+The accuracy columns are with the recipe's 6-view test-time augmentation (kcnn.data.tta flip_crop) and, in
 brackets, without; "s to 90%" is the training time to the first epoch whose plain validation accuracy
 (no test-time augmentation) reaches 90%. Every figure names the CPU it ran on: its instruction sets decide
-the precision (kcnn.utils.precision_decision).
+the precision (kcnn.backends.precision.precision_decision).
 """
 
 import argparse
@@ -19,7 +19,7 @@ import statistics
 
 from common import ROOT, run_training, time_to
 
-from kcnn.utils import cpu_flags, instruction_sets
+from kcnn.backends.precision import cpu_flags, instruction_sets
 
 
 def main():

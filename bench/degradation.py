@@ -44,7 +44,7 @@ def main():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from kcnn.viz import save_figure
+    from kcnn.inspect.viz import save_figure
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     for arch, result in results.items():

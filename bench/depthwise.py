@@ -1,4 +1,4 @@
-"""Why kcnn/jax_cpu.py exists: Keras' DepthwiseConv2D against kcnn's
+"""Why kcnn/backends/jax_cpu.py exists: Keras' DepthwiseConv2D against kcnn's
 FastDepthwiseConv2D, one layer, per backend; and a training step of the
 fine-tuned top of EfficientNet-Lite0 (the default `unfreeze=3` at 128x128).
 
@@ -13,8 +13,8 @@ import keras
 import numpy as np
 
 import kcnn
-from kcnn import jax_cpu
-from kcnn.finetune import cut_layer, split
+from kcnn.backends import jax_cpu
+from kcnn.training.finetune import cut_layer, split
 
 
 def _step_ms(model, x, y, steps=10):

@@ -6,7 +6,7 @@
 Every row is `workflows/finetune.py` (EfficientNet-Lite0 with its ImageNet weights, the embedded CIFAR-10
 sample: 2,000 training images, 1,000 held out) in a fresh process, with the flags in its row on top of
 the main job's defaults; run directories go to saved_models/bench_levers/. "plain" is the saved model's
-accuracy on the 1,000 held-out images, "TTA" the same model with test-time augmentation (kcnn.tta), and
+accuracy on the 1,000 held-out images, "TTA" the same model with test-time augmentation (kcnn.data.tta), and
 "workflow s" the fine-tuning's own clock (metrics.json's workflow_seconds: the backbone, the frozen-layer pass,
 both phases and the evaluation with its views; not the process start, the plots or the export). Times depend on the CPU: name its instruction sets beside them (`kcnn doctor`).
 """
@@ -79,8 +79,8 @@ def tta_latency(run_dir, repeats=50):
     import onnxruntime
 
     sys.path.insert(0, ROOT)
-    from kcnn.export import export
-    from kcnn.tta import passes
+    from kcnn.deploy.export import export
+    from kcnn.data.tta import passes
 
     images = None
     print(f"### Test-time augmentation in an export: {os.path.basename(run_dir)} (ONNX, onnxruntime, batch 1)\n")

@@ -1,4 +1,4 @@
-"""kcnn.explain.grad_cam against an independent implementation: the keras.io example "Grad-CAM class
+"""kcnn.inspect.explain.grad_cam against an independent implementation: the keras.io example "Grad-CAM class
 activation visualization" (fchollet), its tf.GradientTape recipe, on the pretrained EfficientNet-Lite0 and
 scikit-image's cat photo. Prints the largest difference of the two maps (both upsampled with Pillow).
 
@@ -12,12 +12,12 @@ import tensorflow as tf
 from PIL import Image
 
 import kcnn
-import kcnn.explain
+import kcnn.inspect.explain
 
 model = kcnn.build("efficientnet_lite0", weights="imagenet")
 photo = skimage.data.chelsea()
 image = keras.ops.convert_to_numpy(keras.ops.image.resize(photo[None].astype("float32"), (224, 224)))
-layer = kcnn.explain.spatial_layers(model)[-1]
+layer = kcnn.inspect.explain.spatial_layers(model)[-1]
 print("default layer", layer)
 # the keras.io recipe, on a logits model (classifier_activation=None is kcnn's default)
 grad_model = keras.Model(model.inputs, [model.get_layer(layer).output, model.output])
@@ -32,5 +32,5 @@ heat = tf.maximum(heat, 0) / tf.math.reduce_max(heat)
 heat = heat.numpy()
 up = np.asarray(Image.fromarray(heat.astype("float32"), mode="F").resize((224, 224), Image.BILINEAR))
 up = up / up.max()
-ours = kcnn.explain.grad_cam(model, image)[0]
+ours = kcnn.inspect.explain.grad_cam(model, image)[0]
 print("class", index, "max |diff|", float(np.abs(ours - up).max()), "corr", float(np.corrcoef(ours.ravel(), up.ravel())[0, 1]))

@@ -1,6 +1,6 @@
 """Training throughput of airbench (the CIFAR-10 recipe's network) in float32, mixed bfloat16 and mixed
 float16, on the backend in KERAS_BACKEND: why `--mixed-precision` picks bfloat16 on CPUs with native bfloat16
-(AVX-512 BF16, AMX) and stays in float32 on others (kcnn.utils.precision_decision, printed under the table).
+(AVX-512 BF16, AMX) and stays in float32 on others (kcnn.backends.precision.precision_decision, printed under the table).
 
     KERAS_BACKEND=torch python bench/mixed_precision.py
     KERAS_BACKEND=torch KCNN_TORCH_FAST=0 python bench/mixed_precision.py   # Keras' own torch layers
@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 import kcnn
-from kcnn.utils import cpu_flags, instruction_sets, precision_decision
+from kcnn.backends.precision import cpu_flags, instruction_sets, precision_decision
 
 
 def main():

@@ -8,7 +8,7 @@
    backend of (1): mean and spread of the test accuracy (target >= 99.0%).
 3. The best recipe (airbench_small, random crops), same seeds (target >= 99.5%).
 
-Every run is a fresh process running `kcnn.train`; run directories go to
+Every run is a fresh process running `kcnn.training.train`; run directories go to
 saved_models/bench_mnist/.
 """
 

@@ -14,7 +14,7 @@ import numpy as np
 
 import kcnn.data
 from kcnn.data.pipeline import make_dataset
-from kcnn.train import normalized_model
+from kcnn.training.train import normalized_model
 
 SETUPS = (  # (arch, dataset, split, augment, batch size)
     ("lenet5", "mnist", "train", "none", 128),

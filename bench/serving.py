@@ -10,14 +10,14 @@ engines: Keras `predict` on each backend, the exported SavedModel (TensorFlow on
 calls, after warm-up) and throughput at batch 32. EfficientNet-Lite0 carries its real ImageNet weights,
 ResNet-50 random ones (its official file needs the network; weights do not change the time).
 
-formats: a fine-tuned run (--run; `make demo` writes the default one) exported by kcnn.export.export into a
+formats: a fine-tuned run (--run; `make demo` writes the default one) exported by kcnn.deploy.export.export into a
 temporary folder as a SavedModel, an ONNX file and LiteRT float32, float16 and int8 flatbuffers; then each
 format in its own process: file size (MB = 10^6 bytes; the SavedModel's whole folder), batch-1 latency (median
 and 99th percentile of --runs calls on the first held-out image, after 5 warm-up calls) and the accuracy on the
-run's held-out images (the first --images of its evaluation split, prepared by kcnn.litert._evaluation_images,
+run's held-out images (the first --images of its evaluation split, prepared by kcnn.deploy.litert._evaluation_images,
 which the LiteRT export's own accuracy check uses). Keras is `model.predict` on the active backend (KERAS_BACKEND,
 else Keras' default); the LiteRT processes import neither TensorFlow nor Keras (ai_edge_litert alone, and
-kcnn.litert's `accuracy` loaded without kcnn's package). onnxruntime and LiteRT get one thread per CPU this
+kcnn.deploy.litert's `accuracy` loaded without kcnn's package). onnxruntime and LiteRT get one thread per CPU this
 process may use (LiteRT's own default is 1); TensorFlow and PyTorch choose theirs.
 
 serve: `kcnn serve MODEL.onnx --port 0` (the run's model exported to ONNX once), with kcnn serve's default
@@ -59,7 +59,7 @@ from common import ROOT
 PARTS = ("engines", "formats", "serve")
 ENGINES = ("keras/tensorflow", "keras/torch", "keras/jax", "saved_model", "onnxruntime")
 DEFAULT_RUN = os.path.join("saved_models", "finetune_efficientnet_lite0_cifar10_sample")
-EXPORT = "export"  # inside the temporary folder: every format, as kcnn.export lays them out
+EXPORT = "export"  # inside the temporary folder: every format, as kcnn.deploy.export lays them out
 # (label, engine, path inside the temporary folder; None: the run's model.keras)
 FORMATS = (("Keras predict", "keras", None),
            ("SavedModel (TensorFlow)", "saved_model", os.path.join(EXPORT, "1")),
@@ -70,7 +70,7 @@ FORMATS = (("Keras predict", "keras", None),
 EXPORTS = {"formats": (("saved_model", None), ("onnx", None), ("litert", "none"), ("litert", "float16"),
                        ("litert", "int8")),
            "serve": (("onnx", None),)}
-ACCURACY_BATCH = 64  # images per call when measuring accuracy (kcnn.litert.BATCH_SIZE)
+ACCURACY_BATCH = 64  # images per call when measuring accuracy (kcnn.deploy.litert.BATCH_SIZE)
 SERVE_IMAGES = 16  # distinct request bodies the clients cycle through
 URL_LINE = re.compile(r"kcnn serve: (http://\S+?)/ ")
 QUIET = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -177,7 +177,7 @@ def prepare(name, folder):
     """Build, save and export `name` (on TensorFlow)."""
     os.environ["KERAS_BACKEND"] = "tensorflow"
     import kcnn
-    from kcnn.export import export
+    from kcnn.deploy.export import export
 
     weights = "imagenet" if name == "efficientnet_lite0" else None
     model = kcnn.build(name, weights=weights)
@@ -217,12 +217,12 @@ def engines(args):
 def prepare_run(request):
     """On TensorFlow: export the run into FOLDER/export (request["exports"]: (format, quantize) pairs), and save the
     first request["images"] images of its evaluation split as FOLDER/images.npy (float32, the model's input size,
-    as kcnn.litert._evaluation_images prepares them) and labels.npy; FOLDER/prepare.json: the split, the seconds
+    as kcnn.deploy.litert._evaluation_images prepares them) and labels.npy; FOLDER/prepare.json: the split, the seconds
     each export took, and the LiteRT accuracy the exports measured themselves (kcnn_export.json)."""
     import onnxruntime
 
-    from kcnn.export import EXPORT_MARKER, export
-    from kcnn.litert import _evaluation_images
+    from kcnn.deploy.export import EXPORT_MARKER, export
+    from kcnn.deploy.litert import _evaluation_images
 
     run, folder = request["run"], request["folder"]
     output = os.path.join(folder, EXPORT)
@@ -273,16 +273,14 @@ def check_run(run):
 
 
 def _bare_litert():
-    """kcnn.litert without kcnn's package __init__ (which imports Keras) nor kcnn.utils (Keras too; kcnn.litert
-    needs it only to write files): this process stays free of TensorFlow and Keras."""
+    """kcnn.deploy.litert without kcnn's package __init__ (which imports Keras): this process stays free of
+    TensorFlow and Keras (kcnn.deploy and kcnn.runs.atomic import neither)."""
     import types
 
     package = types.ModuleType("kcnn")
     package.__path__ = [os.path.join(ROOT, "kcnn")]
-    utils = types.ModuleType("kcnn.utils")
-    utils.atomic_path = None
-    sys.modules.update({"kcnn": package, "kcnn.utils": utils})
-    from kcnn import litert
+    sys.modules["kcnn"] = package
+    from kcnn.deploy import litert
 
     return litert
 
@@ -298,7 +296,7 @@ def format_worker(engine, path, folder, runs):
     if engine == "keras":
         import keras
 
-        from kcnn.export import load_model
+        from kcnn.deploy.export import load_model
 
         model = load_model(path)
         call = lambda x: model.predict(x, batch_size=len(x), verbose=0)  # noqa: E731
@@ -324,7 +322,7 @@ def format_worker(engine, path, folder, runs):
         litert = _bare_litert()
         with open(path, "rb") as f:
             content = f.read()
-        accuracy = litert.accuracy(content, np.asarray(images), labels)  # kcnn.litert's own measurement
+        accuracy = litert.accuracy(content, np.asarray(images), labels)  # kcnn.deploy.litert's own measurement
         runner = Interpreter(model_content=content, num_threads=threads()).get_signature_runner(litert.SIGNATURE)
         call = lambda x: runner(image=x)["class_index"]  # noqa: E731
         predicted = None
@@ -373,7 +371,7 @@ def formats(args, folder, prepared):
               f"{100 * result['accuracy']:7.2f}% |" + (f" ({note})" if note else ""))
     for name, accuracy in prepared["export_accuracy"].items():
         shown = ", ".join(f"{k} {100 * v:.2f}%" for k, v in accuracy.items() if k not in ("split", "images"))
-        print(f"  {name}: the export's own check (kcnn.litert.accuracy, first {accuracy['images']} images): {shown}")
+        print(f"  {name}: the export's own check (kcnn.deploy.litert.accuracy, first {accuracy['images']} images): {shown}")
     sys.stdout.flush()
 
 
@@ -411,8 +409,8 @@ class Server:
 
 
 def default_max_batch():
-    """kcnn serve's default --max-batch, read from kcnn/serve.py's source (importing kcnn imports Keras)."""
-    with open(os.path.join(ROOT, "kcnn", "serve.py")) as f:
+    """kcnn serve's default --max-batch, read from kcnn/deploy/serve.py's source (importing kcnn imports Keras)."""
+    with open(os.path.join(ROOT, "kcnn", "deploy", "serve.py")) as f:
         found = re.search(r"^MAX_BATCH = (\d+)", f.read(), re.M)
     return found.group(1) if found else "default"
 

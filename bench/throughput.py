@@ -6,8 +6,8 @@ against keras.applications and native PyTorch, on this CPU.
     python bench/throughput.py --backends torch --data-format both   # kcnn NHWC and NCHW on torch
     python bench/throughput.py --memory                       # peak resident memory while training
     python bench/throughput.py --profile --models resnet50    # top torch ops of a training step
-    python bench/throughput.py --backends jax --fast-depthwise  # adds kcnn.jax_cpu's depthwise on JAX
-    python bench/throughput.py --backends torch --keras-layers  # adds kcnn without kcnn.torch_fast's kernels
+    python bench/throughput.py --backends jax --fast-depthwise  # adds kcnn.backends.jax_cpu's depthwise on JAX
+    python bench/throughput.py --backends torch --keras-layers  # adds kcnn without kcnn.backends.torch_fast's kernels
     python bench/throughput.py --jit-compile both             # adds kcnn with the other jit_compile setting
     python bench/throughput.py --quick                        # smoke test: batch 2, 1 step, 2 rounds
 
@@ -206,9 +206,9 @@ def implementations(name, backend, args):
             model = build_keras(label, name, data_format)
             found.append(KerasImplementation(label, model, data_format, batch, n_steps))
             if label == "kcnn" and args.keras_layers and backend == "torch":
-                from kcnn import torch_fast
+                from kcnn.backends import torch_fast
 
-                os.environ[torch_fast.ENV_SWITCH] = "0"  # kcnn.build without kcnn.torch_fast's kernels
+                os.environ[torch_fast.ENV_SWITCH] = "0"  # kcnn.build without kcnn.backends.torch_fast's kernels
                 try:
                     plain = build_keras(label, name, data_format)
                 finally:
@@ -219,7 +219,7 @@ def implementations(name, backend, args):
                 found.append(KerasImplementation(f"kcnn, jit_compile={other}", build_keras(label, name, data_format),
                                                  data_format, batch, n_steps, jit_compile=other))
             if label == "kcnn" and args.fast_depthwise:
-                from kcnn import jax_cpu
+                from kcnn.backends import jax_cpu
 
                 fast = jax_cpu.with_fast_depthwise(model)  # the same model where it does not pay
                 if fast is not model:
@@ -484,7 +484,7 @@ def main():
                         help="both: also time kcnn compiled with the jit_compile Keras' 'auto' did not pick")
     parser.add_argument("--no-native", action="store_true", help="skip the native PyTorch models")
     parser.add_argument("--fast-depthwise", action="store_true",
-                        help="on JAX, also time kcnn.jax_cpu.with_fast_depthwise(model) (models with depthwise layers)")
+                        help="on JAX, also time kcnn.backends.jax_cpu.with_fast_depthwise(model) (models with depthwise layers)")
     parser.add_argument("--quick", action="store_true", help="smoke test: batch 2, 1 step a round, 2 rounds")
     parser.add_argument("--memory", action="store_true", help="measure peak memory instead of throughput")
     parser.add_argument("--profile", action="store_true",

@@ -6,7 +6,7 @@
 
 Targets (issue 2): MNIST 99.0% test accuracy, LeNet-5 (bench/mnist.py's `fast` recipe); CIFAR-10 90% on the
 held-out data_batch_5 (trained on batches 1-4; `kcnn train --dataset cifar10`'s defaults, bench/cifar10.py, the first 1,000 official test
-images as the second check). Each run is a fresh process running `kcnn.train` with the workflow's own
+images as the second check). Each run is a fresh process running `kcnn.training.train` with the workflow's own
 defaults for its backend. "Training s" excludes the per-epoch evaluation and includes the first
 compilation; every backend runs each of --seeds (default 0,1,2), and the row gives the mean and standard
 deviation over the seeds, and the worst seed's final accuracy.
@@ -19,7 +19,7 @@ import statistics
 from common import BACKENDS, ROOT, mean_spread, run_training, time_to
 from mnist import RECIPES as MNIST_RECIPES
 
-from kcnn.utils import cpu_flags, instruction_sets
+from kcnn.backends.precision import cpu_flags, instruction_sets
 
 TARGETS = {  # dataset: (recipe, target, training images per epoch, what the accuracy is measured on)
     "mnist": (MNIST_RECIPES["fast"], 0.99, 60_000, "official test set"),

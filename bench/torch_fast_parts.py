@@ -1,4 +1,4 @@
-"""What each part of kcnn.torch_fast gains, on the torch backend: ResNet-50 and MobileNetV2 at batch 16.
+"""What each part of kcnn.backends.torch_fast gains, on the torch backend: ResNet-50 and MobileNetV2 at batch 16.
 
     python bench/torch_fast_parts.py [--rounds 4] [--models resnet50,mobilenet_v2]
 
@@ -7,7 +7,7 @@ Four builds of the same model with the same weights, timed in turns round by rou
      the bias in separate ops; BatchNormalization is about ten elementwise ops;
   2. + torch kernels: F.conv2d on permuted views (bias and symmetric padding inside), F.batch_norm;
   3. + kernels stored in torch's layout (no kernel copy per step);
-  4. + batch norms folded into the convolutions in inference (all of kcnn.torch_fast).
+  4. + batch norms folded into the convolutions in inference (all of kcnn.backends.torch_fast).
 "Forward + backward" is one training step without the optimizer (a manual torch loop: the loss's
 backward()); "inference" is a forward under torch.inference_mode (what kcnn's predict() runs per batch).
 """
@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import kcnn  # noqa: E402
-from kcnn import torch_fast  # noqa: E402
+from kcnn.backends import torch_fast  # noqa: E402
 
 VARIANTS = {  # label: (KCNN_TORCH_FAST, store kernels in torch's layout, fold batch norms)
     "Keras' layers": ("0", False, False),

@@ -1,4 +1,4 @@
-"""Runs one `kcnn.train` in this process (its backend comes from KERAS_BACKEND)
+"""Runs one `kcnn.training.train` in this process (its backend comes from KERAS_BACKEND)
 and prints one JSON line: the run's metrics and, per epoch, the training time
 without validation and the validation accuracy. The bench scripts start it.
 
@@ -11,7 +11,8 @@ import time
 
 import keras
 
-from kcnn.train import TrainConfig, train
+from kcnn.config import TrainConfig
+from kcnn.training.train import train
 
 
 class EpochClock(keras.callbacks.Callback):

@@ -14,13 +14,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
 from kcnn.registry import ModelInfo, build, get_model_info, list_models, register_model
-from kcnn.summary import ModelSummary, summary
+from kcnn.inspect.summary import ModelSummary, summary
 
 # The families register themselves (and their weights) on import, as timm's model files do; the registry
-# imports none of them. kcnn.hub registers the "hub:" names (keras-hub itself is imported only to build one).
+# imports none of them. kcnn.models.hub registers the "hub:" names (keras-hub itself is imported only to build one).
 import kcnn.models  # noqa: E402, F401
-import kcnn.hub  # noqa: E402, F401
-import kcnn.optim  # noqa: E402, F401 (registers the recipes' schedules and optimizer: saved runs load anywhere)
+import kcnn.models.hub  # noqa: E402, F401
+import kcnn.training.optim  # noqa: E402, F401 (registers the recipes' schedules and optimizer: saved runs load anywhere)
 
 __version__ = "0.1.0"
 

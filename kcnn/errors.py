@@ -22,4 +22,4 @@ class InvalidArgumentError(KcnnError):
 
 
 class ExportError(KcnnError):
-    """A model that cannot be exported, or an export that would overwrite one (kcnn.export, kcnn.litert)."""
+    """A model that cannot be exported, or an export that would overwrite one (kcnn.deploy.export, kcnn.deploy.litert)."""

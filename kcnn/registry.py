@@ -21,7 +21,7 @@ import keras
 
 from kcnn import weights as named_weights
 from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
-from kcnn.utils import initialize_the_rest, initializers_deferred
+from kcnn.backends.initializers import initialize_the_rest, initializers_deferred
 
 # How a reference parameter count was counted.
 KERAS_COUNT = "keras"  # every weight, batch-norm moving statistics included
@@ -53,6 +53,8 @@ class ModelInfo:
         description: one line for `kcnn list`.
         training: its `TrainingHooks` (training-only outputs, data-dependent initialisation), or None.
         checkpoint: the `CheckpointLayout` of the PyTorch state dicts it reads (weights="file.pth"), or None.
+        recipes: {dataset: `kcnn.recipes.Recipe`} it trains with from scratch; a dataset it names none for
+            gets the dataset's plain recipe (kcnn.recipes.recipe_for).
     """
 
     name: str
@@ -68,6 +70,7 @@ class ModelInfo:
     builder: Callable = dataclasses.field(repr=False, compare=False)
     training: "TrainingHooks" = dataclasses.field(default=None, repr=False, compare=False)
     checkpoint: named_weights.CheckpointLayout = dataclasses.field(default=None, repr=False, compare=False)
+    recipes: dict = dataclasses.field(default=None, repr=False, compare=False)
 
     def __repr__(self):
         return (f"ModelInfo({self.name!r}, input_shape={self.default_input_shape}, "
@@ -124,6 +127,7 @@ def register_model(
     training=None,
     checkpoint=None,
     pretrained=(),
+    recipes=None,
 ):
     """Register a builder `fn(*, num_classes, input_shape, include_top, pooling,
     classifier_activation, name, **family_kwargs)` under its function name.
@@ -132,7 +136,8 @@ def register_model(
     the active image data format, already checked. What else the model file
     knows of it is declared here too: `training` (`TrainingHooks`),
     `checkpoint` (the `kcnn.weights.CheckpointLayout` of the PyTorch
-    checkpoints it reads) and `pretrained` (its `kcnn.weights.WeightSource`s).
+    checkpoints it reads), `pretrained` (its `kcnn.weights.WeightSource`s) and `recipes` ({dataset:
+    `kcnn.recipes.Recipe`} it trains with from scratch).
     """
 
     def decorator(fn):
@@ -202,6 +207,7 @@ def register_model(
             builder=builder,
             training=training,
             checkpoint=checkpoint,
+            recipes=dict(recipes or {}),
         )
         if model_name in _REGISTRY:
             raise RuntimeError(f"Model {model_name!r} is registered twice.")
@@ -256,7 +262,7 @@ def build(model_name, /, **kwargs) -> keras.Model:
             Presets need `pip install "kcnn[hub]"` and take `num_classes`,
             `input_shape`, `include_top`, `pooling` (default `"avg"`, also
             before the head), `classifier_activation`, `include_preprocessing`
-            and `name`; see `kcnn.hub.build_from_preset`.
+            and `name`; see `kcnn.models.hub.build_from_preset`.
         num_classes: classes of the head; `None` means the model's own default
             (1000 for ImageNet architectures, 10 for the MNIST/CIFAR ones).
         input_shape: in the active image data format, `(H, W, C)` for
@@ -281,20 +287,20 @@ def build(model_name, /, **kwargs) -> keras.Model:
             `googlenet` or `dropout=0.5`; `kcnn.get_model_info(name).builder`
             documents them.
     """
-    from kcnn import torch_fast
+    from kcnn.backends import torch_fast
 
     if isinstance(model_name, str) and ":" in model_name and model_name.split(":", 1)[0] in _PREFIXES:
-        prefix, rest = model_name.split(":", 1)  # "hub:resnet_50_imagenet": kcnn.hub's presets
+        prefix, rest = model_name.split(":", 1)  # "hub:resnet_50_imagenet": kcnn.models.hub's presets
         return torch_fast.accelerate(_PREFIXES[prefix](rest, **kwargs))
     return torch_fast.accelerate(get_model_info(model_name).builder(**kwargs))
 
 
-# "prefix:rest" names built by something the registry does not import: {"hub": kcnn.hub.build_from_preset}
+# "prefix:rest" names built by something the registry does not import: {"hub": kcnn.models.hub.build_from_preset}
 _PREFIXES = {}
 
 
 def register_prefix(prefix, builder):
-    """`build("PREFIX:REST", **kwargs)` calls `builder(REST, **kwargs)` (kcnn.hub registers "hub")."""
+    """`build("PREFIX:REST", **kwargs)` calls `builder(REST, **kwargs)` (kcnn.models.hub registers "hub")."""
     _PREFIXES[prefix] = builder
 
 

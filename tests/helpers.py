@@ -60,7 +60,7 @@ def _depthwise_kernel_paths(model):
     alone. (Keras names a DepthwiseConv2D's kernel plain `kernel`, so the path does not say so.)"""
     import keras
 
-    from kcnn.torch_fast import layers_of  # the model's layers, nested models included
+    from kcnn.backends.torch_fast import layers_of  # the model's layers, nested models included
 
     return ({layer.kernel.path for layer in layers_of(model) if isinstance(layer, keras.layers.DepthwiseConv2D)}
             | {layer.depthwise_kernel.path for layer in layers_of(model)
@@ -145,12 +145,13 @@ def assert_close(actual, reference, rtol=1e-4, floor=1e-3, what="outputs"):
 
 
 def killed_then_resumed(config, output_dir, monkeypatch, crash_epoch=1):
-    """`kcnn.train.train(config)` into `output_dir`, killed as epoch `crash_epoch` begins (it must write no
+    """`kcnn.training.train.train(config)` into `output_dir`, killed as epoch `crash_epoch` begins (it must write no
     model.keras), then resumed there: the resumed Run."""
     import keras
     import pytest
 
-    from kcnn import train as training
+    from kcnn.config import TrainConfig
+    from kcnn.training import train as training
 
     class Crash(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -160,7 +161,7 @@ def killed_then_resumed(config, output_dir, monkeypatch, crash_epoch=1):
     original = training._callbacks
     monkeypatch.setattr(training, "_callbacks", lambda *args: original(*args) + [Crash()])
     with pytest.raises(RuntimeError, match="simulated crash"):
-        training.train(training.TrainConfig(**config, output_dir=str(output_dir)))
+        training.train(TrainConfig(**config, output_dir=str(output_dir)))
     monkeypatch.setattr(training, "_callbacks", original)
     assert not (output_dir / "model.keras").exists()
-    return training.train(training.TrainConfig(**config, output_dir=str(output_dir), resume=True))
+    return training.train(TrainConfig(**config, output_dir=str(output_dir), resume=True))

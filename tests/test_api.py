@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import kcnn
-from kcnn.utils import weightless_scope
+from kcnn.backends.initializers import weightless_scope
 
 
 def test_list_models_wildcards_and_entries():
@@ -169,11 +169,11 @@ def test_airbench_whitening_layer_whitens_patches():
 
 
 def test_a_model_file_loads_without_initializer_draws_to_what_keras_loads(tmp_path, monkeypatch):
-    """kcnn.modelfile.load_model (evaluate, predict, export, load_run) skips on JAX the random draws a file's
+    """kcnn.runs.modelfile.load_model (evaluate, predict, export, load_run) skips on JAX the random draws a file's
     values replace, and gives what keras.saving.load_model gives: every weight, batch-norm statistics, a
     dropout's seed made as Keras makes it, and a compiled file's optimizer state (loaded the plain way)."""
     from helpers import deterministic_weights
-    from kcnn.modelfile import load_model
+    from kcnn.runs.modelfile import load_model
 
     inputs = keras.Input((12, 12, 3))
     x = keras.layers.Conv2D(8, 3)(inputs)
@@ -219,7 +219,7 @@ def test_a_loaded_model_compiles_as_auto_means_on_this_backend(tmp_path):
     """Keras saves the jit_compile its "auto" resolved to where the model was trained (True on JAX and
     TensorFlow, False on torch); kcnn's loader resolves "auto" again where it runs, so that a JAX run
     evaluated on torch is not put through torch.compile, nor a torch run on JAX run op by op."""
-    from kcnn.modelfile import load_model
+    from kcnn.runs.modelfile import load_model
 
     here = keras.backend.backend() != "torch"  # "auto" on this backend, for a model XLA supports
     model = kcnn.build("lenet5", num_classes=3, input_shape=(32, 32, 1))

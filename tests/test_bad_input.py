@@ -27,16 +27,17 @@ from PIL import Image
 
 import kcnn
 import kcnn.data
-import kcnn.explain
-import kcnn.export
-import kcnn.serve
-from kcnn import runs
+import kcnn.inspect.explain
+import kcnn.deploy.export
+import kcnn.deploy.serve
+from kcnn.training import callbacks as runs
 from kcnn.data.files import ChecksumError, DatasetNotFoundError
 from kcnn.data.folder import CorruptImageError, EmptyDatasetError, ImageSizeError
 from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
-from kcnn.export import ExportError
-from kcnn.serve import ServeError
-from kcnn.train import load_run, predict_files
+from kcnn.deploy.export import ExportError
+from kcnn.deploy.serve import ServeError
+from kcnn.runs.rundir import load_run
+from kcnn.training.evaluate import predict_files
 from kcnn.weights import WeightsError
 
 DIGITS = ["--dataset", "digits", "--arch", "lenet5", "--image-size", "32", "--epochs", "1", "--limit", "128",
@@ -44,7 +45,7 @@ DIGITS = ["--dataset", "digits", "--arch", "lenet5", "--image-size", "32", "--ep
 
 
 def train_config(tmp, **changes):
-    from kcnn.train import TrainConfig
+    from kcnn.config import TrainConfig
 
     values = dict(dataset="digits", arch="lenet5", image_size=32, epochs=1, limit=128, batch_size=64, verbose=0,
                   output_dir=str(tmp / "run"))
@@ -53,13 +54,14 @@ def train_config(tmp, **changes):
 
 
 def train(tmp, **changes):
-    from kcnn.train import train as run
+    from kcnn.training.train import train as run
 
     return run(train_config(tmp, **changes))
 
 
 def finetune(tmp, **changes):
-    from kcnn.finetune import FinetuneConfig, finetune as run
+    from kcnn.config import FinetuneConfig
+    from kcnn.training.finetune import finetune as run
 
     values = dict(limit=64, head_epochs=1, finetune_epochs=0, verbose=0, export=False, output_dir=str(tmp / "ft"))
     values.update(changes)
@@ -99,7 +101,7 @@ def image_folder(root, classes=("cat", "dog"), per_class=3, size=(8, 8)):
 
 def finished_run(tmp):
     """A run directory with a real config.json and placeholder results."""
-    from kcnn.train import _config_record
+    from kcnn.training.train import _config_record
 
     run_dir = tmp / "run"
     run_dir.mkdir()
@@ -124,7 +126,8 @@ def users_folder(root, config_json=False):
 
 def finetune_run(tmp):
     """A fine-tuning run directory with a real config.json (kcnn's marker) and placeholder results."""
-    from kcnn.finetune import FinetuneConfig, _config_record
+    from kcnn.config import FinetuneConfig
+    from kcnn.training.finetune import _config_record
 
     run_dir = tmp / "ft"
     run_dir.mkdir()
@@ -299,7 +302,7 @@ BAD_INPUTS = [
         setup=lambda t, mp: _written(t / "cat.png", png_bytes())),
     Row("test-time augmentation in a .keras export", ExportError,
         r"cannot hold test-time augmentation; export saved_model or onnx with --tta",
-        lambda t, p: kcnn.export.export(p, "keras", tta="flip"),
+        lambda t, p: kcnn.deploy.export.export(p, "keras", tta="flip"),
         lambda t, p: ["export", str(p), "--format", "keras", "--tta"],
         setup=lambda t, mp: run_with_model(t, tiny_model_file)),
     Row("resume and overwrite together", InvalidArgumentError, r"resume and overwrite contradict",
@@ -454,7 +457,7 @@ BAD_INPUTS = [
         lambda t, p: ["predict", str(t / "run"), str(t / "x.png"), "--top", "0"],
         setup=lambda t, mp: run_with_model(t, tiny_model_file)),
     Row("export over an existing export", ExportError, r"1 already exists; pass overwrite=True",
-        lambda t, p: kcnn.export.export(str(p), output=str(t / "out")),
+        lambda t, p: kcnn.deploy.export.export(str(p), output=str(t / "out")),
         lambda t, p: ["export", str(p), "--output", str(t / "out")],
         setup=lambda t, mp: (t / "out" / "1").mkdir(parents=True)
         or _written(t / "out" / "1" / "saved_model.pb", b"old")
@@ -462,32 +465,32 @@ BAD_INPUTS = [
         and tiny_model_file(t / "m.keras")),
     Row("export into the user's own folder", ExportError,
         r"out holds files kcnn did not write \(history.csv, model.keras\).*new or empty folder as --output",
-        lambda t, p: kcnn.export.export(str(p), format="onnx", output=str(t / "out")),
+        lambda t, p: kcnn.deploy.export.export(str(p), format="onnx", output=str(t / "out")),
         lambda t, p: ["export", str(p), "--format", "onnx", "--output", str(t / "out")],
         setup=lambda t, mp: users_folder(t / "out") and tiny_model_file(t / "m.keras")),
     Row("export overwrite of the user's own folder", ExportError,
         r"out holds files kcnn did not write \(1\).*--overwrite replaces only what kcnn exported",
-        lambda t, p: kcnn.export.export(str(p), output=str(t / "out"), overwrite=True),
+        lambda t, p: kcnn.deploy.export.export(str(p), output=str(t / "out"), overwrite=True),
         lambda t, p: ["export", str(p), "--output", str(t / "out"), "--overwrite"],
         setup=lambda t, mp: (t / "out" / "1").mkdir(parents=True)
         or _written(t / "out" / "1" / "saved_model.pb", b"the user's") and tiny_model_file(t / "m.keras")),
     Row("export of a missing file", ExportError, r"No such file or directory.*run directory or a \.keras",
-        lambda t, p: kcnn.export.export(str(t / "nope.keras")), lambda t, p: ["export", str(t / "nope.keras")]),
+        lambda t, p: kcnn.deploy.export.export(str(t / "nope.keras")), lambda t, p: ["export", str(t / "nope.keras")]),
     Row("export to an unknown format", ExportError, r"Unknown export format 'tflite'",
-        lambda t, p: kcnn.export.export(str(p), format="tflite"),
+        lambda t, p: kcnn.deploy.export.export(str(p), format="tflite"),
         setup=lambda t, mp: tiny_model_file(t / "m.keras")),
     Row("export to LiteRT with an unknown quantization", ExportError,
         r"Unknown quantization 'int4'; choose one of none, float16, int8",
-        lambda t, p: kcnn.export.export(str(p), format="litert", quantize="int4"),
+        lambda t, p: kcnn.deploy.export.export(str(p), format="litert", quantize="int4"),
         setup=lambda t, mp: tiny_model_file(t / "m.keras")),
     Row("int8 LiteRT export of a .keras file without a run", ExportError,
         r"int8 needs calibration images from the run's training data: export a run directory",
-        lambda t, p: kcnn.export.export(str(p), format="litert", quantize="int8"),
+        lambda t, p: kcnn.deploy.export.export(str(p), format="litert", quantize="int8"),
         lambda t, p: ["export", str(p), "--format", "litert", "--quantize", "int8"],
         setup=lambda t, mp: tiny_model_file(t / "m.keras")),
     Row("quantization of an export that is not LiteRT", ExportError,
         r"Quantization applies to LiteRT exports only; pass --format litert.*quantize='int8' with format='onnx'",
-        lambda t, p: kcnn.export.export(str(p), format="onnx", quantize="int8"),
+        lambda t, p: kcnn.deploy.export.export(str(p), format="onnx", quantize="int8"),
         lambda t, p: ["export", str(p), "--format", "onnx", "--quantize", "int8"],
         setup=lambda t, mp: tiny_model_file(t / "m.keras")),
     Row("fine-tune at a size the backbone cannot take", InvalidArgumentError, r"at least 32x32",
@@ -497,49 +500,49 @@ BAD_INPUTS = [
     # refused by the serving process, tests/test_serve.py) --
     Row("serve a path that does not exist", ServeError,
         r"No such file or directory: .*nope.*pass a run directory, an ONNX export folder .* or a model\.onnx file",
-        lambda t, p: kcnn.serve.find_source(t / "nope"), lambda t, p: ["serve", str(t / "nope")]),
+        lambda t, p: kcnn.deploy.serve.find_source(t / "nope"), lambda t, p: ["serve", str(t / "nope")]),
     Row("serve a folder without a model", ServeError,
         r"holds no model\.onnx, export/model\.onnx or model\.keras; pass a run directory",
-        lambda t, p: kcnn.serve.find_source(p), lambda t, p: ["serve", str(p)],
+        lambda t, p: kcnn.deploy.serve.find_source(p), lambda t, p: ["serve", str(p)],
         setup=lambda t, mp: (t / "photos").mkdir() or t / "photos"),
     Row("serve a file that is not a model", ServeError, r"notes\.txt is neither an ONNX model \(\.onnx\) nor a Keras",
-        lambda t, p: kcnn.serve.find_source(p), lambda t, p: ["serve", str(p)],
+        lambda t, p: kcnn.deploy.serve.find_source(p), lambda t, p: ["serve", str(p)],
         setup=lambda t, mp: _written(t / "notes.txt", b"hi")),
     Row("serve on a port out of range", ServeError, r"port must be a whole number from 0 .* to 65535.*port=70000",
-        lambda t, p: kcnn.serve.check_settings("model", 70000, 32, 32),
+        lambda t, p: kcnn.deploy.serve.check_settings("model", 70000, 32, 32),
         lambda t, p: ["serve", str(t), "--port", "70000"]),
     Row("serve with batches of no image", ServeError, r"max_batch must be a whole number of at least 1",
-        lambda t, p: kcnn.serve.check_settings("model", 8501, 32, 0),
+        lambda t, p: kcnn.deploy.serve.check_settings("model", 8501, 32, 0),
         lambda t, p: ["serve", str(t), "--max-batch", "0"]),
     Row("serve with a body limit of zero", ServeError, r"max_body_mb must be a number of megabytes above 0",
-        lambda t, p: kcnn.serve.check_settings("model", 8501, 0, 32),
+        lambda t, p: kcnn.deploy.serve.check_settings("model", 8501, 0, 32),
         lambda t, p: ["serve", str(t), "--max-body-mb", "0"]),
     Row("serve under a model name with a slash", ServeError, r"model name goes into the URL.*model_name='pets/v2'",
-        lambda t, p: kcnn.serve.check_settings("pets/v2", 8501, 32, 32),
+        lambda t, p: kcnn.deploy.serve.check_settings("pets/v2", 8501, 32, 32),
         lambda t, p: ["serve", str(t), "--model-name", "pets/v2"]),
     # -- explanations (Grad-CAM) --
     Row("Grad-CAM of a layer that does not exist", InvalidArgumentError,
         r"no layer named 'conv9'.*spatial layers for Grad-CAM are conv",
-        lambda t, p: kcnn.explain.grad_cam(tiny_conv_model(), np.zeros((1, 8, 8, 1)), layer="conv9"),
+        lambda t, p: kcnn.inspect.explain.grad_cam(tiny_conv_model(), np.zeros((1, 8, 8, 1)), layer="conv9"),
         lambda t, p: ["explain", str(p), str(t / "x.png"), "--layer", "conv9"], setup=lambda t, mp: explain_run(t)),
     Row("Grad-CAM of a layer without a spatial output", InvalidArgumentError,
         r"'dense' of .* has no spatial output.*spatial layers are conv",
-        lambda t, p: kcnn.explain.grad_cam(tiny_conv_model(), np.zeros((1, 8, 8, 1)), layer="dense"),
+        lambda t, p: kcnn.inspect.explain.grad_cam(tiny_conv_model(), np.zeros((1, 8, 8, 1)), layer="dense"),
         lambda t, p: ["explain", str(p), str(t / "x.png"), "--layer", "dense"], setup=lambda t, mp: explain_run(t)),
     Row("Grad-CAM of a class index out of range", InvalidArgumentError, r"class_index 5 is outside 0\.\.1",
-        lambda t, p: kcnn.explain.grad_cam(tiny_conv_model(), np.zeros((1, 8, 8, 1)), class_index=5)),
+        lambda t, p: kcnn.inspect.explain.grad_cam(tiny_conv_model(), np.zeros((1, 8, 8, 1)), class_index=5)),
     Row("Grad-CAM of a class name the model does not have", InvalidArgumentError,
         r"Unknown class 'zebra'.*classes are 'a', 'b'",
-        lambda t, p: kcnn.explain.explain_files(tiny_conv_model(), [str(t / "x.png")], ("a", "b"), str(t / "out"),
+        lambda t, p: kcnn.inspect.explain.explain_files(tiny_conv_model(), [str(t / "x.png")], ("a", "b"), str(t / "out"),
                                                 class_name="zebra"),
         lambda t, p: ["explain", str(p), str(t / "x.png"), "--class", "zebra"], setup=lambda t, mp: explain_run(t)),
     Row("Grad-CAM of images of the wrong size", InvalidArgumentError, r"shape \(N, 8, 8, 1\).*\(1, 9, 8, 1\)",
-        lambda t, p: kcnn.explain.grad_cam(tiny_conv_model(), np.zeros((1, 9, 8, 1)))),
+        lambda t, p: kcnn.inspect.explain.grad_cam(tiny_conv_model(), np.zeros((1, 9, 8, 1)))),
     Row("Grad-CAM of RGB images for a grey model", InvalidArgumentError, r"shape \(N, 8, 8, 1\).*\(2, 8, 8, 3\)",
-        lambda t, p: kcnn.explain.input_gradients(tiny_conv_model(), np.zeros((2, 8, 8, 3)))),
-    Row("Grad-CAM of a model without a feature map", kcnn.explain.NoSpatialLayerError,
+        lambda t, p: kcnn.inspect.explain.input_gradients(tiny_conv_model(), np.zeros((2, 8, 8, 3)))),
+    Row("Grad-CAM of a model without a feature map", kcnn.inspect.explain.NoSpatialLayerError,
         r"no convolution feature map.*input_gradients",
-        lambda t, p: kcnn.explain.grad_cam(tiny_dense_model(), np.zeros((1, 8, 8, 1))),
+        lambda t, p: kcnn.inspect.explain.grad_cam(tiny_dense_model(), np.zeros((1, 8, 8, 1))),
         lambda t, p: ["explain", str(p), str(t / "x.png")], setup=lambda t, mp: explain_run(t, tiny_model_file)),
 ]
 

@@ -221,16 +221,17 @@ def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
     """While one process holds a run directory, another is refused and the
     directory is left as it was; once the holder dies, --resume goes on."""
     import kcnn
-    from kcnn import runs
-    from kcnn.train import TrainConfig, _config_record, train
+    from kcnn.training import callbacks as runs
+    from kcnn.config import TrainConfig
+    from kcnn.training.train import _config_record, train
 
     run_dir = tmp_path / "run"
     config = dict(dataset="digits", arch="lenet5", image_size=32, epochs=1, batch_size=64, limit=128, verbose=0,
                   output_dir=str(run_dir))
     record = _config_record(TrainConfig(**config).resolved())  # the holder's run: the same settings
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from kcnn import runs; import os; os.makedirs(sys.argv[1], exist_ok=True); "
-        "lock = runs.RunLock(sys.argv[1]).acquire(); "  # kept in a variable: a collected FileLock lets go
+        "import sys, time; from kcnn.runs.rundir import RunLock; import os; os.makedirs(sys.argv[1], exist_ok=True); "
+        "lock = RunLock(sys.argv[1]).acquire(); "  # kept in a variable: a collected FileLock lets go
         "open(os.path.join(sys.argv[1], 'config.json'), 'w').write(sys.argv[2]); "
         "print('held', flush=True); time.sleep(600)"), str(run_dir), json.dumps(record)], stdout=subprocess.PIPE,
         text=True)

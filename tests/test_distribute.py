@@ -1,4 +1,4 @@
-"""kcnn.distribute: data-parallel training on each backend's own engine, with two workers on the CPU
+"""kcnn.training.distribute: data-parallel training on each backend's own engine, with two workers on the CPU
 (tests/workers/distribute_worker.py): TensorFlow's MirroredStrategy over two logical CPU devices, JAX's
 keras.distribution.DataParallel over two host devices, torch DDP with two processes on gloo (torchrun)."""
 
@@ -208,7 +208,7 @@ def free_port():
 
 
 def test_learning_rate_follows_the_global_batch():
-    from kcnn.train import TrainConfig
+    from kcnn.config import TrainConfig
 
     cifar = TrainConfig(dataset="cifar10").resolved()  # SGD, batch 1024, learning rate 1.5
     assert TrainConfig(dataset="cifar10", batch_size=2048).resolved().learning_rate == pytest.approx(2 * cifar.learning_rate)
@@ -238,8 +238,10 @@ def test_only_the_chief_writes_the_run(tmp_path):
     or only into a scratch folder of their own where saving is a collective (several JAX processes)."""
     import keras
 
-    from kcnn import distribute, runs
-    from kcnn.train import TrainConfig, _callbacks
+    from kcnn.training import distribute
+    from kcnn.training import callbacks as runs
+    from kcnn.config import TrainConfig
+    from kcnn.training.train import _callbacks
 
     config = TrainConfig(dataset="digits", arch="lenet5", image_size=32).resolved()
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])

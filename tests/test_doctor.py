@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from kcnn import cli, doctor
+from kcnn import cli
+from kcnn.cli import doctor
 from kcnn.data import sources
 
 DATA_DIR = os.environ["KCNN_DATA_DIR"]  # set by conftest.py: the official files

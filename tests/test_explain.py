@@ -1,4 +1,4 @@
-"""Grad-CAM and input gradients (kcnn.explain): models whose right answer is known by construction, the
+"""Grad-CAM and input gradients (kcnn.inspect.explain): models whose right answer is known by construction, the
 sanity checks of Adebayo et al. (2018), the logit behind a softmax, run-style nested models, the same maps on
 TensorFlow, PyTorch and JAX, every architecture family, and `kcnn explain`.
 
@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 
 import kcnn
-import kcnn.explain
+import kcnn.inspect.explain
 from helpers import BACKENDS, _tail, assert_close, deterministic_weights, run_python, worker
-from kcnn import viz
+from kcnn.inspect import viz
 from kcnn.errors import InvalidArgumentError
-from kcnn.utils import initialize_the_rest, initializers_deferred
+from kcnn.backends.initializers import initialize_the_rest, initializers_deferred
 
 import explain_worker  # noqa: E402  (tests/workers/, on sys.path through helpers)
 
@@ -68,15 +68,15 @@ def run_style(other_backends):
 
 def test_shapes_range_and_the_predicted_class(run_style):
     images = explain_worker.images()
-    maps = kcnn.explain.grad_cam(run_style, images)
+    maps = kcnn.inspect.explain.grad_cam(run_style, images)
     assert maps.shape == (3, *explain_worker.SHAPE[:2]) and maps.dtype == np.float32
     assert maps.min() >= 0 and np.allclose(maps.max(axis=(1, 2)), 1.0)
     predicted = np.argmax(keras.ops.convert_to_numpy(run_style(images)), axis=-1)
-    np.testing.assert_array_equal(maps, kcnn.explain.grad_cam(run_style, images, class_index=predicted))
-    one_class = kcnn.explain.grad_cam(run_style, images, class_index=2)  # one index for every image
-    np.testing.assert_array_equal(one_class[1], kcnn.explain.grad_cam(run_style, images[1:2], class_index=[2])[0])
-    assert kcnn.explain.input_gradients(run_style, images).shape == images.shape
-    assert kcnn.explain.spatial_layers(run_style)[-1] == "top_conv"  # the default: the last spatial map
+    np.testing.assert_array_equal(maps, kcnn.inspect.explain.grad_cam(run_style, images, class_index=predicted))
+    one_class = kcnn.inspect.explain.grad_cam(run_style, images, class_index=2)  # one index for every image
+    np.testing.assert_array_equal(one_class[1], kcnn.inspect.explain.grad_cam(run_style, images[1:2], class_index=[2])[0])
+    assert kcnn.inspect.explain.input_gradients(run_style, images).shape == images.shape
+    assert kcnn.inspect.explain.spatial_layers(run_style)[-1] == "top_conv"  # the default: the last spatial map
 
 
 def test_a_nested_run_model_is_its_backbone_on_normalised_pixels(run_style):
@@ -86,11 +86,11 @@ def test_a_nested_run_model_is_its_backbone_on_normalised_pixels(run_style):
     backbone = run_style.get_layer("backbone")
     normalised = keras.ops.convert_to_numpy(run_style.get_layer("normalize")(images))
     for layer in (None, "block_add"):
-        assert_close(kcnn.explain.grad_cam(run_style, images, layer=layer),
-                     kcnn.explain.grad_cam(backbone, normalised, layer=layer), rtol=1e-5, what=f"layer {layer}")
+        assert_close(kcnn.inspect.explain.grad_cam(run_style, images, layer=layer),
+                     kcnn.inspect.explain.grad_cam(backbone, normalised, layer=layer), rtol=1e-5, what=f"layer {layer}")
     # the backbone's softmax is a layer of its own: the gradient is of the Dense before it, the logit
     logits = keras.Model(backbone.inputs, backbone.get_layer("logits").output)
-    for explained in (kcnn.explain.grad_cam, kcnn.explain.input_gradients):
+    for explained in (kcnn.inspect.explain.grad_cam, kcnn.inspect.explain.input_gradients):
         assert_close(explained(backbone, normalised, class_index=3), explained(logits, normalised, class_index=3),
                      rtol=1e-5, what=explained.__name__)
 
@@ -105,11 +105,11 @@ def test_the_gradient_is_of_the_logit_behind_a_softmax_dense():
                    lambda model: model.set_weights(softmax.get_weights()))
     probability = keras.Model(softmax.inputs, keras.layers.Activation("linear")(softmax.outputs[0]))
     images = np.random.default_rng(2).uniform(0, 255, (2, *shape)).astype("float32")
-    assert_close(kcnn.explain.grad_cam(softmax, images), kcnn.explain.grad_cam(logits, images), rtol=1e-5)
-    of_logits = kcnn.explain.input_gradients(softmax, images, class_index=1)
-    reference = kcnn.explain.input_gradients(logits, images, class_index=1)
+    assert_close(kcnn.inspect.explain.grad_cam(softmax, images), kcnn.inspect.explain.grad_cam(logits, images), rtol=1e-5)
+    of_logits = kcnn.inspect.explain.input_gradients(softmax, images, class_index=1)
+    reference = kcnn.inspect.explain.input_gradients(logits, images, class_index=1)
     assert np.abs(of_logits - reference).max() <= 1e-5 * np.abs(reference).max() and reference.any()
-    of_probability = kcnn.explain.input_gradients(probability, images, class_index=1)
+    of_probability = kcnn.inspect.explain.input_gradients(probability, images, class_index=1)
     assert np.linalg.norm(of_probability - of_logits) > 0.1 * np.linalg.norm(of_logits)
 
 
@@ -129,7 +129,7 @@ def test_the_map_lies_in_the_only_quadrant_the_score_depends_on():
     model = built(make)
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 48, 3)).astype("float32")
     for index in range(3):
-        maps = kcnn.explain.grad_cam(model, images, class_index=index)
+        maps = kcnn.inspect.explain.grad_cam(model, images, class_index=index)
         assert maps.shape == (2, 32, 48)
         inside = maps[:, :16, :24].sum(axis=(1, 2)) / maps.sum(axis=(1, 2))
         # bilinear upsampling spreads the quadrant's edge by half a feature-map pixel
@@ -172,7 +172,7 @@ def test_each_class_map_lies_on_its_own_object():
     model, (image, red, green) = colour_model(), two_squares()
     logits = keras.ops.convert_to_numpy(model(image))
     assert np.argmax(logits) == 0
-    default, red_map, green_map = (kcnn.explain.grad_cam(model, image, class_index=c)[0] for c in (None, 0, 1))
+    default, red_map, green_map = (kcnn.inspect.explain.grad_cam(model, image, class_index=c)[0] for c in (None, 0, 1))
     np.testing.assert_array_equal(default, red_map)
     assert red_map[red].sum() / red_map.sum() > 0.95 and green_map[green].sum() / green_map.sum() > 0.95
     # Adebayo et al.'s class check: another class, another map
@@ -184,9 +184,9 @@ def test_randomised_weights_change_the_map():
     map unrelated to the hand-set model's (rank correlation near 0; the model against itself: exactly 1)."""
     model, (image, red, _) = colour_model(), two_squares()
     randomised = built(_colour_architecture)  # the architecture, re-initialised (He-normal kernels)
-    meant = kcnn.explain.grad_cam(model, image, class_index=0)
-    again = kcnn.explain.grad_cam(model, image, class_index=0)
-    random = kcnn.explain.grad_cam(randomised, image, class_index=0)
+    meant = kcnn.inspect.explain.grad_cam(model, image, class_index=0)
+    again = kcnn.inspect.explain.grad_cam(model, image, class_index=0)
+    random = kcnn.inspect.explain.grad_cam(randomised, image, class_index=0)
     assert _rank_correlation(meant, again) == pytest.approx(1.0)
     assert abs(_rank_correlation(meant, random)) < 0.5, _rank_correlation(meant, random)
     assert np.abs(meant - random).mean() > 0.2
@@ -203,8 +203,8 @@ def _rank_correlation(a, b):
 
 def test_the_same_maps_and_gradients_on_the_three_backends(run_style, other_backends):
     images = explain_worker.images()
-    jax = {"heatmaps": kcnn.explain.grad_cam(run_style, images),
-           "gradients": kcnn.explain.input_gradients(run_style, images),
+    jax = {"heatmaps": kcnn.inspect.explain.grad_cam(run_style, images),
+           "gradients": kcnn.inspect.explain.input_gradients(run_style, images),
            "logits": keras.ops.convert_to_numpy(run_style(images))}
     for backend, results in other_backends().items():
         difference = np.abs(results["heatmaps"] - jax["heatmaps"]).max()
@@ -238,11 +238,11 @@ def _assert_a_map(name, heatmap):
 def test_bad_arguments_raise_one_sentence(run_style):
     images = explain_worker.images(2)
     for call, message in [
-        (lambda: kcnn.explain.grad_cam(run_style, images, class_index=[1, 2, 3]), r"3 indices for 2 images"),
-        (lambda: kcnn.explain.grad_cam(run_style, images, class_index=1.5), r"class_index must be None"),
-        (lambda: kcnn.explain.grad_cam(run_style, images[0]), r"shape \(N, 24, 32, 3\).*images\[None\]"),
-        (lambda: kcnn.explain.grad_cam(run_style, images * np.nan), r"NaN or infinite"),
-        (lambda: kcnn.explain.grad_cam(run_style, images, layer="pool"), r"'pool'.*no spatial output.*top_conv"),
+        (lambda: kcnn.inspect.explain.grad_cam(run_style, images, class_index=[1, 2, 3]), r"3 indices for 2 images"),
+        (lambda: kcnn.inspect.explain.grad_cam(run_style, images, class_index=1.5), r"class_index must be None"),
+        (lambda: kcnn.inspect.explain.grad_cam(run_style, images[0]), r"shape \(N, 24, 32, 3\).*images\[None\]"),
+        (lambda: kcnn.inspect.explain.grad_cam(run_style, images * np.nan), r"NaN or infinite"),
+        (lambda: kcnn.inspect.explain.grad_cam(run_style, images, layer="pool"), r"'pool'.*no spatial output.*top_conv"),
     ]:
         with pytest.raises(InvalidArgumentError, match=message) as caught:
             call()

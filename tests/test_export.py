@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import kcnn
-from kcnn.export import ExportError, export
+from kcnn.deploy.export import ExportError, export
 
 from helpers import BACKENDS, _tail, assert_close, deterministic_weights, run_python, worker
 
@@ -149,11 +149,11 @@ def test_a_pretrained_model_with_preprocessing_inside_exports_from_another_backe
 
 
 def test_an_export_with_test_time_augmentation_answers_as_the_wrapped_model(tmp_path):
-    """kcnn export --tta flip_crop: the ONNX file (made on TensorFlow) gives the probabilities kcnn.tta's
+    """kcnn export --tta flip_crop: the ONNX file (made on TensorFlow) gives the probabilities kcnn.data.tta's
     model gives here (JAX): the 6 views averaged."""
     import onnxruntime
 
-    from kcnn.tta import with_tta
+    from kcnn.data.tta import with_tta
 
     model = kcnn.build("lenet5", num_classes=3, input_shape=(32, 32, 3))
     deterministic_weights(model)  # the same varied weights in every run (Keras' own draws left all-equal logits once)
@@ -194,7 +194,7 @@ def test_an_existing_export_is_refused_and_kept(model_file, tmp_path):
 
 
 def test_a_failed_export_leaves_nothing_half_written(model_file, tmp_path, monkeypatch):
-    from kcnn import export as exporting
+    from kcnn.deploy import export as exporting
 
     out = tmp_path / "out"
     export(model_file, "keras", out, verbose=False)

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 import kcnn
-from kcnn import finetune as fine
-from kcnn.finetune import FinetuneConfig, finetune
+from kcnn.training import finetune as fine
+from kcnn.config import FinetuneConfig
+from kcnn.training.finetune import finetune
 
 from helpers import RUN_FILES, assert_close, kcnn_cli
 from helpers import image_folder_of_the_sample as _folder
@@ -43,10 +44,11 @@ def test_split_at_a_block_boundary_computes_the_same_model(arch, input_shape):
 def test_cached_features_give_the_answer_of_a_frozen_backbone_in_fit():
     """kcnn's cache path (the backbone as fine-tuning builds and cuts it, `training_views`, `_predict` through
     both parts, resizing included) gives the features of the frozen model on each image and its mirror, and
-    on the test-time augmentation views of kcnn.tta; and a head fitted on them ends with the weights of the
+    on the test-time augmentation views of kcnn.data.tta; and a head fitted on them ends with the weights of the
     same head behind the frozen backbone inside fit()."""
-    from kcnn import tta
-    from kcnn.finetune import FinetuneConfig, _backbone, _predict, training_views
+    from kcnn.data import tta
+    from kcnn.config import FinetuneConfig
+    from kcnn.training.finetune import _backbone, _predict, training_views
 
     config = FinetuneConfig(image_size=32, unfreeze=2, verbose=0)
     backbone = _backbone(config)
@@ -62,7 +64,7 @@ def test_cached_features_give_the_answer_of_a_frozen_backbone_in_fit():
     both = np.concatenate([originals, originals[:, :, ::-1]])
     np.testing.assert_array_equal(labels, np.concatenate([data.labels, data.labels]))
     assert_close(features, backbone.model.predict(both, verbose=0), rtol=1e-5, what="cached features")
-    # a shifted test-time view through the cache path is the frozen model on that view (kcnn.tta's own ops)
+    # a shifted test-time view through the cache path is the frozen model on that view (kcnn.data.tta's own ops)
     view = tta.VIEWS["flip_crop"][-1]
     shifted = _predict(backbone.fast_top, _predict(backbone.fast_bottom, data.images, 32, 16, view=view), None, 16)
     reference = backbone.model.predict(tta.apply_view(originals, view, np), verbose=0)
@@ -169,7 +171,8 @@ def test_a_folder_with_one_class_is_refused(tmp_path):
 TTA_RUNS = """
 import json, sys
 import numpy as np
-from kcnn.finetune import FinetuneConfig, finetune
+from kcnn.config import FinetuneConfig
+from kcnn.training.finetune import finetune
 tiny = dict(image_size=32, head_epochs=2, finetune_epochs=1, batch_size=32, limit=160, export=False, verbose=0)
 runs = [finetune(FinetuneConfig(**tiny, tta=tta, output_dir=sys.argv[1] + f"/{tta}")) for tta in (None, "flip_crop")]
 weights = [run.model.get_weights() for run in runs]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import kcnn
-from kcnn import jax_cpu
+from kcnn.backends import jax_cpu
 
 from helpers import assert_close
 from helpers import deterministic_weights

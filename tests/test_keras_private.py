@@ -1,4 +1,4 @@
-"""Every private Keras name kcnn uses (kcnn/keras_private.py) still exists and still does what kcnn relies
+"""Every private Keras name kcnn uses (kcnn/backends/keras_private.py) still exists and still does what kcnn relies
 on: a Keras upgrade that moves one fails here, with the name and what kcnn does with it, instead of deep
 inside a run."""
 
@@ -10,14 +10,14 @@ import keras
 import numpy as np
 import pytest
 
-from kcnn import keras_private
+from kcnn.backends import keras_private
 
 TESTED = ", ".join(keras_private.TESTED_KERAS)
 
 
 def _missing(where, name, use):
     return (f"Keras {keras.__version__} has no {name} on {where}, which kcnn uses ({use}); kcnn was tested "
-            f"with Keras {TESTED}: see kcnn/keras_private.py.")
+            f"with Keras {TESTED}: see kcnn/backends/keras_private.py.")
 
 
 @pytest.mark.parametrize("owner, name, use", keras_private.CLASS_NAMES,
@@ -67,7 +67,7 @@ def test_every_private_instance_name_kcnn_uses_exists():
 
 def test_the_torch_parameter_hooks_exist_on_torch():
     """`_value` and `_track_variables` are the torch backend's: checked in a torch process."""
-    code = ("import keras, torch\nfrom kcnn import keras_private\n"
+    code = ("import keras, torch\nfrom kcnn.backends import keras_private\n"
             "conv = keras.layers.Conv2D(2, 1); conv.build((1, 4, 4, 1))\n"
             "variable = keras_private.kernel_variable(conv)\n"
             "old = keras_private.torch_value(variable); assert isinstance(old, torch.nn.Parameter)\n"
@@ -78,7 +78,7 @@ def test_the_torch_parameter_hooks_exist_on_torch():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=dict(os.environ, KERAS_BACKEND="torch"))
     assert result.stdout.strip().endswith("ok"), _missing("a torch layer", "_value or _track_variables",
-                                                          "kcnn.torch_fast") + "\n" + result.stderr[-2000:]
+                                                          "kcnn.backends.torch_fast") + "\n" + result.stderr[-2000:]
 
 
 def test_the_backup_hooks_still_steer_fit(tmp_path):
@@ -104,4 +104,4 @@ def test_the_installed_keras_is_a_tested_version():
     minor = ".".join(keras.__version__.split(".")[:2])
     assert minor in keras_private.TESTED_KERAS, (
         f"Keras {keras.__version__} is not among the versions kcnn's private-API uses were tested with "
-        f"({TESTED}); run the suite and add it to kcnn/keras_private.py.")
+        f"({TESTED}); run the suite and add it to kcnn/backends/keras_private.py.")

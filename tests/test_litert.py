@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import kcnn
-from kcnn.export import export
+from kcnn.deploy.export import export
 
 from helpers import _tail, run_python, worker
 
@@ -29,7 +29,8 @@ def _trained_run(folder):
     """A run directory of lenet5 fitted on digits at 32x32 for a few epochs (Keras' fit alone: the workflow's
     plots and explanations would triple the cost), with the config.json and metrics.json kcnn train writes."""
     from kcnn.data.pipeline import make_dataset
-    from kcnn.train import TrainConfig, _config_record
+    from kcnn.config import TrainConfig
+    from kcnn.training.train import _config_record
 
     config = TrainConfig(dataset="digits", arch="lenet5", image_size=32, epochs=4, batch_size=32,
                          output_dir=str(folder), verbose=0).resolved()
@@ -52,7 +53,7 @@ def _trained_run(folder):
 def served(tmp_path_factory):
     """The run, its float32 and int8 LiteRT exports (made from JAX), and what the LiteRT worker answered on
     the run's evaluation images."""
-    from kcnn.litert import _prepared
+    from kcnn.deploy.litert import _prepared
 
     root = tmp_path_factory.mktemp("litert")
     model, config, class_names = _trained_run(root / "run")
@@ -109,7 +110,7 @@ def test_int8_litert_keeps_the_accuracy_in_a_quarter_of_the_file(served):
 
 
 def test_an_existing_litert_export_is_replaced_only_with_overwrite(served):
-    from kcnn.export import ExportError
+    from kcnn.deploy.export import ExportError
 
     path = served["paths"]["none"]
     before = open(path, "rb").read()

@@ -8,7 +8,9 @@ import sys
 import keras
 import pytest
 
-from kcnn import doctor, utils, workflow
+from kcnn.backends import precision as utils
+from kcnn.cli import doctor
+from kcnn.training import job as workflow
 from kcnn.errors import InvalidArgumentError
 
 # /proc/cpuinfo as four kinds of machines print it (one processor of each; the flags as their kernels list them).

@@ -16,7 +16,7 @@ from PIL import Image
 import kcnn
 import kcnn.data
 from kcnn.data.folder import read_image
-from kcnn.utils import weightless_scope
+from kcnn.backends.initializers import weightless_scope
 
 SETTINGS = dict(deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])

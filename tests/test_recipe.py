@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import kcnn
-from kcnn import optim
-from kcnn import train as training
-from kcnn.train import TrainConfig
+from kcnn.training import optim
+from kcnn.training import train as training
+from kcnn.config import TrainConfig
 from helpers import killed_then_resumed
 
 QUICK = dict(dataset="digits", image_size=32, epochs=2, batch_size=64, limit=320, verbose=0)

@@ -5,7 +5,7 @@ The module's server is the whole command on a run directory (`python -m kcnn ser
 converted to ONNX in a temporary folder, then the serving process): every endpoint against TF Serving's response
 structure, answers equal to onnxruntime's own on the ONNX file it serves and to the Keras model's within 1e-4,
 client code written for TF Serving, b64 PNG and JPEG, every bad request (the error, then a good request served),
-16 concurrent clients. The other servers start the serving process directly (`kcnn.serve.server_command()`: no
+16 concurrent clients. The other servers start the serving process directly (`kcnn.deploy.serve.server_command()`: no
 Keras import, a second each): an ONNX export folder stopped by SIGTERM with requests in flight, a model.onnx file
 without batching, and the refusals of the command line.
 """
@@ -29,7 +29,7 @@ import pytest
 import requests
 from PIL import Image
 
-from kcnn import serve as kcnn_serve
+from kcnn.deploy import serve as kcnn_serve
 
 from helpers import deterministic_weights, temper_logits
 
@@ -142,7 +142,7 @@ def tensor(name, dtype, *sizes):
                                              "unknown_rank": False}, "name": name}
 
 
-# What TensorFlow Serving answers for kcnn's SavedModel (kcnn.export: serving_default, input image, three outputs).
+# What TensorFlow Serving answers for kcnn's SavedModel (kcnn.deploy.export: serving_default, input image, three outputs).
 METADATA = {"model_spec": {"name": "model", "signature_name": "", "version": "1"},
             "metadata": {"signature_def": {"signature_def": {"serving_default": {
                 "inputs": {"image": tensor("serving_default_image:0", "DT_FLOAT", -1, 32, 32, 3)},

@@ -44,7 +44,7 @@ def cat_photo(tmp_path_factory):
 def pretrained_server(tmp_path_factory):
     """EfficientNet-Lite0 (ImageNet) as an ONNX export folder, served by the serving process."""
     import kcnn
-    from kcnn.export import export
+    from kcnn.deploy.export import export
     from kcnn.weights import imagenet_class_names
 
     folder = tmp_path_factory.mktemp("lite0")

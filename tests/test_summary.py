@@ -1,4 +1,4 @@
-"""kcnn.summary: per-layer parameters and MACs, totals, memory."""
+"""kcnn.inspect.summary: per-layer parameters and MACs, totals, memory."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""kcnn.torch_fast: on the torch backend, convolutions and batch norms on torch's own kernels
+"""kcnn.backends.torch_fast: on the torch backend, convolutions and batch norms on torch's own kernels
 compute what Keras' layers compute, train the same, and save as plain Keras models.
 
 Gradients and trained weights are compared beside a noise floor the worker measures: how far Keras'

@@ -11,8 +11,8 @@ import pytest
 import kcnn
 import kcnn.data
 from helpers import RUN_FILES, image_folder_of_the_sample as _folder, kcnn_cli, killed_then_resumed
-from kcnn import train as training
-from kcnn.train import TrainConfig
+from kcnn.training import train as training
+from kcnn.config import TrainConfig
 
 # LeNet-5 on digits resized to 32x32: a run of a few seconds (the per-backend CLI runs use the default arch)
 QUICK = dict(dataset="digits", arch="lenet5", image_size=32, epochs=2, batch_size=64, limit=320, verbose=0)
@@ -136,7 +136,7 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
 
 
 def test_mixed_precision_leaves_the_global_policy_as_it_was(tmp_path):
-    from kcnn.utils import mixed_precision_policy  # what this machine affords (tests/test_precision.py)
+    from kcnn.backends.precision import mixed_precision_policy  # what this machine affords (tests/test_precision.py)
 
     run = training.train(TrainConfig(**dict(QUICK, epochs=1), mixed_precision=True,
                                      output_dir=str(tmp_path / "run")))
@@ -147,8 +147,8 @@ def test_mixed_precision_leaves_the_global_policy_as_it_was(tmp_path):
 def test_googlenet_trains_with_auxiliary_heads_and_saves_without(tmp_path):
     # On PyTorch, in a process of its own: this process's JAX would compile GoogLeNet's training step with both
     # auxiliary heads, and draw its 180 initial kernels one compiled program each (98 CPU-seconds against 26, AVX-512).
-    from kcnn.modelfile import load_model  # Keras' safe-mode load, without JAX's initializer draws
-    from kcnn.rundir import RunDir, load_run
+    from kcnn.runs.modelfile import load_model  # Keras' safe-mode load, without JAX's initializer draws
+    from kcnn.runs.rundir import RunDir, load_run
 
     run_dir = tmp_path / "run"
     result = kcnn_cli("torch", "train", "--dataset", "digits", "--arch", "googlenet", "--image-size", "80",
@@ -187,8 +187,11 @@ def test_folder_training_evaluate_and_predict_through_the_cli(tmp_path):
     assert lines[0].endswith("0.png") and len(lines) == 6
     assert {line.split()[-1] for line in lines[1:3]} == {"cat", "ship"} and "%" in lines[1]
     # the same top class as the model in Python
-    model, _, names = training.load_run(str(run_dir))
-    [[(best, _), _]] = training.predict_files(model, [str(photos / "cat" / "0.png")], names, top=2)
+    from kcnn.runs.rundir import load_run
+    from kcnn.training.evaluate import predict_files
+
+    model, _, names = load_run(str(run_dir))
+    [[(best, _), _]] = predict_files(model, [str(photos / "cat" / "0.png")], names, top=2)
     assert lines[1].split()[-1] == best
 
 

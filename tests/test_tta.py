@@ -1,5 +1,5 @@
-"""Test-time augmentation (kcnn.tta), the per-class report, balanced class weights and the imbalance warning
-(kcnn.report): the figures against their definitions, and the three places TTA is made (a Keras model for
+"""Test-time augmentation (kcnn.data.tta), the per-class report, balanced class weights and the imbalance warning
+(kcnn.training.report): the figures against their definitions, and the three places TTA is made (a Keras model for
 predict and export, the input pipeline for evaluate, the frozen-layer cache of fine-tuning) agreeing."""
 
 import json
@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kcnn import report, tta
+from kcnn.data import tta
+from kcnn.training import report
 from kcnn.data import ImageData
 from kcnn.errors import InvalidArgumentError
 
@@ -69,7 +70,7 @@ def test_with_tta_averages_the_probabilities_of_the_views(mode, ends_in_softmax)
 
 def test_evaluate_model_with_tta_is_the_wrapped_models_answer():
     """kcnn evaluate --tta makes the views in the input pipeline; predict and export use with_tta's model."""
-    from kcnn.train import evaluate_model
+    from kcnn.training.evaluate import evaluate_model
 
     model = small_classifier(classes=3)
     x = images(count=40, seed=3).astype("uint8")
@@ -123,7 +124,7 @@ def test_balanced_class_weights_make_every_class_weigh_the_same():
 
 
 def test_fine_tuning_batches_carry_the_class_weights_and_mixup_blends_rows_and_targets():
-    from kcnn.finetune import _epoch_batches
+    from kcnn.training.finetune import _epoch_batches
 
     inputs = np.arange(12, dtype="float32").reshape(6, 2)
     targets = keras.utils.to_categorical([0, 0, 0, 0, 1, 1], 2)
@@ -148,7 +149,9 @@ def test_an_imbalanced_training_set_gets_one_line_naming_its_extreme_classes(cap
 
 
 def test_a_train_run_records_tta_and_per_class_figures_and_evaluate_adds_another_mode(tmp_path, capsys):
-    from kcnn.train import TrainConfig, evaluate_run, train
+    from kcnn.config import TrainConfig
+    from kcnn.training.evaluate import evaluate_run
+    from kcnn.training.train import train
 
     run = train(TrainConfig(dataset="digits", arch="lenet5", image_size=32, epochs=1, limit=128, batch_size=64,
                             tta="flip", class_weight="balanced", output_dir=str(tmp_path / "run"), verbose=1))
@@ -168,7 +171,8 @@ def test_a_train_run_records_tta_and_per_class_figures_and_evaluate_adds_another
 
 
 def test_extra_training_views_are_shifted_mirrored_copies_drawn_from_the_seed():
-    from kcnn.finetune import FinetuneConfig, training_views
+    from kcnn.config import FinetuneConfig
+    from kcnn.training.finetune import training_views
 
     rng = np.random.default_rng(0)
     data = ImageData(rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), np.arange(6) % 2, ("a", "b"), "toy")
@@ -188,7 +192,8 @@ def test_extra_training_views_are_shifted_mirrored_copies_drawn_from_the_seed():
 
 
 def test_layer_decay_gives_each_block_its_rate_and_the_plateau_callback_scales_them_all():
-    from kcnn.finetune import FinetuneConfig, _finetune_optimizer
+    from kcnn.config import FinetuneConfig
+    from kcnn.training.finetune import _finetune_optimizer
 
     # three blocks ending in Add layers (the cut points), then a dense head on top
     inputs = keras.Input((4,))

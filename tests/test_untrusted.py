@@ -25,10 +25,11 @@ import pytest
 
 import kcnn
 import kcnn.data
-from kcnn import export as exporting
+from kcnn.deploy import export as exporting
 from kcnn.data import files
 from kcnn.data.folder import MAX_PIXELS, CorruptImageError, read_image
-from kcnn.train import load_run, predict_files
+from kcnn.runs.rundir import load_run
+from kcnn.training.evaluate import predict_files
 from kcnn.weights import WeightsError
 from kcnn.weights.loading import read_state_dict
 

@@ -85,7 +85,7 @@ def test_other_classes_get_a_fresh_head_on_the_pretrained_backbone_and_grey_sums
     kernel, bias = head.get_weights()
     limit = np.sqrt(6 / sum(kernel.shape))
     assert np.abs(kernel).max() <= limit and kernel.std() > limit / 3 and not bias.any()
-    from kcnn import keras_private
+    from kcnn.backends import keras_private
 
     assert all(keras_private.has_value(variable) for variable in five.variables)
     bare = kcnn.build("efficientnet_lite0", weights="imagenet", num_classes=5, input_shape=(64, 64, 3),

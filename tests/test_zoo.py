@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import kcnn
-from kcnn.utils import weightless_scope
+from kcnn.backends.initializers import weightless_scope
 from helpers import BACKENDS, assert_close
 from backend_worker import NUM_CLASSES, BATCH  # tests/workers/ (on sys.path: helpers)
 
@@ -19,7 +19,7 @@ MODEL_NAMES = [info.name for info in kcnn.list_models()]
 
 _COUNT_SCRIPT = """
 import json, sys, keras, kcnn
-from kcnn.utils import weightless_scope
+from kcnn.backends.initializers import weightless_scope
 counts = {}
 for info in kcnn.list_models():
     with weightless_scope():
@@ -96,7 +96,7 @@ def test_keras_file_loads_without_kcnn_with_identical_outputs(name, backend, bac
     run = backend_runs[backend]
     assert name not in run["load_errors"], run["load_errors"].get(name)
     if backend == "torch":
-        # kcnn ran the convolutions and batch norms on torch's own kernels (kcnn.torch_fast); the file
+        # kcnn ran the convolutions and batch norms on torch's own kernels (kcnn.backends.torch_fast); the file
         # holds Keras' layers, which compute the same in another order: the cross-backend tolerance
         # (deep plain networks such as cifar_resnet110 grow float32 rounding to about 1e-5).
         loaded, outputs = run["loaded"][name], run["outputs"][name]

@@ -5,7 +5,7 @@
     python workflows/train.py --dataset cifar10 --resume # continue an interrupted run
     KERAS_BACKEND=torch torchrun --nproc_per_node 4 workflows/train.py --dataset cifar10 --distribute
 
-Defaults come per dataset from kcnn.train.DATASET_DEFAULTS, so the bare
+Defaults come from the recipe the architecture declares for the dataset (kcnn.recipes), so the bare
 command trains a good model. The run lands in saved_models/ARCH_DATASET/.
 """
 

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 
 import kcnn
-from kcnn.utils import atomic_open
+from kcnn.runs.atomic import atomic_open
 
 # ---- config (all defaults in one place) -----------------------------------
 PATTERN = "*"  # which models (wildcard)

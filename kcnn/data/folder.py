@@ -5,7 +5,7 @@
 The layout is `keras.utils.image_dataset_from_directory`'s: class names are
 the sub-folder names in sorted order, and files anywhere below a class
 folder belong to it. Images are decoded once into uint8 arrays in memory
-(the same `ImageData` the built-in datasets return, so `kcnn.train` and the
+(the same `ImageData` the built-in datasets return, so `kcnn.training.train` and the
 tf.data pipeline treat them alike). Keras' loader is not used for decoding
 because it stops at the first unreadable file, converts modes silently and
 has no pixel-count limit; here each file is decoded with Pillow (Keras' own

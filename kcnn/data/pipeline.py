@@ -4,13 +4,12 @@ Images stay uint8 until the batch is formed; conversion to float32, resizing
 to the model's input, channel conversion and Keras' augmentation layers run
 batched inside the pipeline, in parallel with training, with prefetching.
 Scaling to the model's range is not done here: kcnn training models take raw
-0-255 pixels and normalise inside (see kcnn.train), so exported models do too.
+0-255 pixels and normalise inside (see kcnn.training.train), so exported models do too.
 """
 
+from kcnn.config import AUGMENTATIONS
 from kcnn.errors import InvalidArgumentError
 
-AUGMENTATIONS = ("none", "crop", "flip", "crop_flip", "translate_flip", "airbench", "randaugment", "mixup",
-                 "cutmix")
 # translate_flip: shifts of up to 1/16 of the side (2 pixels at 32x32) in a reflected border, random flips.
 # airbench: airbench94's (Jordan 2024): those shifts, and alternating flips: each image is mirrored or not at
 # random once, then every image is mirrored on odd epochs, so that each is seen both ways every two epochs.
@@ -65,7 +64,7 @@ def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, a
             reshuffling restarts with every new iterator). Use it with
             `fit(steps_per_epoch=...)`. `epochs=None`: an endless stream.
         shard: (index, count) for data-parallel workers that each feed their
-            own part (kcnn.distribute): training batches hold the images
+            own part (kcnn.training.distribute): training batches hold the images
             `index::count` of each global batch of `batch_size`, so the workers'
             batches together are exactly the single-device batch (augmentation
             draws differ per worker); evaluation takes every count-th image.
@@ -214,7 +213,7 @@ def _tf_data_seed_generator(layer):
     generator on the TensorFlow backend and a cached TensorFlow one otherwise."""
     layer.backend.set_backend("tensorflow")
     try:
-        from kcnn import keras_private
+        from kcnn.backends import keras_private
 
         return keras_private.tf_data_seed_generator(layer)
     finally:

@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 
-from kcnn.utils import initialize_the_rest, initializers_deferred
+from kcnn.backends.initializers import initialize_the_rest, initializers_deferred
 from kcnn.weights.checkpoint import CheckpointLayout, WeightsError
 
 
@@ -220,7 +220,7 @@ def _flatten_order(dense, kernel):
     for Keras' Flatten, which reads (H, W, C) in either data format."""
     import keras
 
-    from kcnn import keras_private
+    from kcnn.backends import keras_private
 
     source = keras_private.producer(dense.input)
     while isinstance(source, keras.layers.Dropout):

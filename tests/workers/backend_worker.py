@@ -45,8 +45,8 @@ def main(out_dir, models="*"):
     import keras
 
     import kcnn
-    from kcnn import torch_fast
-    from kcnn.utils import initializers_deferred
+    from kcnn.backends import torch_fast
+    from kcnn.backends.initializers import initializers_deferred
 
     os.makedirs(os.path.join(out_dir, "models"), exist_ok=True)
     outputs, report = {}, {"backend": keras.backend.backend(), "models": {}}

@@ -113,7 +113,7 @@ def install(point):
     elif kind == "model":
         wrap_save(keras.Model, "save", lambda path: path.endswith("model.tmp.keras"))
     elif kind == "history":
-        # inside kcnn's own writer: its temporary is written whole and about to be renamed (kcnn.utils.atomic_path
+        # inside kcnn's own writer: its temporary is written whole and about to be renamed (kcnn.runs.atomic.atomic_path
         # flushes it to disk first); the kill leaves half of it
         original_fsync = os.fsync
 
@@ -126,7 +126,7 @@ def install(point):
 
         os.fsync = fsync
     elif kind == "export":
-        from kcnn import export
+        from kcnn.deploy import export
 
         original_write = export._write_saved_model
 

@@ -33,7 +33,8 @@ if BACKEND == "tensorflow" and not os.environ.get("TF_CONFIG"):  # before Tensor
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from kcnn.train import TrainConfig, train  # noqa: E402
+from kcnn.config import TrainConfig  # noqa: E402
+from kcnn.training.train import train
 
 # LeNet-5 (no dropout, no batch normalisation: a distributed step is then exactly a single-device step)
 # on the digits resized to 32x32; no augmentation, so both runs see the same pixels.
@@ -133,7 +134,8 @@ def learn(out_dir):
 
 
 def finetune(out_dir):
-    from kcnn.finetune import FinetuneConfig, finetune as run_finetune
+    from kcnn.config import FinetuneConfig
+    from kcnn.training.finetune import finetune as run_finetune
 
     run = run_finetune(FinetuneConfig(**FINETUNE, distribute=True, output_dir=os.path.join(out_dir, "finetune")))
     if run.metrics is None:

@@ -24,7 +24,7 @@ def fixed_model():
     """What `kcnn train` saves, in small: raw 0-255 pixels, a Normalization layer, then a nested backbone
     (convolutions, batch norm, a depthwise convolution, a residual Add) that ends in a softmax layer after its
     Dense, with the same weights on every backend (helpers.deterministic_weights)."""
-    from kcnn.utils import initialize_the_rest, initializers_deferred
+    from kcnn.backends.initializers import initialize_the_rest, initializers_deferred
 
     with initializers_deferred():  # on JAX, no compiled random draw (0.5 s each) for weights set just below
         model = _fixed_model()
@@ -58,22 +58,22 @@ def images(count=3):
 def architecture_heatmap(name):
     """Grad-CAM of `kcnn.build(name)` at its smallest input, for one image of random pixels."""
     import kcnn
-    import kcnn.explain
+    import kcnn.inspect.explain
 
     info = kcnn.get_model_info(name)
     size = max(info.min_input_size, 32)
     model = kcnn.build(name, input_shape=(size, size, info.default_input_shape[-1]), num_classes=10)
     deterministic_weights(model)
     pixels = np.random.default_rng(1).uniform(0, 255, (1, size, size, info.default_input_shape[-1]))
-    return kcnn.explain.grad_cam(model, pixels.astype("float32"))
+    return kcnn.inspect.explain.grad_cam(model, pixels.astype("float32"))
 
 
 def main(path, names):
-    import kcnn.explain
+    import kcnn.inspect.explain
 
     model = fixed_model()
-    results = {"heatmaps": kcnn.explain.grad_cam(model, images()),
-               "gradients": kcnn.explain.input_gradients(model, images()),
+    results = {"heatmaps": kcnn.inspect.explain.grad_cam(model, images()),
+               "gradients": kcnn.inspect.explain.input_gradients(model, images()),
                "logits": keras.ops.convert_to_numpy(model(images(), training=False))}
     for name in names:
         try:

@@ -12,8 +12,9 @@ import keras
 import numpy as np
 
 from kcnn import data
-from kcnn.export import export
-from kcnn.train import TrainConfig, train
+from kcnn.deploy.export import export
+from kcnn.config import TrainConfig
+from kcnn.training.train import train
 
 
 def main(out_dir):

@@ -27,7 +27,7 @@ import tensorflow as tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: helpers
 
 import kcnn
-from kcnn.export import export_on_tensorflow
+from kcnn.deploy.export import export_on_tensorflow
 
 
 from helpers import assert_close, deterministic_weights, temper_logits  # tests/ (put on sys.path above)

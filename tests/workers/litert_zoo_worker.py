@@ -20,7 +20,7 @@ WORKERS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(WORKERS))  # tests/: helpers
 
 import kcnn
-from kcnn.export import export_on_tensorflow
+from kcnn.deploy.export import export_on_tensorflow
 
 from helpers import assert_close, deterministic_weights, temper_logits  # tests/ (put on sys.path above)
 

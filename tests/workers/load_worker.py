@@ -19,12 +19,12 @@ import keras
 import numpy as np
 from backend_worker import forward  # the same forward pass as the build (tests/workers, beside this file)
 
-# kcnn's list of private Keras names, read as a file of its own: importing it as `kcnn.keras_private` would
+# kcnn's list of private Keras names, read as a file of its own: importing it as `kcnn.backends.keras_private` would
 # import kcnn, which this process must never do (it names nothing of kcnn's, and imports keras only).
 _spec = importlib.util.spec_from_file_location(
     "keras_private_of_kcnn",
     os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "kcnn",
-                 "keras_private.py"))
+                 "backends", "keras_private.py"))
 keras_private = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(keras_private)
 

@@ -16,8 +16,8 @@ import subprocess
 import sys
 import threading
 
-PRELOAD = ["numpy", "h5py", "tensorflow", "keras", "kcnn", "kcnn.cli", "kcnn.train", "kcnn.finetune",
-           "kcnn.export", "crash_worker", "preloaded"]
+PRELOAD = ["numpy", "h5py", "tensorflow", "keras", "kcnn", "kcnn.cli", "kcnn.training.train", "kcnn.training.finetune",
+           "kcnn.deploy.export", "crash_worker", "preloaded"]
 _SERVER_BACKEND = []  # the backend the fork server imported (one per pytest process)
 _SERVER_LOCK = threading.Lock()  # tests start processes from several threads
 

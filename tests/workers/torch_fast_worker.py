@@ -1,4 +1,4 @@
-"""On the torch backend, models whose layers run kcnn.torch_fast's kernels against the same
+"""On the torch backend, models whose layers run kcnn.backends.torch_fast's kernels against the same
 models running Keras' own code: outputs, a few fit() steps, and what model.save() writes.
 
     python tests/workers/torch_fast_worker.py OUT.json
@@ -18,7 +18,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kcnn  # noqa: E402
-from kcnn import torch_fast  # noqa: E402
+from kcnn.backends import torch_fast  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/: helpers
 from helpers import deterministic_weights  # noqa: E402

@@ -14,10 +14,10 @@ whatever else a user keeps in the folder stays.
 What keeps a run directory whole when its process is killed at any moment:
 - `RunLock`: one process at a time writes a run directory (an OS file lock, which the kernel releases
   when the holder dies, even by SIGKILL).
-- Every file is written under a temporary name and renamed into place (`kcnn.utils.atomic_path`), so a
+- Every file is written under a temporary name and renamed into place (`kcnn.runs.atomic.atomic_path`), so a
   reader sees the old file or the new one, never half of one; `prepare` removes the temporaries a killed
   process left.
-- The backup (`backup/`, written by `kcnn.runs.CrashSafeBackup`) is deleted last, by `finish()`: while it
+- The backup (`backup/`, written by `kcnn.training.callbacks.CrashSafeBackup`) is deleted last, by `finish()`: while it
   exists, `resume` can finish a run killed after training.
 """
 
@@ -25,24 +25,20 @@ import contextlib
 import csv
 import dataclasses
 import errno
-import importlib
 import json
 import os
 import shutil
 import uuid
 
+from kcnn.config import KINDS, NOT_SETTINGS
 from kcnn.errors import KcnnError
-from kcnn.utils import atomic_open, atomic_path
+from kcnn.runs.atomic import atomic_open, atomic_path
 
 LOCK_NAME = ".kcnn.lock"
 MARKER = "kcnn"  # config.json's key that only kcnn writes: {"run_id", "kind", "version"}
 # Every name a run writes at the top of its directory; overwrite removes these (and temporaries) only.
 RUN_FILES = ("config.json", "model.keras", "best.keras", "history.csv", "metrics.json", "curves.png",
              "confusion.png", "samples.png", "explain.png", "logs", "backup", "export", "explain", LOCK_NAME)
-# The kinds of run, and the config class each is read back into (imported by name: no import circle).
-KINDS = {"train": ("kcnn.train", "TrainConfig"), "finetune": ("kcnn.finetune", "FinetuneConfig")}
-# Settings a resumed run may change: they do not change what it computes.
-NOT_SETTINGS = ("resume", "overwrite", "verbose")
 
 
 class RunLockedError(KcnnError):
@@ -331,7 +327,7 @@ def load_run(path):
     """(model, config, class names) of a finished run directory (of `kcnn
     train`: a TrainConfig; of `kcnn finetune`: a FinetuneConfig), or of a
     model.keras file inside one."""
-    from kcnn.modelfile import load_model
+    from kcnn.runs.modelfile import load_model
 
     run_dir = os.path.dirname(path) if str(path).endswith(".keras") else path
     model_path = path if str(path).endswith(".keras") else os.path.join(run_dir, "model.keras")
@@ -348,8 +344,7 @@ def run_config(run_dir):
     try:
         record = run.read_json("config.json")  # only read: a run without the marker loads too
         class_names = run.read_json("metrics.json")["class_names"]
-        module, name = KINDS[run_kind(record)]
-        kind = getattr(importlib.import_module(module), name)
+        kind = KINDS[run_kind(record)]
         config = kind(**{k: v for k, v in record.items() if k in kind.__dataclass_fields__})
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise KcnnError(

@@ -1,6 +1,6 @@
-"""LiteRT (TensorFlow Lite) export: kcnn.export's serving function, converted by the TensorFlow Lite converter.
+"""LiteRT (TensorFlow Lite) export: kcnn.deploy.export's serving function, converted by the TensorFlow Lite converter.
 
-    from kcnn.export import export
+    from kcnn.deploy.export import export
     export("saved_models/my_run", format="litert")                      # RUN/export/model.tflite, float32
     export("saved_models/my_run", format="litert", quantize="int8")     # RUN/export/model_int8.tflite
 
@@ -22,7 +22,7 @@ input's `shape_signature` (a model ending in Flatten fails in its reshape, one w
 From a run directory the export also measures the LiteRT models' accuracy, float32 and quantized, with the
 LiteRT interpreter on the first EVALUATION_IMAGES images of the run's evaluation split.
 
-Runs on the TensorFlow backend (kcnn.export calls it there, in a child process when needed).
+Runs on the TensorFlow backend (kcnn.deploy.export calls it there, in a child process when needed).
 """
 
 import dataclasses
@@ -33,7 +33,7 @@ import tempfile
 import numpy as np
 
 from kcnn.errors import ExportError, KcnnError
-from kcnn.utils import atomic_path
+from kcnn.runs.atomic import atomic_path
 
 SIGNATURE = "serving_default"
 METADATA_NAME = "class_names"  # the flatbuffer's metadata entry holding the class names (JSON)
@@ -46,8 +46,8 @@ def write(model, destination, class_names, *, serving_function, quantize="none",
           calibration_images=200):
     """Write `model` (a Keras model on TensorFlow) as a LiteRT flatbuffer to `destination`, atomically;
     returns what kcnn_export.json records: the quantization, the size and, from a run whose data loads,
-    the accuracy of the float32 and quantized LiteRT models. `serving_function`: kcnn.export's (images in,
-    probabilities and class index out), passed in so that this module never imports kcnn.export."""
+    the accuracy of the float32 and quantized LiteRT models. `serving_function`: kcnn.deploy.export's (images in,
+    probabilities and class index out), passed in so that this module never imports kcnn.deploy.export."""
 
     shape = tuple(model.inputs[0].shape[1:])
     record = {"quantize": quantize}
@@ -76,7 +76,7 @@ def write(model, destination, class_names, *, serving_function, quantize="none",
 
 
 def convert(model, serving_function, quantize="none", calibration=None, *, error=KcnnError):
-    """The LiteRT flatbuffer (bytes) of kcnn.export's serving function of `model`; `calibration`: the
+    """The LiteRT flatbuffer (bytes) of kcnn.deploy.export's serving function of `model`; `calibration`: the
     float32 images an int8 conversion measures activation ranges on."""
     import keras
     import tensorflow as tf
@@ -169,7 +169,7 @@ def _evaluation_images(run_dir, shape, count):
     bare .keras file or a run whose config or data is not there (the export itself does not need them)."""
     if run_dir is None:
         return None
-    from kcnn.rundir import run_config
+    from kcnn.runs.rundir import run_config
 
     try:
         config = run_config(run_dir)[0]
@@ -182,7 +182,7 @@ def _evaluation_images(run_dir, shape, count):
 
 def run_config_of(run_dir):
     """The run config of `run_dir` (int8 calibrates on its training data), or one ExportError sentence."""
-    from kcnn.rundir import run_config
+    from kcnn.runs.rundir import run_config
 
     try:
         return run_config(run_dir)[0]

@@ -14,23 +14,23 @@ TESTED_KERAS = ("3.15",)  # minor versions the suite ran on (constraints.txt pin
 
 # (owner, name, what kcnn does with it): names found on classes (methods, overridden hooks).
 CLASS_NAMES = [
-    (keras.callbacks.BackupAndRestore, "_save_model", "overridden: kcnn.runs.CrashSafeBackup writes atomically"),
+    (keras.callbacks.BackupAndRestore, "_save_model", "overridden: kcnn.training.callbacks.CrashSafeBackup writes atomically"),
     (keras.callbacks.BackupAndRestore, "_load_model", "overridden: CrashSafeBackup restores the callbacks' state"),
-    (keras.callbacks.ModelCheckpoint, "_save_model", "overridden: kcnn.runs.AtomicModelCheckpoint"),
-    (keras.Model, "_compute_loss", "DDP's train step (kcnn.distribute) computes the loss as Keras' own"),
+    (keras.callbacks.ModelCheckpoint, "_save_model", "overridden: kcnn.training.callbacks.AtomicModelCheckpoint"),
+    (keras.Model, "_compute_loss", "DDP's train step (kcnn.training.distribute) computes the loss as Keras' own"),
     (keras.Model, "_get_metrics_result_or_logs", "DDP: replaced to sum the metrics over the workers"),
     (keras.layers.RandomFlip, "_get_seed_generator", "augmentation re-seeded inside tf.data (kcnn.data.pipeline)"),
-    (keras.Variable, "_deferred_initialize", "kcnn.utils.initialize_the_rest: a weight no file gave a value"),
-    (keras.Model, "_resolve_auto_jit_compile", "kcnn.modelfile: a loaded model's jit_compile as 'auto' gives here"),
+    (keras.Variable, "_deferred_initialize", "kcnn.backends.initializers.initialize_the_rest: a weight no file gave a value"),
+    (keras.Model, "_resolve_auto_jit_compile", "kcnn.runs.modelfile: a loaded model's jit_compile as 'auto' gives here"),
 ]
 # Names found on instances (set in __init__, by build() or by a call): the test makes one of each.
 INSTANCE_NAMES = [
-    ("a built Conv2D", "_kernel", "kcnn.torch_fast stores the kernel in torch's layout (Conv2D.kernel adds LoRA)"),
+    ("a built Conv2D", "_kernel", "kcnn.backends.torch_fast stores the kernel in torch's layout (Conv2D.kernel adds LoRA)"),
     ("a Keras variable", "_value", "torch_fast swaps the torch parameter behind a variable"),
     ("a layer on the torch backend", "_track_variables", "torch_fast lists the new parameter for torch"),
-    ("a layer of a functional model", "_inbound_nodes", "torch_fast folds batch norms; kcnn.summary counts MACs"),
+    ("a layer of a functional model", "_inbound_nodes", "torch_fast folds batch norms; kcnn.inspect.summary counts MACs"),
     ("a layer of a functional model", "_outbound_nodes", "torch_fast folds a batch norm into its only producer"),
-    ("a node of a functional model", "arguments", "kcnn.explain runs a model's graph layer by layer (a Node's "
+    ("a node of a functional model", "arguments", "kcnn.inspect.explain runs a model's graph layer by layer (a Node's "
      "arguments.fill_in, input_tensors and outputs)"),
     ("a symbolic tensor", "_keras_history", "the layer that made a tensor (torch_fast, kcnn.weights.loading)"),
     ("a compiled model", "_loss_tracker", "DDP's train step tracks the loss as Keras' own"),
@@ -40,11 +40,11 @@ INSTANCE_NAMES = [
     ("a SwapEMAWeights", "_ema_weights_in_model", "a fine-tuning run with --ema resumes from a backup that holds "
      "the average in the model"),
     ("keras.src.backend.common.global_state", "current_call_ctx", "torch_fast: the training flag of a call"),
-    ("keras.src.backend.common.global_state", "uninitialized_variables", "kcnn.utils.weightless_scope"),
+    ("keras.src.backend.common.global_state", "uninitialized_variables", "kcnn.backends.initializers.weightless_scope"),
 ]
 
 
-# ---- the crash-safe backup (kcnn.runs) -------------------------------------------------------------------
+# ---- the crash-safe backup (kcnn.training.callbacks) -------------------------------------------------------------------
 
 def backup_epoch(callback):
     """The epoch a BackupAndRestore's backup resumes at (the one after the epoch just finished)."""
@@ -124,12 +124,12 @@ def node_tensors(node):
 
 def node_arguments(node, values):
     """(args, kwargs) of a layer call in a functional graph, its symbolic tensors replaced by `values`
-    ({id(symbolic tensor): value}): what Keras' Functional.call passes to the layer (kcnn.explain walks a
+    ({id(symbolic tensor): value}): what Keras' Functional.call passes to the layer (kcnn.inspect.explain walks a
     model's graph this way, to read and change one layer's output)."""
     return node.arguments.fill_in(values)
 
 
-# ---- torch kernels (kcnn.torch_fast) ---------------------------------------------------------------------
+# ---- torch kernels (kcnn.backends.torch_fast) ---------------------------------------------------------------------
 
 def kernel_variable(layer):
     """The kernel variable itself (Conv2D.kernel adds a LoRA term where LoRA is enabled)."""
@@ -147,7 +147,7 @@ def set_torch_value(layer, variable, parameter):
     layer._track_variables()
 
 
-# ---- DDP inside fit() (kcnn.distribute) ------------------------------------------------------------------
+# ---- DDP inside fit() (kcnn.training.distribute) ------------------------------------------------------------------
 
 def call_has_training_arg(model):
     return model._call_has_training_arg

@@ -33,7 +33,7 @@ import weakref
 
 import keras
 
-from kcnn import keras_private
+from kcnn.backends import keras_private
 
 # KCNN_TORCH_FAST=0 turns this off (for comparisons: bench/throughput.py --keras-layers).
 ENV_SWITCH = "KCNN_TORCH_FAST"

@@ -1,6 +1,7 @@
 """Data-parallel training on the engine each backend already has.
 
-    from kcnn.train import TrainConfig, train
+    from kcnn.config import TrainConfig
+    from kcnn.training.train import train
     train(TrainConfig(dataset="cifar10", distribute=True))   # or: kcnn train --distribute
 
 kcnn does not invent its own: `--distribute` picks the engine of the active backend.
@@ -31,7 +32,7 @@ import os
 
 import keras
 
-from kcnn import keras_private
+from kcnn.backends import keras_private
 from kcnn.errors import InvalidArgumentError, KcnnError
 
 TORCHRUN_HINT = "torchrun --nproc_per_node N workflows/train.py --distribute ..."
@@ -304,7 +305,7 @@ def _on_chief(plan, work, broadcast):
 
 def _single_device_copy(model):
     """A copy of a model trained under a TensorFlow strategy or a JAX distribution, made outside it."""
-    from kcnn import torch_fast
+    from kcnn.backends import torch_fast
 
     copy = keras.models.clone_model(model)  # (compiled: its optimizer's variables are made, so not deferred)
     copy.set_weights(model.get_weights())

@@ -1,6 +1,7 @@
 """Fine-tuning a pretrained ImageNet backbone on your own classes.
 
-    from kcnn.finetune import FinetuneConfig, finetune
+    from kcnn.config import FinetuneConfig
+    from kcnn.training.finetune import finetune
     run = finetune(FinetuneConfig(dataset="path/to/folder"))   # or "cifar10_sample", "cifar10"
 
 The two phases of the best practice (Keras' transfer-learning guide, timm,
@@ -36,131 +37,25 @@ from typing import Optional, Union
 
 import numpy as np
 
-from kcnn import keras_private, report, runs, tta, workflow
-from kcnn.data.datasets import FOLDER_SPLITS, SPLITS  # noqa: F401 (SPLITS: kcnn.finetune.SPLITS, as before)
+from kcnn.backends import keras_private
+from kcnn.training import report
+from kcnn.training import callbacks as kcnn_callbacks
+from kcnn.data import tta
+from kcnn.training import job
+from kcnn.config import FinetuneConfig
 from kcnn.errors import InvalidArgumentError, KcnnError
-from kcnn.report import check_class_weight, class_weights
-from kcnn.rundir import config_record
-from kcnn.utils import atomic_path
-from kcnn.workflow import Run, summary_table  # noqa: F401 (kcnn.finetune.summary_table, as before)
+from kcnn.training.report import check_class_weight, class_weights
+from kcnn.runs.rundir import config_record
+from kcnn.runs.atomic import atomic_path
+from kcnn.training.job import Run
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")  # history.csv's metrics, in both phases
 
 
-@dataclasses.dataclass
-class FinetuneConfig:
-    """Everything a fine-tuning run depends on."""
-
-    dataset: str = "cifar10_sample"  # a dataset name, or a folder with one sub-folder of images per class
-    backbone: str = "efficientnet_lite0"
-    weights: str = "imagenet"
-    image_size: int = 224  # the weights' own: +7 points over 128 on the CIFAR-10 sample (bench/finetune_levers.py)
-    head_epochs: int = 15
-    finetune_epochs: int = 8  # phase 2 costs most of the time (15 s an epoch at 224 on 2 cores)
-    unfreeze: Union[int, str] = 3  # top blocks to fine-tune in phase 2, "all", or 0 (head only)
-    batch_size: int = 64
-    head_learning_rate: float = 1e-3
-    finetune_learning_rate: float = 1e-4
-    dropout: float = 0.2
-    label_smoothing: float = 0.1
-    flip: bool = True  # also train on the mirror images (computed once, like everything frozen)
-    extra_views: int = 0  # randomly shifted and mirrored copies of each training image, also computed once
-    tta: Optional[str] = "flip"  # the held-out evaluation also with test-time augmentation (kcnn.tta), or None
-    ema: bool = False  # phase 2 keeps an exponential moving average of the weights (Keras' use_ema) and ends on it
-    mixup: float = 0.0  # phase 1: mixup's Beta(alpha, alpha) on the pooled features (0: off)
-    layer_decay: float = 1.0  # phase 2: each block below the top one learns at this fraction of the one above (1: off)
-    class_weight: Optional[str] = None  # "balanced": each class weighs as if the classes were the same size
-    validation_split: float = 0.1  # of the training images, for the callbacks (not the evaluation set)
-    folder_validation_split: float = 0.2  # image folders: fraction of each class held out for evaluation
-    mixed_precision: bool = False
-    distribute: bool = False  # data-parallel on the backend's own engine (kcnn.distribute); batch_size is global
-    seed: int = 0
-    limit: Optional[int] = None  # train on the first N images only (quick checks)
-    output_dir: Optional[str] = None  # default: saved_models/finetune_BACKBONE_DATASET
-    export: bool = True  # a SavedModel for serving in RUN_DIR/export/1 (kcnn.export)
-    resume: bool = False  # continue the killed run in output_dir (the same settings) where it stopped
-    overwrite: bool = False
-    verbose: int = 1
-
-    @property
-    def is_folder(self):
-        return self.dataset not in SPLITS
-
-    @property
-    def dataset_name(self):
-        return os.path.basename(os.path.normpath(self.dataset)) if self.is_folder else self.dataset
-
-    @property
-    def arch(self):  # the name the run's plots and tables show
-        return self.backbone
-
-    def resolved(self):
-        config = dataclasses.replace(self)
-        if config.is_folder:
-            if not (isinstance(config.dataset, (str, os.PathLike)) and os.path.isdir(config.dataset)):
-                raise InvalidArgumentError(
-                    f"Unknown dataset {config.dataset!r}; kcnn fine-tunes on {', '.join(sorted(SPLITS))}, or on a "
-                    f"folder with one sub-folder of images per class. Received: dataset={config.dataset!r}")
-            config.dataset = os.path.abspath(config.dataset)
-        if config.output_dir is None:
-            config.output_dir = os.path.join("saved_models", f"finetune_{config.backbone}_{config.dataset_name}")
-        config.check()
-        return config
-
-    def check(self):
-        def bad(argument, value, valid):
-            raise InvalidArgumentError(f"{argument} must be {valid}. Received: {argument}={value!r}")
-
-        for name in ("image_size", "batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                bad(name, value, "a whole number of at least 1")
-        for name in ("head_epochs", "finetune_epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                bad(name, value, "a whole number of at least 0")
-        for name in ("head_learning_rate", "finetune_learning_rate"):
-            if not (isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0):
-                bad(name, getattr(self, name), "a number above 0")
-        if not (self.unfreeze == "all" or (isinstance(self.unfreeze, int) and self.unfreeze >= 0)):
-            bad("unfreeze", self.unfreeze, "a number of top blocks (0: head only) or 'all'")
-        for name in ("validation_split", "folder_validation_split"):
-            if not 0 < getattr(self, name) < 1:
-                bad(name, getattr(self, name), "in (0, 1)")
-        if not 0 <= self.dropout < 1:
-            bad("dropout", self.dropout, "in [0, 1)")
-        if not 0 <= self.label_smoothing < 1:
-            bad("label_smoothing", self.label_smoothing, "in [0, 1)")
-        if isinstance(self.extra_views, bool) or not isinstance(self.extra_views, int) or self.extra_views < 0:
-            bad("extra_views", self.extra_views, "a whole number of at least 0")
-        if not (isinstance(self.mixup, (int, float)) and self.mixup >= 0):
-            bad("mixup", self.mixup, "a number of at least 0 (0: off)")
-        if not (isinstance(self.layer_decay, (int, float)) and 0 < self.layer_decay <= 1):
-            bad("layer_decay", self.layer_decay, "a number in (0, 1] (1: every block at the same learning rate)")
-        tta.check_mode(self.tta)
-        check_class_weight(self.class_weight)
-        if self.resume and self.overwrite:
-            raise InvalidArgumentError("resume and overwrite contradict each other; pass one of them.")
-
-    def load(self, split):
-        from kcnn import data as kdata
-
-        if self.is_folder:
-            return kdata.image_folder(self.dataset, image_size=self.image_size, subset=split,
-                                      validation_split=self.folder_validation_split, verbose=bool(self.verbose))
-        return kdata.load(self.dataset, split)
-
-    def splits(self):
-        return FOLDER_SPLITS if self.is_folder else SPLITS[self.dataset]
-
-    def eval_split_name(self):
-        return self.splits()[1]
-
-
 def finetune(config: FinetuneConfig, callbacks=()):
     """Fine-tune `config.backbone` with `config.weights` on `config.dataset`;
-    returns a `kcnn.train.Run` (directory, model, history, metrics)."""
-    return workflow.run_workflow(config, lambda config, plan: _finetune(config, plan, callbacks))
+    returns a `kcnn.training.train.Run` (directory, model, history, metrics)."""
+    return job.run_workflow(config, lambda config, plan: _finetune(config, plan, callbacks))
 
 
 @dataclasses.dataclass
@@ -197,10 +92,10 @@ def _finetune(config, plan, callbacks):
 
     info, train_data, eval_data = _checked_inputs(config)
     class_names = train_data.class_names
-    with workflow.owned_run_dir(config, "finetune", plan) as run, contextlib.ExitStack() as engine:
+    with job.owned_run_dir(config, "finetune", plan) as run, contextlib.ExitStack() as engine:
         engine.enter_context(plan.scope())  # models, training and evaluation on the engine's devices
-        clock = workflow.Stopwatch()
-        with workflow.precision(config.mixed_precision):
+        clock = job.Stopwatch()
+        with job.precision(config.mixed_precision):
             keras.utils.set_random_seed(config.seed)
             backbone = _backbone(config)
             frozen = extract_features(config, plan, run, backbone, train_data, eval_data)
@@ -227,7 +122,7 @@ def _finetune(config, plan, callbacks):
             metrics["epochs_run"] = len(rows)
             phases = {"fine-tuning": head_epochs + 1} if fine_tuned and head_epochs else None
             eval_for_plots = dataclasses.replace(eval_data, class_names=class_names)
-            return workflow.save_run(run, config, plan, model, metrics, eval_for_plots, predicted,
+            return job.save_run(run, config, plan, model, metrics, eval_for_plots, predicted,
                                      phase_starts=phases)
 
         # The other workers return without metrics once the chief has written the run.
@@ -259,7 +154,8 @@ def _checked_inputs(config):
 
 def _backbone(config):
     import kcnn
-    from kcnn import jax_cpu, torch_fast
+    from kcnn.backends import jax_cpu
+    from kcnn.backends import torch_fast
 
     size = config.image_size
     model = kcnn.build(config.backbone, weights=config.weights, include_top=False, pooling="avg",
@@ -279,14 +175,14 @@ def extract_features(config, plan, run, backbone, train_data, eval_data):
 
     train_images, train_labels, copies = training_views(train_data, config)
     fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed, copies=copies)
-    # Data-parallel: each worker computes and trains on its own part of the images (kcnn.distribute).
+    # Data-parallel: each worker computes and trains on its own part of the images (kcnn.training.distribute).
     fit_index, val_index = plan.worker_rows(fit_index), plan.worker_rows(val_index)
     batch_size = plan.worker_batch(config.batch_size)
     mine = np.concatenate([fit_index, val_index])
     fit_rows, val_rows = np.arange(len(fit_index)), np.arange(len(fit_index), len(mine))
     one_hot = keras.utils.to_categorical(train_labels[mine], len(train_data.class_names))
     cache = run.file("backup", f"frozen_{plan.worker}_of_{plan.workers}.npz")
-    clock = workflow.Stopwatch()
+    clock = job.Stopwatch()
     eval_views = eval_view_list(config.tta)
     if config.resume and os.path.exists(cache):
         with np.load(cache) as saved:  # seconds: what this process spent, reading them
@@ -317,11 +213,11 @@ def extract_features(config, plan, run, backbone, train_data, eval_data):
 
 
 def eval_view_list(tta_mode):
-    """The views of the held-out images the evaluation needs: kcnn.tta's, or the images alone."""
+    """The views of the held-out images the evaluation needs: kcnn.data.tta's, or the images alone."""
     return tta.VIEWS[tta_mode] if tta_mode else (PLAIN_VIEW,)
 
 
-PLAIN_VIEW = (1.0, 0, False)  # (weight, shift, mirrored), as kcnn.tta.VIEWS
+PLAIN_VIEW = (1.0, 0, False)  # (weight, shift, mirrored), as kcnn.data.tta.VIEWS
 
 
 class ImageProgress:
@@ -372,7 +268,7 @@ def fit_top(config, plan, run, backbone, head, frozen, callbacks):
     is nothing to fine-tune."""
     import keras
 
-    from kcnn import jax_cpu
+    from kcnn.backends import jax_cpu
 
     if not (config.finetune_epochs and top_has_weights(backbone.top)):
         return False
@@ -395,11 +291,11 @@ def fit_top(config, plan, run, backbone, head, frozen, callbacks):
 
 def _finetune_optimizer(config, top):
     """Adam at the fine-tuning rate; with layer_decay < 1, layer-wise learning-rate decay (Clark et al. 2020's
-    ELECTRA, BEiT): the layers after the top's last block end (kcnn.finetune.cut_points) and the head at the rate, each
+    ELECTRA, BEiT): the layers after the top's last block end (kcnn.training.finetune.cut_points) and the head at the rate, each
     block below at layer_decay times the one above it; one Adam per depth (Keras' MultiOptimizer)."""
     import keras
 
-    from kcnn.optim import grouped
+    from kcnn.training.optim import grouped
 
     def adam(rate):
         return keras.optimizers.Adam(rate, use_ema=config.ema, ema_momentum=0.99)
@@ -430,21 +326,21 @@ def _fit_phase(config, plan, run, phase, model, inputs, frozen, epochs, callback
     import keras
 
     final = run.file("backup", f"{phase}_final")
-    if config.resume and runs.load_model_state(model, final):
+    if config.resume and kcnn_callbacks.load_model_state(model, final):
         return
     first_epoch = run.resumed_epoch(phase) if config.resume else 0
     offset = sum(row.get("phase") == "head" for row in run.history_rows()) if phase == "finetune" else 0
     decisions = _phase_callbacks(config, finetune=phase == "finetune")
     backup_dir = run.file("backup", phase)
     # A worker that is not the chief restores the chief's backup and writes nowhere, or, where saving is a
-    # collective every worker joins (several JAX processes), into a scratch folder of its own (kcnn.distribute).
+    # collective every worker joins (several JAX processes), into a scratch folder of its own (kcnn.training.distribute).
     scratch = None if plan.is_chief else plan.scratch_dir()
     if plan.is_chief:
-        writers = [runs.HistoryLog(run.file("history.csv"), first_epoch, phase=phase, epoch_offset=offset,
+        writers = [kcnn_callbacks.HistoryLog(run.file("history.csv"), first_epoch, phase=phase, epoch_offset=offset,
                                    keys=HISTORY_KEYS),
-                   runs.CrashSafeBackup(backup_dir, callbacks=decisions)]
+                   kcnn_callbacks.CrashSafeBackup(backup_dir, callbacks=decisions)]
     else:
-        writers = [runs.CrashSafeBackup(backup_dir, write_dir=os.path.join(scratch, "backup", phase) if scratch
+        writers = [kcnn_callbacks.CrashSafeBackup(backup_dir, write_dir=os.path.join(scratch, "backup", phase) if scratch
                                         else False, callbacks=decisions)]
     steps = math.ceil(len(frozen.fit_rows) / frozen.batch_size)
     targets = frozen.one_hot[frozen.fit_rows]
@@ -462,9 +358,9 @@ def _fit_phase(config, plan, run, phase, model, inputs, frozen, epochs, callback
         callbacks=plan.callbacks() + decisions + writers + list(callbacks), verbose=config.verbose)
     plan.unwrap(model)
     if plan.is_chief:
-        runs.save_model_state(model, final)
+        kcnn_callbacks.save_model_state(model, final)
     elif scratch:
-        runs.save_model_state(model, os.path.join(scratch, f"{phase}_final"))
+        kcnn_callbacks.save_model_state(model, os.path.join(scratch, f"{phase}_final"))
 
 
 def _epoch_batches(inputs, targets, batch_size, seed, first_epoch, epochs, *, class_weight=None, mixup=0.0):
@@ -499,7 +395,7 @@ def assemble(config, backbone, head):
     """Step 4: the model to keep: raw RGB images in, logits out (the head's layers follow the backbone's)."""
     import keras
 
-    from kcnn import torch_fast
+    from kcnn.backends import torch_fast
 
     for layer in backbone.model.layers:
         layer.trainable = True
@@ -512,7 +408,7 @@ def assemble(config, backbone, head):
 def evaluate(config, plan, backbone, head, model, frozen, eval_data):
     """Step 5: (metrics, predicted classes) on the held-out images (and a second check where the dataset
     has one). Every worker evaluates (under TensorFlow's multi-worker strategy predict() is a collective)."""
-    from kcnn import jax_cpu
+    from kcnn.backends import jax_cpu
 
     if config.distribute:  # JAX's distributed predict() keeps the split into trainable variables and the
         backbone.fast_top.make_predict_function(force=True)  # rest from its first call, before the unfreezing
@@ -531,7 +427,7 @@ def evaluate(config, plan, backbone, head, model, frozen, eval_data):
 
 
 def _config_record(config):
-    """config.json of a `kcnn finetune` run (kcnn.rundir.config_record)."""
+    """config.json of a `kcnn finetune` run (kcnn.runs.rundir.config_record)."""
     return config_record(config, "finetune")
 
 
@@ -642,7 +538,7 @@ def _validation_split(originals, fraction, seed, *, copies=1):
 
 def _resized(images, size, batch_size, view=None):
     """float32 0-255 RGB images at size x size, through tf.data (resizing and grey-to-RGB), in one of
-    kcnn.tta's views (view: (weight, shift, mirrored)) when given."""
+    kcnn.data.tta's views (view: (weight, shift, mirrored)) when given."""
     import tensorflow as tf
 
     def prepare(batch):
@@ -658,7 +554,7 @@ def _resized(images, size, batch_size, view=None):
 def _predict(model, inputs, size, batch_size, multiple=1, *, view=None, progress=None):
     """model.predict on images (resized to `size`, in a test-time augmentation `view`) or on activations
     (size None); `multiple`: the inputs are padded to a multiple of it (copies of the last one) and the
-    outputs cut back (kcnn.distribute); `progress`: an ImageProgress to advance."""
+    outputs cut back (kcnn.training.distribute); `progress`: an ImageProgress to advance."""
     count = len(inputs)
     if count % multiple:
         inputs = np.concatenate([inputs, np.repeat(inputs[-1:], multiple - count % multiple, axis=0)])

@@ -5,9 +5,9 @@ Localization") weights each feature map of a late convolution by the spatial mea
 class score (the logit, before softmax) and keeps the positive part of their sum: a coarse map of the pixels
 that raise that class's score.
 
-    import kcnn.explain
-    heatmaps = kcnn.explain.grad_cam(model, images)              # (N, H, W) in [0, 1], the predicted classes
-    gradients = kcnn.explain.input_gradients(model, images)      # (N, H, W, C): saliency, FGSM
+    import kcnn.inspect.explain
+    heatmaps = kcnn.inspect.explain.grad_cam(model, images)              # (N, H, W) in [0, 1], the predicted classes
+    gradients = kcnn.inspect.explain.input_gradients(model, images)      # (N, H, W, C): saliency, FGSM
     viz.grad_cam_overlay(images[0], heatmaps[0])                 # the map in "jet" over the image
 
 Both work for every registered architecture and for the models of `kcnn train` / `kcnn finetune` runs (raw
@@ -87,8 +87,8 @@ def explain_files(model, paths, class_names, output_dir, *, transform=None, clas
     the predicted class). Everything is checked before the first file is written."""
     import keras
 
-    from kcnn import viz
-    from kcnn.utils import atomic_open
+    from kcnn.inspect import viz
+    from kcnn.runs.atomic import atomic_open
 
     class_index = None
     if class_name is not None:
@@ -182,7 +182,7 @@ class _Graph:
     def _walk(self, model, seen_convolution):
         import keras
 
-        from kcnn import keras_private
+        from kcnn.backends import keras_private
 
         known = {id(tensor) for tensor in model.inputs}
         steps, added = [], True
@@ -234,7 +234,7 @@ class _Graph:
                                    f"{shown}.")
 
     def _all_layers(self):
-        from kcnn import keras_private
+        from kcnn.backends import keras_private
 
         for steps in self.steps.values():
             for layer, node in steps:
@@ -284,7 +284,7 @@ class _Graph:
     def _run(self, model, inputs, shift_layer, shift, read):
         import keras
 
-        from kcnn import keras_private
+        from kcnn.backends import keras_private
 
         values = {id(tensor): value for tensor, value in zip(model.inputs, inputs)}
         for layer, node in self.steps[id(model)]:
@@ -333,7 +333,7 @@ def _final_layer(model):
     """The layer that makes the model's output, looked for inside a nested model that makes it."""
     import keras
 
-    from kcnn import keras_private
+    from kcnn.backends import keras_private
 
     layer = keras_private.producer(model.outputs[0])
     while isinstance(layer, keras.Model):

@@ -1,6 +1,6 @@
 """Test-time augmentation: a classifier's answer averaged over mirrored (and shifted) copies of each image.
 
-    from kcnn.tta import with_tta
+    from kcnn.data.tta import with_tta
     model = with_tta(run_model, "flip")       # images in, logits out: softmax gives the averaged probabilities
 
 Modes (the views and their weights follow airbench94's test-time augmentation, Jordan 2024):
@@ -12,7 +12,7 @@ Modes (the views and their weights follow airbench94's test-time augmentation, J
 wraps (`kcnn export --tta`). Its output is the log of the averaged probabilities: argmax and softmax of it
 are the averaged prediction, so whatever reads logits reads it unchanged. The views themselves are written
 once against a NumPy-like namespace (`keras.ops`, `numpy`, `tf.experimental.numpy`), so that kcnn's
-fine-tuning can push them through its frozen layers once (kcnn.finetune) and get the same views.
+fine-tuning can push them through its frozen layers once (kcnn.training.finetune) and get the same views.
 """
 
 from kcnn.errors import InvalidArgumentError

@@ -1,6 +1,6 @@
 """Export for serving, whichever backend trained the model and whichever is active.
 
-    from kcnn.export import export
+    from kcnn.deploy.export import export
     export("saved_models/finetune_efficientnet_lite0_cifar10_sample")            # SavedModel, RUN/export/1/
     export("model.keras", format="onnx", output="saved_models/my_model")          # saved_models/my_model/model.onnx
     export("saved_models/my_run", format="litert", quantize="int8")               # saved_models/my_run/export/model_int8.tflite
@@ -44,9 +44,9 @@ import tempfile
 
 import numpy as np
 
-from kcnn import modelfile
-from kcnn.errors import ExportError, InvalidArgumentError, KcnnError  # noqa: F401 (kcnn.export.ExportError)
-from kcnn.utils import atomic_open, atomic_path
+from kcnn.runs import modelfile
+from kcnn.errors import ExportError, InvalidArgumentError, KcnnError  # noqa: F401 (kcnn.deploy.export.ExportError)
+from kcnn.runs.atomic import atomic_open, atomic_path
 
 FORMATS = ("saved_model", "onnx", "keras", "litert")
 # LiteRT (TensorFlow Lite) flatbuffers, one file per quantization: float32, float16 weights, int8 throughout.
@@ -63,7 +63,7 @@ def export(source, format="saved_model", output=None, *, version=1, overwrite=Fa
     """Export the model of a run directory (or a `.keras` file) for serving;
     returns the path written (the version folder, model.onnx, a .tflite file or model.keras).
     `tta` ("flip", "flip_crop"): the exported model averages its answer over test-time views
-    (kcnn.tta), at kcnn.tta.passes(tta) forward passes per image.
+    (kcnn.data.tta), at kcnn.data.tta.passes(tta) forward passes per image.
     `quantize` (litert only): "none" (the default), "float16" or "int8"; int8 is calibrated on
     `calibration_images` images of the run's training split."""
     model_path, run_dir = find_model(source)
@@ -73,7 +73,7 @@ def export(source, format="saved_model", output=None, *, version=1, overwrite=Fa
     quantize = check_quantize(format, quantize, run_dir, calibration_images)
     if tta and format == "keras":
         raise ExportError("A .keras export is a copy of the model file and cannot hold test-time augmentation; "
-                          "export saved_model or onnx with --tta, or wrap the loaded model with kcnn.tta.with_tta.")
+                          "export saved_model or onnx with --tta, or wrap the loaded model with kcnn.data.tta.with_tta.")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ExportError(f"version must be a whole number of at least 1 (TensorFlow Serving's folder names). "
                           f"Received: version={version!r}")
@@ -131,7 +131,7 @@ def check_quantize(format, quantize, run_dir, calibration_images):
         if run_dir is None:
             raise ExportError("int8 needs calibration images from the run's training data: export a run directory "
                               "(or the model.keras inside one), not a bare .keras file, or choose float16.")
-        from kcnn.litert import run_config_of
+        from kcnn.deploy.litert import run_config_of
 
         run_config_of(run_dir)  # its config.json names the data; refused here, before any work
     return quantize
@@ -144,7 +144,7 @@ def describe_accuracy(accuracy):
 
 
 def check_tta(tta):
-    from kcnn.tta import check_mode
+    from kcnn.data.tta import check_mode
 
     try:
         check_mode(tta)
@@ -172,7 +172,7 @@ def _check_output(output, run_dir, overwrite):
     """An export goes into a new or empty folder, or one kcnn exported into before (its marker file, or
     the export/ folder of a kcnn run); a folder holding files kcnn did not write is refused, even with
     overwrite, and left as it was."""
-    from kcnn.rundir import RunDir
+    from kcnn.runs.rundir import RunDir
 
     if not os.path.exists(output):
         return
@@ -218,7 +218,7 @@ def _run_class_names(run_dir):
 
 def load_model(model_path):
     """The model of a .keras file, loaded in Keras' safe mode (no code from the file runs);
-    on torch with kcnn.torch_fast's kernels, as kcnn.build gives."""
+    on torch with kcnn.backends.torch_fast's kernels, as kcnn.build gives."""
     return modelfile.load_model(model_path, error=ExportError, compile=False, accelerate=True)
 
 
@@ -237,7 +237,7 @@ def _run_on_tensorflow(model_path, format, destination, class_names, tta=None, l
                           "class_names": class_names, "tta": tta, "litert": litert, "report": report})
     environment = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
     try:
-        done = subprocess.run([sys.executable, "-m", "kcnn.export", request], env=environment, capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "kcnn.deploy.export", request], env=environment, capture_output=True,
                               text=True)
         if done.returncode == 2:  # an ExportError, one sentence on the last line
             raise ExportError(done.stderr.strip().splitlines()[-1])
@@ -254,7 +254,7 @@ def export_on_tensorflow(model_path, format, destination, class_names, tta=None,
     """The export itself; runs on the TensorFlow backend. Returns what kcnn_export.json records beside the
     format (a LiteRT export's quantization, size and accuracy), or None. `litert`: {quantize, run_dir,
     calibration_images}."""
-    from kcnn.tta import with_tta
+    from kcnn.data.tta import with_tta
 
     model = load_model(model_path)
     if len(model.inputs) != 1 or len(model.outputs) != 1 or len(model.inputs[0].shape) != 4:
@@ -274,7 +274,7 @@ def export_on_tensorflow(model_path, format, destination, class_names, tta=None,
         with atomic_path(destination) as temporary:
             _write_saved_model(model, temporary, class_names)
     elif format == "litert":
-        from kcnn import litert as kcnn_litert
+        from kcnn.deploy import litert as kcnn_litert
 
         record = kcnn_litert.write(model, destination, class_names, serving_function=_serving_function,
                                    **(litert or {}))

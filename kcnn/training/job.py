@@ -10,9 +10,9 @@ import time
 
 import numpy as np
 
-from kcnn import distribute
-from kcnn.rundir import RunDir, write_errors_explained
-from kcnn.utils import mixed_precision_policy, precision_decision
+from kcnn.training import distribute
+from kcnn.runs.rundir import RunDir, write_errors_explained
+from kcnn.backends.precision import mixed_precision_policy, precision_decision
 
 
 @dataclasses.dataclass
@@ -56,7 +56,7 @@ def owned_run_dir(config, kind, plan):
 @contextlib.contextmanager
 def precision(mixed):
     """Keras' mixed-precision policy for the block (if `mixed`: the one this machine trains fastest in, which
-    can be float32, kcnn.utils.precision_decision), and the caller's policy again after it."""
+    can be float32, kcnn.backends.precision.precision_decision), and the caller's policy again after it."""
     import keras
 
     policy = keras.mixed_precision.global_policy()
@@ -95,7 +95,7 @@ def save_run(run, config, plan, model, metrics, eval_data, predicted, *, phase_s
     if config.verbose:
         print(f"... {clock.seconds:.0f} s.", flush=True)
     if config.export:
-        from kcnn.export import export
+        from kcnn.deploy.export import export
 
         if config.verbose:
             print("Exporting a SavedModel for serving (on TensorFlow) ...", flush=True)
@@ -112,7 +112,7 @@ def save_run(run, config, plan, model, metrics, eval_data, predicted, *, phase_s
 
 
 def plots(run, history, eval_data, predicted, config, phase_starts=None, model=None):
-    from kcnn import viz
+    from kcnn.inspect import viz
 
     viz.save_figure(viz.training_curves(history, title=f"{config.arch} on {config.dataset_name}",
                                         phase_starts=phase_starts),
@@ -131,7 +131,8 @@ def plots(run, history, eval_data, predicted, config, phase_starts=None, model=N
 def explanations(run, model, eval_data, predicted, count=8):
     """explain.png: Grad-CAM on `count` held-out images, the wrong ones first (up to half), each map of the
     class the model predicted. A model without a convolution feature map (the mlp) gets none: one line says so."""
-    from kcnn import explain, viz
+    from kcnn.inspect import explain
+    from kcnn.inspect import viz
 
     right, wrong = (np.flatnonzero((predicted[:64] == eval_data.labels[:64]) == ok) for ok in (True, False))
     chosen = np.concatenate([wrong[:count // 2], right[:count - min(len(wrong), count // 2)], wrong[count // 2:]])
@@ -178,7 +179,7 @@ def summary_table(config, metrics):
     if "export" in metrics:
         lines.append(f"{'export (SavedModel)':{width}s} {metrics['export']}")
     if "per_class" in metrics:
-        from kcnn.report import format_report
+        from kcnn.training.report import format_report
 
         lines += ["", f"per class, {metrics['eval_split']} images (metrics.json: per_class)",
                   format_report(metrics["per_class"], width)]

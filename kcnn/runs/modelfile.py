@@ -7,24 +7,24 @@ from kcnn.errors import KcnnError
 
 def load_model(model_path, *, error=KcnnError, compile=True, accelerate=False):
     """The model of a .keras file, loaded in Keras' safe mode (no code from the file runs); `error`: the
-    KcnnError type raised with `refusal`'s sentence; `accelerate`: on torch with kcnn.torch_fast's kernels."""
+    KcnnError type raised with `refusal`'s sentence; `accelerate`: on torch with kcnn.backends.torch_fast's kernels."""
     import keras
 
-    from kcnn.utils import without_initializer_draws
+    from kcnn.backends.initializers import without_initializer_draws
 
     try:
         model = without_initializer_draws(lambda: keras.saving.load_model(model_path, compile=compile))
     except Exception as caught:  # zip, JSON, unknown-layer and safe-mode errors all mean one thing here
         raise error(refusal(model_path, caught)) from None
     if getattr(model, "compiled", False):
-        from kcnn import keras_private
+        from kcnn.backends import keras_private
 
         # Keras saves what jit_compile="auto" meant where the model was trained (True on JAX and TensorFlow):
         # on torch that is torch.compile (a JAX run's cifar_resnet20 evaluated on 4 images: 20 s of compiling),
         # and a torch run's False would run JAX op by op. "auto" means what it means here.
         model.jit_compile = keras_private.auto_jit_compile(model)
     if accelerate:
-        from kcnn import torch_fast
+        from kcnn.backends import torch_fast
 
         model = torch_fast.accelerate(model)
     return model

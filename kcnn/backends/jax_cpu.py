@@ -114,7 +114,7 @@ def with_fast_depthwise(model):
             return FastDepthwiseConv2D.from_config(layer.get_config())
         return layer.__class__.from_config(layer.get_config())
 
-    from kcnn.utils import initialize_the_rest, initializers_deferred
+    from kcnn.backends.initializers import initialize_the_rest, initializers_deferred
 
     with initializers_deferred():  # every weight is copied over right after: no random draws
         copy = keras.models.clone_model(model, clone_function=clone)

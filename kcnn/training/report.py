@@ -78,12 +78,12 @@ def format_report(report, width=26):
 
 def evaluation_metrics(labels, view_logits, class_names, tta_mode=None):
     """metrics.json's evaluation figures from the logits of the held-out images (view_logits[0]) and, with
-    test-time augmentation, of its other views (kcnn.tta.VIEWS[tta_mode] order, the images first):
+    test-time augmentation, of its other views (kcnn.data.tta.VIEWS[tta_mode] order, the images first):
     accuracy, per-class accuracy and report of the model as saved, and {tta_mode: accuracy} with the
     augmentation (a dict, so that `kcnn evaluate --tta` can add the other mode's)."""
     from scipy.special import softmax
 
-    from kcnn import tta
+    from kcnn.data import tta
 
     predicted = np.argmax(view_logits[0], axis=-1)
     correct = predicted == labels

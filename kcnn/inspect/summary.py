@@ -1,4 +1,4 @@
-"""`kcnn.summary`: the torchsummary table of the lecture notes, with MACs.
+"""`kcnn.inspect.summary`: the torchsummary table of the lecture notes, with MACs.
 
 Keras' `model.summary()` has no multiply-accumulate counter, so this module
 counts them from each layer's configuration and output shape.
@@ -16,7 +16,7 @@ import math
 import keras
 from keras import layers
 
-from kcnn.utils import weightless_scope
+from kcnn.backends.initializers import weightless_scope
 
 MB = 1024**2  # torchsummary's "MB"
 
@@ -164,7 +164,7 @@ def layer_macs(layer) -> int:
 
 
 def _attention_macs(layer):
-    from kcnn import keras_private
+    from kcnn.backends import keras_private
 
     node = keras_private.inbound_nodes(layer)[0]
     tensors = [t for t in node.arguments.keras_tensors]

@@ -11,7 +11,7 @@
     kcnn explain RUN_DIR IMAGE [IMAGE ...]    Grad-CAM overlays, where the model looked (into RUN_DIR/explain/)
     kcnn explain efficientnet_lite0 IMAGE [--class NAME] [--layer NAME]   the same into saved_models/explain/
     kcnn export RUN_DIR [--format onnx]       SavedModel (TF Serving layout), ONNX, LiteRT or .keras for serving
-    kcnn serve RUN_DIR [--port 8501]          TensorFlow Serving's REST API and a page, on onnxruntime (kcnn/serve.py)
+    kcnn serve RUN_DIR [--port 8501]          TensorFlow Serving's REST API and a page, on onnxruntime (kcnn/deploy/serve.py)
     kcnn doctor [--data-dir DIR]              backends, GPUs, data and weights found, checksums (exit 1: a mismatch)
 
 Bad input exits with code 2 and one line on stderr, never a traceback.
@@ -29,7 +29,9 @@ def _parse_shape(text):
 
 
 def _parser():
-    from kcnn.tta import TTA_MODES
+    from kcnn.cli.arguments import add_config_arguments
+    from kcnn.config import FinetuneConfig, TrainConfig
+    from kcnn.data.tta import TTA_MODES
 
     parser = argparse.ArgumentParser(prog="kcnn", description="Convolutional networks for Keras 3.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -42,9 +44,9 @@ def _parser():
     summary.add_argument("name")
     summary.add_argument("--input-shape", type=_parse_shape, default=None, help="H,W,C (default: the model's)")
     train = commands.add_parser("train", help="train an architecture from scratch")
-    _add_train_arguments(train)
+    add_config_arguments(train, TrainConfig)
     finetune = commands.add_parser("finetune", help="fine-tune a pretrained ImageNet backbone on your classes")
-    _add_finetune_arguments(finetune)
+    add_config_arguments(finetune, FinetuneConfig)
     evaluate = commands.add_parser("evaluate", help="evaluate a run's model on its evaluation split")
     evaluate.add_argument("run_dir")
     evaluate.add_argument("--tta", choices=TTA_MODES, help="also with test-time augmentation: the image and its mirror "
@@ -88,7 +90,7 @@ def _parser():
                              "image, flip_crop: 6; off by default)")
     serve = commands.add_parser("serve", help="serve a model over TensorFlow Serving's REST API (and a page to try "
                                 "it), with onnxruntime")
-    from kcnn.serve import add_arguments
+    from kcnn.deploy.serve import add_arguments
 
     add_arguments(serve)
     doctor = commands.add_parser("doctor", help="report backends, GPUs, data and weights, and verify checksums")
@@ -98,150 +100,26 @@ def _parser():
     return parser
 
 
-DISTRIBUTE_HELP = ("data-parallel training on the backend's engine: tf.distribute (every GPU of this machine), "
-                   "torch DDP (launch with torchrun), keras.distribution on JAX (KERAS_DISTRIBUTION_* for several "
-                   "machines); --batch-size is the global batch")
-
-
-def _add_train_arguments(parser):
-    from kcnn.report import CLASS_WEIGHTS
-    from kcnn.train import OPTIMIZERS, SCHEDULES
-    from kcnn.tta import TTA_MODES
-    from kcnn.data.pipeline import AUGMENTATIONS
-
-    parser.add_argument("--dataset", default="mnist",
-                        help="mnist, cifar10, cifar10_sample, digits, or a folder with one sub-folder per class")
-    parser.add_argument("--arch", default=None, help="registry name (default: the dataset's)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--optimizer", choices=OPTIMIZERS)
-    parser.add_argument("--learning-rate", "--lr", type=float)
-    parser.add_argument("--schedule", choices=SCHEDULES,
-                        help="learning rate over the run: triangle is airbench94's (up over 23%%, then down)")
-    parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--momentum", type=float, help="SGD's Nesterov momentum (default 0.9; CIFAR-10: 0.85)")
-    parser.add_argument("--norm-bias-lr", type=float, metavar="FACTOR",
-                        help="batch-norm biases learn FACTOR times faster, with the same decay per step "
-                             "(CIFAR-10: 64, as airbench94)")
-    parser.add_argument("--lookahead", action=argparse.BooleanOptionalAction,
-                        help="lookahead every 5 steps, as airbench94 (CIFAR-10: on)")
-    parser.add_argument("--dirac-init", action=argparse.BooleanOptionalAction,
-                        help="convolutions start as identities (CIFAR-10: on)")
-    parser.add_argument("--whiten-bias-epochs", type=int, metavar="N",
-                        help="airbench: the whitening layer's bias trains for N epochs (CIFAR-10: 3; 0: frozen)")
-    parser.add_argument("--label-smoothing", type=float)
-    parser.add_argument("--augment", choices=AUGMENTATIONS)
-    parser.add_argument("--image-size", type=int, help="resize images to this square size")
-    parser.add_argument("--validation-split", type=float, default=0.2,
-                        help="image folders: fraction of each class held out (default 0.2)")
-    parser.add_argument("--on-bad-image", choices=("skip", "stop"), default="skip",
-                        help="image folders: skip and count unreadable files (default), or stop at the first")
-    parser.add_argument("--early-stopping", type=int, metavar="PATIENCE",
-                        help="stop after PATIENCE epochs without a better validation accuracy; keep the best weights")
-    parser.add_argument("--class-weight", choices=CLASS_WEIGHTS,
-                        help="balanced: every class counts as much, however many images it has (imbalanced folders)")
-    parser.add_argument("--tta", choices=(*TTA_MODES, "none"),
-                        help="also evaluate with test-time augmentation (flip, or flip_crop: 6 views; CIFAR-10: "
-                             "flip_crop); metrics.json records both accuracies")
-    parser.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction,
-                        help="bfloat16 or float16 where this machine computes it natively, float32 where not "
-                             "(kcnn doctor says which; CIFAR-10: on; KCNN_MIXED_PRECISION overrides)")
-    parser.add_argument("--no-jit", dest="jit_compile", action="store_false", default="auto")
-    parser.add_argument("--distribute", action="store_true", help=DISTRIBUTE_HELP)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, help="train on the first N images only")
-    parser.add_argument("--output-dir")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the interrupted run in --output-dir from its last finished epoch")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the kcnn run in --output-dir (only the files it wrote)")
-    parser.add_argument("--export", action="store_true",
-                        help="also write a SavedModel for serving into RUN_DIR/export/1")
-
-
-def _add_finetune_arguments(parser):
-    from kcnn.finetune import FinetuneConfig
-    from kcnn.report import CLASS_WEIGHTS
-    from kcnn.tta import TTA_MODES
-
-    defaults = FinetuneConfig()
-    parser.add_argument("--dataset", default=defaults.dataset,
-                        help="a folder with one sub-folder of images per class, cifar10_sample (default), cifar10, "
-                             "mnist or digits")
-    parser.add_argument("--backbone", default=defaults.backbone,
-                        help="a model with pretrained weights (kcnn list --pretrained); default efficientnet_lite0")
-    parser.add_argument("--weights", default=defaults.weights, help="named weights (default imagenet)")
-    parser.add_argument("--image-size", type=int, default=defaults.image_size,
-                        help=f"input size (default {defaults.image_size}, what the weights were trained at; 128 "
-                             f"takes a third of the time, 7 points less on the CIFAR-10 sample)")
-    parser.add_argument("--head-epochs", type=int, default=defaults.head_epochs, help="phase 1: the new head")
-    parser.add_argument("--finetune-epochs", type=int, default=defaults.finetune_epochs,
-                        help="phase 2: the unfrozen top of the backbone (0: skip)")
-    parser.add_argument("--unfreeze", type=_blocks, default=defaults.unfreeze,
-                        help=f"top blocks to fine-tune in phase 2, or 'all' (default {defaults.unfreeze})")
-    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--head-learning-rate", type=float, default=defaults.head_learning_rate)
-    parser.add_argument("--finetune-learning-rate", type=float, default=defaults.finetune_learning_rate)
-    parser.add_argument("--no-flip", dest="flip", action="store_false",
-                        help="do not also train on mirror images (the default augmentation)")
-    parser.add_argument("--extra-views", type=int, default=defaults.extra_views,
-                        help=f"randomly shifted and mirrored copies of each training image, computed once through "
-                             f"the frozen layers (default {defaults.extra_views})")
-    parser.add_argument("--tta", choices=(*TTA_MODES, "none"), default=defaults.tta or "none",
-                        help=f"test-time augmentation of the held-out evaluation, reported beside the plain "
-                             f"accuracy (default {defaults.tta})")
-    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=defaults.ema,
-                        help="phase 2 ends on the moving average of its weights")
-    parser.add_argument("--layer-decay", type=float, default=defaults.layer_decay,
-                        help=f"phase 2: each block learns at this fraction of the rate of the block above it "
-                             f"(layer-wise decay; default {defaults.layer_decay:g}: off)")
-    parser.add_argument("--mixup", type=float, default=defaults.mixup,
-                        help=f"mixup's alpha for the new head in phase 1 (default {defaults.mixup:g}: off)")
-    parser.add_argument("--class-weight", choices=CLASS_WEIGHTS, default=None,
-                        help="balanced: every class counts as much, however many images it has (imbalanced folders)")
-    parser.add_argument("--validation-split", type=float, default=defaults.validation_split,
-                        help="fraction of the training images the callbacks watch")
-    parser.add_argument("--mixed-precision", action="store_true")
-    parser.add_argument("--distribute", action="store_true", help=DISTRIBUTE_HELP)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, help="train on the first N images only")
-    parser.add_argument("--output-dir")
-    parser.add_argument("--no-export", dest="export", action="store_false",
-                        help="skip the SavedModel for serving in RUN_DIR/export/1")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the killed run in --output-dir (the same settings) where it stopped")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the kcnn run in --output-dir (only the files it wrote)")
-
-
-def _blocks(text):
-    if text == "all":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of blocks or 'all'; received {text!r}") from None
-
-
 def _finetune(args):
-    from kcnn.finetune import FinetuneConfig, finetune
+    from kcnn.cli.arguments import config_from_args
+    from kcnn.config import FinetuneConfig
+    from kcnn.training.finetune import finetune
 
-    fields = {k: v for k, v in vars(args).items() if k != "command"}
-    fields["tta"] = None if fields["tta"] == "none" else fields["tta"]
-    finetune(FinetuneConfig(**fields))
+    finetune(config_from_args(FinetuneConfig, args))
 
 
 def _train(args):
-    from kcnn.train import TrainConfig, train
+    from kcnn.cli.arguments import config_from_args
+    from kcnn.config import TrainConfig
+    from kcnn.training.train import train
 
-    fields = {k: v for k, v in vars(args).items() if k != "command"}
-    train(TrainConfig(**fields))
+    train(config_from_args(TrainConfig, args))
 
 
 def _evaluate(run_dir, tta=None):
     import keras
 
-    from kcnn.train import evaluate_run
+    from kcnn.training.evaluate import evaluate_run
 
     metrics = evaluate_run(run_dir, tta=tta)
     print(f"{metrics['eval_split']} accuracy {metrics['accuracy']:.4f} on {metrics['images']} images "
@@ -256,7 +134,7 @@ def _model_for(run_dir, weights="imagenet"):
     import os
 
     import kcnn
-    from kcnn.rundir import load_run
+    from kcnn.runs.rundir import load_run
 
     if not os.path.exists(run_dir) and run_dir in {info.name for info in kcnn.list_models(pretrained=True)}:
         from kcnn.weights import get_source
@@ -268,7 +146,7 @@ def _model_for(run_dir, weights="imagenet"):
 
 
 def _predict(run_dir, images, top, weights="imagenet", tta=None):
-    from kcnn.train import predict_files
+    from kcnn.training.evaluate import predict_files
 
     model, class_names, transform = _model_for(run_dir, weights)
     rankings = predict_files(model, images, class_names, top=top, transform=transform, tta=tta)
@@ -281,7 +159,7 @@ def _predict(run_dir, images, top, weights="imagenet", tta=None):
 def _explain(args):
     import os
 
-    from kcnn.explain import explain_files
+    from kcnn.inspect.explain import explain_files
 
     model, class_names, transform = _model_for(args.run_dir, args.weights)
     output = args.output
@@ -331,6 +209,14 @@ def _info(name):
                   "reference_params", "params_counted", "reference_source", "min_input_size"):
         value = getattr(info, field)
         print(f"{field:20s} {value:,}" if isinstance(value, int) else f"{field:20s} {value}")
+    from kcnn.recipes import DATASETS, recipe_for
+
+    print("recipes (kcnn train --dataset NAME; --recipe picks another, flags change single values)")
+    for dataset in DATASETS:
+        recipe = recipe_for(info, dataset)
+        print(f"  {dataset:18s} {recipe.describe()}")
+        if recipe.note:
+            print(f"  {'':18s} {recipe.note}")
 
 
 def main(argv=None):
@@ -355,17 +241,17 @@ def main(argv=None):
         elif args.command == "explain":
             _explain(args)
         elif args.command == "export":
-            from kcnn.export import export
+            from kcnn.deploy.export import export
 
             export(args.source, args.format, args.output, version=args.version, overwrite=args.overwrite,
                    tta=args.tta, quantize=args.quantize, calibration_images=args.calibration_images)
         elif args.command == "serve":
-            from kcnn.serve import start
+            from kcnn.deploy.serve import start
 
             return start(args.source, model_name=args.model_name, host=args.host, port=args.port,
                          max_body_mb=args.max_body_mb, max_batch=args.max_batch)  # returns only on Windows
         elif args.command == "doctor":
-            from kcnn.doctor import doctor, format_report
+            from kcnn.cli.doctor import doctor, format_report
 
             report = doctor(args.data_dir, check_backends=args.check_backends)
             print(format_report(report))

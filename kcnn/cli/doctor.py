@@ -87,7 +87,7 @@ class Report:
     weights_folders: list  # of (folder, what is looked for there)
     weights: list  # of FileCheck
     cpu: str = ""  # the machine, its logical cores and instruction sets that decide speed
-    mixed_precision: tuple = ()  # (policy, reason): kcnn.utils.precision_decision, or ("", what went wrong)
+    mixed_precision: tuple = ()  # (policy, reason): kcnn.backends.precision.precision_decision, or ("", what went wrong)
 
     @property
     def files(self):
@@ -128,7 +128,7 @@ def doctor(data_dir=None, check_backends=True) -> Report:
 
 def _cpu():
     """"x86_64, 2 logical cores: AVX2, AVX-512F, AVX-512 BF16, AMX": what absolute times depend on."""
-    from kcnn.utils import SPEED_INSTRUCTION_SETS, cpu_flags, instruction_sets
+    from kcnn.backends.precision import SPEED_INSTRUCTION_SETS, cpu_flags, instruction_sets
 
     flags = cpu_flags()
     if flags is None:
@@ -140,7 +140,7 @@ def _cpu():
 
 def _mixed_precision():
     from kcnn.errors import KcnnError
-    from kcnn.utils import precision_decision
+    from kcnn.backends.precision import precision_decision
 
     try:
         return precision_decision()

@@ -1,9 +1,8 @@
 """Keras callbacks that keep a run directory whole when its process is killed at any moment.
 
 `CrashSafeBackup`, `HistoryLog` and `AtomicModelCheckpoint` are Keras' BackupAndRestore, CSVLogger and
-ModelCheckpoint with atomic writes (`kcnn.utils.atomic_path`); why each differs from Keras' own is in its
-docstring. The run directory they write into is owned by `kcnn.rundir` (paths, lock, checks); its names are
-re-exported here for code written against earlier versions.
+ModelCheckpoint with atomic writes (`kcnn.runs.atomic.atomic_path`); why each differs from Keras' own is in its
+docstring. The run directory they write into is owned by `kcnn.runs.rundir` (paths, lock, checks).
 
 TensorBoard's event files are the one exception: they are append-only logs,
 whose reader skips a torn last record.
@@ -16,12 +15,9 @@ import os
 import keras
 import numpy as np
 
-from kcnn import keras_private
-from kcnn.errors import KcnnError  # noqa: F401 (re-exported)
-from kcnn.rundir import (LOCK_NAME, RunLock, RunLockedError, RunWriteError,  # noqa: F401 (re-exported)
-                         read_backup_metadata, read_history_rows, remove_stale_temporaries, write_errors_explained,
-                         write_history_rows)
-from kcnn.utils import atomic_open, atomic_path
+from kcnn.backends import keras_private
+from kcnn.runs.atomic import atomic_open, atomic_path
+from kcnn.runs.rundir import read_backup_metadata, read_history_rows, write_history_rows
 
 # The state of Keras' callbacks that decides what a run does next: saved in the backup with the weights,
 # so that a resumed run stops, and lowers its learning rate, exactly when the uninterrupted one would.
@@ -57,7 +53,7 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
         super().__init__(backup_dir, delete_checkpoint=False)
         # Where the backups go: a data-parallel worker that is not the chief restores the chief's backup
         # and writes nowhere (False) or, where saving is a collective every worker joins (several JAX
-        # processes), into a scratch folder of its own (kcnn.distribute).
+        # processes), into a scratch folder of its own (kcnn.training.distribute).
         self.write_dir = backup_dir if write_dir is None else write_dir
         self.decision_callbacks = [c for c in callbacks if type(c) in DECISION_STATE]
 

@@ -116,7 +116,7 @@ def sample_predictions(images, true_labels, predicted_labels, class_names, colum
 
 
 def grad_cam_overlay(image, heatmap, alpha=0.4, cmap="jet"):
-    """A Grad-CAM heatmap (H, W) in [0, 1] (`kcnn.explain.grad_cam`) in a matplotlib colormap, blended over
+    """A Grad-CAM heatmap (H, W) in [0, 1] (`kcnn.inspect.explain.grad_cam`) in a matplotlib colormap, blended over
     the image (0-255, grey or RGB; `alpha` of the colour): an (H, W, 3) uint8 RGB image. A heatmap of
     another size is resized (bilinear) to the image's."""
     import matplotlib
@@ -156,7 +156,7 @@ def grad_cam_grid(images, heatmaps, true_labels, predicted_labels, class_names, 
 
 
 def save_figure(figure, path, dpi=110):
-    from kcnn.utils import atomic_open
+    from kcnn.runs.atomic import atomic_open
 
     with atomic_open(path, "wb") as f:
         figure.savefig(f, dpi=dpi, format=os.path.splitext(path)[1].lstrip(".") or "png")
@@ -189,7 +189,7 @@ def grey(image):
 def apply_kernel(image, kernel, stride=1, padding="same"):
     """One convolution of a grey image with one kernel, as a Conv2D layer computes it (Keras' own op:
     strictly a cross-correlation, like every deep-learning framework). Returns a (H', W') array with
-    H' = (H - K + 2P) / S + 1 (`kcnn.summary.conv_output_size`)."""
+    H' = (H - K + 2P) / S + 1 (`kcnn.inspect.summary.conv_output_size`)."""
     import keras
 
     kernel = np.asarray(kernel, dtype="float32")
@@ -361,7 +361,7 @@ def _probe(model, layers):
 
 # ImageNet-1k top-5 accuracy (%) of torchvision's IMAGENET1K_V1 weights for these architectures (acc@5 in
 # the weights tables of pytorch.org/vision), the numbers the lecture notes' history compares; kcnn builds
-# the same architectures (`kcnn.summary` counts their parameters and MACs).
+# the same architectures (`kcnn.inspect.summary` counts their parameters and MACs).
 IMAGENET_TOP5 = {
     "alexnet_torchvision": 79.066, "vgg16": 90.382, "vgg19": 90.876, "googlenet": 89.530, "resnet18": 89.078,
     "resnet50": 92.862, "resnet152": 94.046, "densenet121": 91.972, "squeezenet1_0": 80.420,

@@ -25,7 +25,7 @@ too, but brings five compiled dependencies; these two add nothing else (the anyi
 installed already).
 
 The serving process imports neither TensorFlow nor Keras: `import kcnn` does (6 s, a few hundred MB), so
-`kcnn serve` checks its arguments, converts a Keras model to ONNX when SOURCE has none (kcnn.export, into a
+`kcnn serve` checks its arguments, converts a Keras model to ONNX when SOURCE has none (kcnn.deploy.export, into a
 temporary folder removed at exit), then replaces itself (exec) with a fresh interpreter that loads this module
 alone (`server_command`).
 
@@ -122,7 +122,7 @@ def server_command():
     running kcnn's package __init__ (which imports Keras): a bare `kcnn` package whose path is kcnn's folder."""
     folder = os.path.dirname(os.path.abspath(__file__))
     bootstrap = ("import sys, types; kcnn = types.ModuleType('kcnn'); kcnn.__path__ = [%r]; sys.modules['kcnn'] = "
-                 "kcnn; from kcnn.serve import main; sys.exit(main())" % folder)
+                 "kcnn; from kcnn.deploy.serve import main; sys.exit(main())" % folder)
     return [sys.executable, "-c", bootstrap]
 
 
@@ -186,9 +186,9 @@ def find_source(source):
 
 
 def convert(keras_path):
-    """(model.onnx, the temporary folder holding it) of a .keras file (kcnn.export: a TensorFlow child process
+    """(model.onnx, the temporary folder holding it) of a .keras file (kcnn.deploy.export: a TensorFlow child process
     where another backend is active). The serving process removes the folder when it ends."""
-    from kcnn.export import export
+    from kcnn.deploy.export import export
 
     folder = tempfile.mkdtemp(prefix="kcnn-serve-")
     print(f"kcnn serve: converting {keras_path} to ONNX for onnxruntime (20-40 s), into a temporary folder removed "

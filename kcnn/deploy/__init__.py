@@ -1,0 +1,1 @@
+"""Export (SavedModel, ONNX, LiteRT, .keras) and `kcnn serve`."""

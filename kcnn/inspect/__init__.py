@@ -1,0 +1,1 @@
+"""Looking into models: per-layer summary with MACs, Grad-CAM explanations, plots."""
