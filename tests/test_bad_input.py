@@ -30,7 +30,7 @@ import kcnn.data
 import kcnn.inspect.explain
 import kcnn.deploy.export
 import kcnn.deploy.serve
-from kcnn.training import callbacks as runs
+from kcnn.runs import rundir
 from kcnn.data.files import ChecksumError, DatasetNotFoundError
 from kcnn.data.folder import CorruptImageError, EmptyDatasetError, ImageSizeError
 from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
@@ -101,12 +101,12 @@ def image_folder(root, classes=("cat", "dog"), per_class=3, size=(8, 8)):
 
 def finished_run(tmp):
     """A run directory with a real config.json and placeholder results."""
-    from kcnn.training.train import _config_record
+    from kcnn.runs.rundir import config_record
 
     run_dir = tmp / "run"
     run_dir.mkdir()
     config = train_config(tmp).resolved()
-    (run_dir / "config.json").write_text(json.dumps(_config_record(config)))
+    (run_dir / "config.json").write_text(json.dumps(config_record(config, "train")))
     (run_dir / "model.keras").write_bytes(b"PK\x05\x06" + b"\x00" * 18)  # an empty zip: the user's, untouched
     (run_dir / "metrics.json").write_text(json.dumps({"class_names": [str(d) for d in range(10)]}))
     return run_dir
@@ -127,13 +127,13 @@ def users_folder(root, config_json=False):
 def finetune_run(tmp):
     """A fine-tuning run directory with a real config.json (kcnn's marker) and placeholder results."""
     from kcnn.config import FinetuneConfig
-    from kcnn.training.finetune import _config_record
+    from kcnn.runs.rundir import config_record
 
     run_dir = tmp / "ft"
     run_dir.mkdir()
     config = FinetuneConfig(limit=64, head_epochs=1, finetune_epochs=0, verbose=0, export=False,
                             output_dir=str(run_dir)).resolved()
-    (run_dir / "config.json").write_text(json.dumps(_config_record(config)))
+    (run_dir / "config.json").write_text(json.dumps(config_record(config, "finetune")))
     (run_dir / "backup").mkdir()  # not finished
     return run_dir
 
@@ -241,7 +241,7 @@ def disk_full_at_save(tmp, mp):
 def held_lock(tmp, mp):
     run_dir = tmp / "run"
     run_dir.mkdir()
-    lock = runs.RunLock(str(run_dir)).acquire()  # as another process would hold it
+    lock = rundir.RunLock(str(run_dir)).acquire()  # as another process would hold it
     mp.setattr(runs, "_test_lock", lock, raising=False)  # released when the test's monkeypatch undoes
     return run_dir
 
@@ -308,7 +308,7 @@ BAD_INPUTS = [
     Row("resume and overwrite together", InvalidArgumentError, r"resume and overwrite contradict",
         lambda t, p: train(t, resume=True, overwrite=True),
         lambda t, p: ["train", *DIGITS, "--resume", "--overwrite"]),
-    Row("learning rate so large the loss becomes NaN", runs.KcnnError, r"diverged.*NaN.*lower learning rate",
+    Row("learning rate so large the loss becomes NaN", KcnnError, r"diverged.*NaN.*lower learning rate",
         lambda t, p: train(t, learning_rate=1e12, optimizer="sgd"),
         lambda t, p: ["train", *DIGITS, "--learning-rate", "1e12", "--optimizer", "sgd",
                       "--output-dir", str(t / "run")], writes=True),
@@ -365,13 +365,13 @@ BAD_INPUTS = [
     Row("resume without a run", KcnnError, r"no run to resume.*without --resume",
         lambda t, p: train(t, resume=True),
         lambda t, p: ["train", *DIGITS, "--resume", "--output-dir", str(t / "run")]),
-    Row("output folder another process is writing", runs.RunLockedError, r"Another kcnn process.*another output",
+    Row("output folder another process is writing", rundir.RunLockedError, r"Another kcnn process.*another output",
         lambda t, p: train(t, overwrite=True),
         lambda t, p: ["train", *DIGITS, "--overwrite", "--output-dir", str(t / "run")], setup=held_lock),
-    Row("read-only output folder", runs.RunWriteError, r"Could not write .*readonly.*output directory you can",
+    Row("read-only output folder", rundir.RunWriteError, r"Could not write .*readonly.*output directory you can",
         lambda t, p: train(t, output_dir=str(p / "run")),
         lambda t, p: ["train", *DIGITS, "--output-dir", str(p / "run")], setup=read_only),
-    Row("disk full while saving", runs.RunWriteError, r"No space left.*free some disk space.*--resume",
+    Row("disk full while saving", rundir.RunWriteError, r"No space left.*free some disk space.*--resume",
         lambda t, p: train(t), lambda t, p: ["train", *DIGITS, "--output-dir", str(t / "run")],
         setup=disk_full_at_save, writes=True),
     # -- image folders --

@@ -221,14 +221,15 @@ def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
     """While one process holds a run directory, another is refused and the
     directory is left as it was; once the holder dies, --resume goes on."""
     import kcnn
-    from kcnn.training import callbacks as runs
+    from kcnn.runs.rundir import RunLockedError
     from kcnn.config import TrainConfig
-    from kcnn.training.train import _config_record, train
+    from kcnn.runs.rundir import config_record
+    from kcnn.training.train import train
 
     run_dir = tmp_path / "run"
     config = dict(dataset="digits", arch="lenet5", image_size=32, epochs=1, batch_size=64, limit=128, verbose=0,
                   output_dir=str(run_dir))
-    record = _config_record(TrainConfig(**config).resolved())  # the holder's run: the same settings
+    record = config_record(TrainConfig(**config).resolved(), "train")  # the holder's run: the same settings
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from kcnn.runs.rundir import RunLock; import os; os.makedirs(sys.argv[1], exist_ok=True); "
         "lock = RunLock(sys.argv[1]).acquire(); "  # kept in a variable: a collected FileLock lets go
@@ -239,7 +240,7 @@ def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
         assert holder.stdout.readline().strip() == "held"
         before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
         for extra in (dict(resume=True), dict(overwrite=True)):
-            with pytest.raises(runs.RunLockedError, match="Another kcnn process is writing to .*--resume"):
+            with pytest.raises(RunLockedError, match="Another kcnn process is writing to .*--resume"):
                 train(TrainConfig(**config, **extra))
             assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
         # (the CLI's exit 2 for this case: tests/test_bad_input.py)
@@ -249,4 +250,4 @@ def test_a_second_run_into_the_same_directory_is_refused(tmp_path):
     # the holder died without releasing: the kernel dropped its lock
     run = train(TrainConfig(**config, overwrite=True))
     assert run.metrics["epochs_run"] == 1
-    assert isinstance(runs.RunLockedError("x"), kcnn.KcnnError)
+    assert isinstance(RunLockedError("x"), kcnn.KcnnError)

@@ -30,7 +30,7 @@ def _trained_run(folder):
     plots and explanations would triple the cost), with the config.json and metrics.json kcnn train writes."""
     from kcnn.data.pipeline import make_dataset
     from kcnn.config import TrainConfig
-    from kcnn.training.train import _config_record
+    from kcnn.runs.rundir import config_record
 
     config = TrainConfig(dataset="digits", arch="lenet5", image_size=32, epochs=4, batch_size=32,
                          output_dir=str(folder), verbose=0).resolved()
@@ -43,7 +43,7 @@ def _trained_run(folder):
     model.fit(dataset, epochs=config.epochs, steps_per_epoch=len(train_data) // 32, shuffle=False, verbose=0)
     folder.mkdir()
     model.save(folder / "model.keras")
-    (folder / "config.json").write_text(json.dumps(_config_record(config)))
+    (folder / "config.json").write_text(json.dumps(config_record(config, "train")))
     class_names = [f"digit {i}" for i in range(10)]  # not the indices: the metadata must carry the real names
     (folder / "metrics.json").write_text(json.dumps({"class_names": class_names}))
     return model, config, class_names

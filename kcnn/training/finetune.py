@@ -33,7 +33,7 @@ import contextlib
 import dataclasses
 import math
 import os
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 
@@ -44,8 +44,7 @@ from kcnn.data import tta
 from kcnn.training import job
 from kcnn.config import FinetuneConfig
 from kcnn.errors import InvalidArgumentError, KcnnError
-from kcnn.training.report import check_class_weight, class_weights
-from kcnn.runs.rundir import config_record
+from kcnn.training.report import class_weights
 from kcnn.runs.atomic import atomic_path
 from kcnn.training.job import Run
 
@@ -425,10 +424,6 @@ def evaluate(config, plan, backbone, head, model, frozen, eval_data):
         metrics[f"{extra_split}_accuracy"] = float(np.mean(np.argmax(extra_logits, axis=-1) == extra.labels))
     return metrics, np.argmax(view_logits[0], axis=-1)
 
-
-def _config_record(config):
-    """config.json of a `kcnn finetune` run (kcnn.runs.rundir.config_record)."""
-    return config_record(config, "finetune")
 
 
 # ---------------------------------------------------------------------------

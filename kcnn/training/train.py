@@ -19,11 +19,10 @@ from kcnn.training import report
 from kcnn.training import callbacks as kcnn_callbacks
 from kcnn.backends import torch_fast
 from kcnn.training import job
-from kcnn.data import tta as kcnn_tta  # `tta` is a TrainConfig field and an argument here
 from kcnn.config import TrainConfig
 from kcnn.training.evaluate import evaluate_model
 from kcnn.errors import InvalidArgumentError, KcnnError
-from kcnn.runs.rundir import RunDir, config_record, load_run, read_history_rows
+from kcnn.runs.rundir import RunDir, read_history_rows
 from kcnn.training.job import Run
 
 
@@ -329,7 +328,3 @@ def _decision_callbacks(config, accuracy):
                                                        restore_best_weights=True, verbose=config.verbose))
     return callbacks
 
-
-def _config_record(config):
-    """config.json of a `kcnn train` run (kcnn.runs.rundir.config_record)."""
-    return config_record(config, "train")
