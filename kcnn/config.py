@@ -140,8 +140,9 @@ class RunConfig:
         if self.limit is not None:
             _check_count("limit", self.limit, 1)
         _check_count("seed", self.seed, 0)
-        if self.tta not in (None, *TTA_CHOICES[:-1]):
-            _bad("tta", self.tta, f"one of {', '.join(TTA_CHOICES)}")
+        from kcnn.data.tta import check_mode
+
+        check_mode(self.tta)
         if self.class_weight not in (None, *CLASS_WEIGHTS):
             raise InvalidArgumentError(f"Unknown class weighting {self.class_weight!r}; pass 'balanced' (or leave it "
                                        f"out). Received: class_weight={self.class_weight!r}")
@@ -349,7 +350,7 @@ def read_config_file(path, kind):
     except OSError as error:
         raise InvalidArgumentError(f"Could not read the config file {path} ({error.strerror}); pass a YAML or JSON "
                                    f"file, or a run's config.json.") from None
-    except ValueError as error:  # json.JSONDecodeError and yaml.YAMLError both
+    except (ValueError, yaml.YAMLError) as error:
         raise InvalidArgumentError(f"The config file {path} is not valid YAML or JSON ({str(error).splitlines()[0]}); "
                                    f"fix it, or pass a run's config.json.") from None
     if not isinstance(values, dict):

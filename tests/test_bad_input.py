@@ -242,7 +242,7 @@ def held_lock(tmp, mp):
     run_dir = tmp / "run"
     run_dir.mkdir()
     lock = rundir.RunLock(str(run_dir)).acquire()  # as another process would hold it
-    mp.setattr(runs, "_test_lock", lock, raising=False)  # released when the test's monkeypatch undoes
+    mp.setattr(rundir, "_test_lock", lock, raising=False)  # released when the test's monkeypatch undoes
     return run_dir
 
 

@@ -18,6 +18,7 @@ Bad input exits with code 2 and one line on stderr, never a traceback.
 """
 
 import argparse
+import contextlib
 import sys
 
 
@@ -217,6 +218,18 @@ def _info(name):
         print(f"  {dataset:18s} {recipe.describe()}")
         if recipe.note:
             print(f"  {'':18s} {recipe.note}")
+
+
+@contextlib.contextmanager
+def exits_on_bad_input():
+    """For scripts: a kcnn error (bad input) is one line on stderr and exit code 2, as the `kcnn` command does."""
+    from kcnn.errors import KcnnError
+
+    try:
+        yield
+    except KcnnError as error:
+        print(f"kcnn: error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def main(argv=None):

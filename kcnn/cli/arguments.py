@@ -17,8 +17,9 @@ _HOW_IT_RUNS = ("distribute", "seed", "limit", "output_dir", "export", "resume",
 _RECIPE_FIELDS = {field.name for field in dataclasses.fields(Recipe)}
 
 
-def add_config_arguments(parser, kind):
-    """One flag per field of `kind` (a RunConfig subclass), and `--config FILE`."""
+def add_config_arguments(parser, kind, defaults=None):
+    """One flag per field of `kind` (a RunConfig subclass), and `--config FILE`; `defaults`: a `kind` config whose
+    values `--help` shows (by default the fields' own)."""
     parser.add_argument("--config", metavar="FILE",
                         help="a YAML or JSON file of settings, or a run's config.json (to repeat the run: pass a new "
                              "--output-dir): it sets the defaults below, the flags given override it")
@@ -28,7 +29,7 @@ def add_config_arguments(parser, kind):
         if meta.get("cli") is False:
             continue
         flags = meta.get("flags") or ("--" + field.name.replace("_", "-"),)
-        options = dict(dest=field.name, default=argparse.SUPPRESS, help=_help(kind, field))
+        options = dict(dest=field.name, default=argparse.SUPPRESS, help=_help(kind, field, defaults))
         value_type = _value_type(field.type)
         if value_type is bool:
             options["action"] = argparse.BooleanOptionalAction
@@ -41,16 +42,28 @@ def add_config_arguments(parser, kind):
         parser.add_argument(*flags, **options)
 
 
-def config_from_args(kind, args):
-    """The `kind` config the command line asks for: the config file's values, then the flags given."""
-    values = read_config_file(args.config, kind) if getattr(args, "config", None) else {}
+def config_from_args(kind, args, defaults=None):
+    """The `kind` config the command line asks for: `defaults` (a `kind` config), the config file's values, then
+    the flags given."""
+    values = dataclasses.asdict(defaults) if defaults is not None else {}
+    if getattr(args, "config", None):
+        values.update(read_config_file(args.config, kind))
     values.update({field.name: getattr(args, field.name) for field in dataclasses.fields(kind)
                    if hasattr(args, field.name)})
     return kind(**values)
 
 
-def _help(kind, field):
-    default = field.default
+def parse_config(defaults, argv, *, prog=None, description=None):
+    """A script's config: `defaults` (a config object, the script's own), then `--config FILE`, then the flags in
+    `argv`; `--help` lists every flag with the script's defaults."""
+    kind = type(defaults)
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_config_arguments(parser, kind, defaults)
+    return config_from_args(kind, parser.parse_args(argv), defaults)
+
+
+def _help(kind, field, defaults=None):
+    default = getattr(defaults, field.name) if defaults is not None else field.default
     if default is None:
         shown = "the recipe's" if kind.__name__ == "TrainConfig" and field.name in _RECIPE_FIELDS else None
     elif isinstance(default, bool):
