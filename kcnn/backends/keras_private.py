@@ -2,10 +2,11 @@
 
 keras.applications touches no private API; kcnn must in a few places (the crash-safe backup's hooks, its
 torch kernels, DDP inside fit(), counting MACs, re-seeding augmentation inside tf.data, building models for
-their shapes only). Every use goes through a function of this module, and `tests/test_keras_private.py`
+their shapes only, lookahead in the optimizer's EMA slots, the layers of nested models). Every use goes
+through a function of this module (overridden methods: listed as such), and `tests/test_keras_private.py`
 checks that each name below still exists and still does what kcnn relies on, so a Keras upgrade that moves
-one fails there, loudly, in one place, instead of deep inside a run. pyproject.toml bounds keras to the
-tested minor versions.
+one fails there, loudly, in one place, instead of deep inside a run; it also checks that no other module of
+kcnn uses a private Keras name. pyproject.toml bounds keras to the tested minor versions.
 """
 
 import keras
@@ -22,6 +23,11 @@ CLASS_NAMES = [
     (keras.layers.RandomFlip, "_get_seed_generator", "augmentation re-seeded inside tf.data (kcnn.data.pipeline)"),
     (keras.Variable, "_deferred_initialize", "kcnn.backends.initializers.initialize_the_rest: a weight no file gave a value"),
     (keras.Model, "_resolve_auto_jit_compile", "kcnn.runs.modelfile: a loaded model's jit_compile as 'auto' gives here"),
+    (keras.layers.Layer, "_flatten_layers", "every layer of a model, nested models' included (kcnn.training.optim, kcnn.training.train)"),
+    (keras.Optimizer, "_update_model_variables_moving_average",
+     "replaced on an instance: kcnn.training.optim.add_lookahead moves the slow weights inside the compiled step"),
+    (keras.Optimizer, "_overwrite_model_variables_with_average_value",
+     "replaced on an instance: add_lookahead restarts from the slow weights (and fit() ends on them)"),
 ]
 # Names found on instances (set in __init__, by build() or by a call): the test makes one of each.
 INSTANCE_NAMES = [
@@ -36,6 +42,9 @@ INSTANCE_NAMES = [
     ("a compiled model", "_loss_tracker", "DDP's train step tracks the loss as Keras' own"),
     ("a model", "_call_has_training_arg", "DDP's train step passes training=True as Keras' own"),
     ("a model", "_initial_epoch", "where fit() starts: set by a backup, as Keras' BackupAndRestore does"),
+    ("an optimizer built with use_ema", "_model_variables_moving_average",
+     "kcnn.training.optim.add_lookahead keeps lookahead's slow weights in the EMA slots"),
+    ("a MultiOptimizer", "_optimizer_map", "the optimizer of one variable's group (kcnn.training.train's FreezeGroup)"),
     ("a BackupAndRestore", "_current_epoch", "the epoch a backup resumes at"),
     ("a SwapEMAWeights", "_ema_weights_in_model", "a fine-tuning run with --ema resumes from a backup that holds "
      "the average in the model"),
@@ -100,6 +109,31 @@ def has_value(variable):
 def initialize(variable):
     """Give a deferred variable its initializer's value, as Keras does when a StatelessScope closes."""
     variable._deferred_initialize()
+
+
+# ---- optimizers (kcnn.training.optim, kcnn.training.train) -----------------------------------------------------------------
+
+def moving_averages(optimizer):
+    """The EMA slots of a built optimizer with use_ema, one per variable it was built with (None: none)."""
+    return optimizer._model_variables_moving_average
+
+
+def replace_moving_average(optimizer, update, overwrite):
+    """Make `optimizer` call update(trainable_variables) where Keras updates its EMA (inside the compiled
+    step, each step), and overwrite(trainable_variables) where Keras writes the EMA into the model (every
+    ema_overwrite_frequency steps, except on JAX, whose step writes it itself; and at the end of fit())."""
+    optimizer._update_model_variables_moving_average = update
+    optimizer._overwrite_model_variables_with_average_value = overwrite
+
+
+def group_optimizer(multi_optimizer, variable):
+    """The optimizer of a MultiOptimizer's group that updates `variable`."""
+    return multi_optimizer._optimizer_map(variable)
+
+
+def all_layers(model):
+    """Every layer of `model`, those of nested models included, `model` itself left out."""
+    return model._flatten_layers(include_self=False, recursive=True)
 
 
 # ---- the graph of a functional model ---------------------------------------------------------------------

@@ -14,6 +14,8 @@ optimizer loads again.
 import keras
 from keras import ops
 
+from kcnn.backends import keras_private
+
 
 @keras.saving.register_keras_serializable(package="kcnn")
 class Triangle(keras.optimizers.schedules.LearningRateSchedule):
@@ -101,7 +103,7 @@ def add_lookahead(optimizer, total_steps, every=5, decay=0.95):
 
     def build_from_the_model(variables):
         build(variables)
-        for variable, slow in zip(variables, optimizer._model_variables_moving_average):
+        for variable, slow in zip(variables, keras_private.moving_averages(optimizer)):
             if slow is not None:  # a copy: JAX must not see one buffer in two variables (see below)
                 slow.assign(ops.copy(variable.value))
 
@@ -110,7 +112,7 @@ def add_lookahead(optimizer, total_steps, every=5, decay=0.95):
         due = ops.equal(ops.mod(step, every), 0)
         progress = ops.minimum(ops.cast(step, "float32") / total_steps, 1.0)
         keep = ops.where(due, decay ** every * progress ** 3, 1.0)  # 1: not a lookahead step, no change
-        for variable, slow in zip(trainable_variables, optimizer._model_variables_moving_average):
+        for variable, slow in zip(trainable_variables, keras_private.moving_averages(optimizer)):
             if slow is not None:
                 k = ops.cast(keep, variable.dtype)
                 slow.assign(k * slow + (1 - k) * variable)
@@ -118,14 +120,13 @@ def add_lookahead(optimizer, total_steps, every=5, decay=0.95):
     def restart_from_slow_weights(trainable_variables):
         # A copy: on JAX, assigning the array itself leaves the model and the optimizer sharing one buffer
         # after fit() (finalize_variable_values), and the next jitted call that donates it deletes both.
-        for variable, slow in zip(trainable_variables, optimizer._model_variables_moving_average):
+        for variable, slow in zip(trainable_variables, keras_private.moving_averages(optimizer)):
             if slow is not None:
                 variable.assign(ops.copy(slow.value))
 
     optimizer.build = build_from_the_model
     # Keras' EMA calls these inside the compiled update on each step (base_optimizer, and JAX's own).
-    optimizer._update_model_variables_moving_average = update_slow_weights
-    optimizer._overwrite_model_variables_with_average_value = restart_from_slow_weights
+    keras_private.replace_moving_average(optimizer, update_slow_weights, restart_from_slow_weights)
     return optimizer
 
 
@@ -152,7 +153,7 @@ def dirac_init(model):
     import numpy as np
 
     changed = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in keras_private.all_layers(model):
         if type(layer) is not keras.layers.Conv2D or not layer.trainable or getattr(layer, "groups", 1) != 1:
             continue
         kernel = layer.kernel

@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from kcnn.backends import keras_private
 from kcnn.training import report
 from kcnn.training import callbacks as kcnn_callbacks
 from kcnn.backends import torch_fast
@@ -113,7 +114,7 @@ def _fit(config, plan, run, info, outputs, train_data, train_ds, eval_ds, image_
             extra = []
             if config.whiten_bias_epochs:  # its group stops for good after its epochs
                 grouped = getattr(trainer.optimizer, "inner_optimizer", trainer.optimizer)  # (float16's loss scale)
-                group = grouped._optimizer_map(_whitening_layer(trainer, config).bias)
+                group = keras_private.group_optimizer(grouped, _whitening_layer(trainer, config).bias)
                 extra.append(optim.FreezeGroup(group, config.whiten_bias_epochs))
             trainer = plan.wrap(trainer)
             trainer.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
@@ -251,7 +252,7 @@ def _optimizer(config, steps_per_epoch, model):
     groups = {}  # optimizer: the paths of the variables it updates instead of the main one
     if config.norm_bias_lr != 1:
         groups[make(config.norm_bias_lr)] = [
-            layer.beta.path for layer in model._flatten_layers(include_self=False, recursive=True)
+            layer.beta.path for layer in keras_private.all_layers(model)
             if isinstance(layer, keras.layers.BatchNormalization) and layer.center]
     if config.whiten_bias_epochs:
         whiten = _whitening_layer(model, config)
@@ -263,7 +264,7 @@ def _whitening_layer(model, config):
     """The architecture's frozen whitening layer (kcnn.models.airbench), for whiten_bias_epochs."""
     from kcnn.models.airbench import WHITEN_NAME
 
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in keras_private.all_layers(model):
         if layer.name == WHITEN_NAME:
             return layer
     _no_whitening_layer(config)
