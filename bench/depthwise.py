@@ -14,7 +14,7 @@ import numpy as np
 
 import kcnn
 from kcnn.backends import jax_cpu
-from kcnn.training.finetune import cut_layer, split
+from kcnn.models.surgery import cut_layer, split
 
 
 def _step_ms(model, x, y, steps=10):

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 import kcnn
+from kcnn.models import surgery
 from kcnn.training import finetune as fine
 from kcnn.config import FinetuneConfig
 from kcnn.training.finetune import finetune
@@ -31,12 +32,12 @@ TINY = dict(image_size=32, head_epochs=3, finetune_epochs=1, batch_size=32, limi
 def test_split_at_a_block_boundary_computes_the_same_model(arch, input_shape):
     model = kcnn.build(arch, include_top=False, pooling="avg", input_shape=input_shape)
     deterministic_weights(model)  # Keras' default initialisation leaves EfficientNet's features nearly constant
-    points = fine.cut_points(model)
+    points = surgery.cut_points(model)
     assert len(points) >= 3
     images = np.random.default_rng(0).uniform(0, 255, (2, *input_shape)).astype("float32")
     expected = keras.ops.convert_to_numpy(model(images))
     for unfreeze in (1, 3, "all"):
-        bottom, top = fine.split(model, fine.cut_layer(model, unfreeze))
+        bottom, top = surgery.split(model, surgery.cut_layer(model, unfreeze))
         actual = keras.ops.convert_to_numpy(top(bottom(images)))
         assert_close(actual, expected, rtol=1e-5, what=f"{arch} split after {unfreeze}")
 
@@ -48,14 +49,15 @@ def test_cached_features_give_the_answer_of_a_frozen_backbone_in_fit():
     same head behind the frozen backbone inside fit()."""
     from kcnn.data import tta
     from kcnn.config import FinetuneConfig
-    from kcnn.training.finetune import _backbone, _predict, training_views
+    from kcnn.data.views import training_views
+    from kcnn.training.finetune import _backbone, _predict
 
     config = FinetuneConfig(image_size=32, unfreeze=2, verbose=0)
     backbone = _backbone(config)
     assert backbone.cut is not None  # the pass goes through a cut model: bottom, then top
     data = kcnn.data.load("cifar10_sample", "train")
     data = dataclasses.replace(data, images=data.images[:32], labels=data.labels[:32])
-    images, labels, copies = training_views(data, config)
+    images, labels, copies = training_views(data, flip=config.flip, extra_views=config.extra_views, seed=config.seed)
     assert copies == 2
     activations = _predict(backbone.fast_bottom, images, 32, 16)
     features = _predict(backbone.fast_top, activations, None, 16)

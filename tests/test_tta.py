@@ -172,12 +172,12 @@ def test_a_train_run_records_tta_and_per_class_figures_and_evaluate_adds_another
 
 def test_extra_training_views_are_shifted_mirrored_copies_drawn_from_the_seed():
     from kcnn.config import FinetuneConfig
-    from kcnn.training.finetune import training_views
+    from kcnn.data.views import training_views
 
     rng = np.random.default_rng(0)
     data = ImageData(rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), np.arange(6) % 2, ("a", "b"), "toy")
     config = FinetuneConfig(extra_views=2, seed=4)
-    images, labels, copies = training_views(data, config)
+    images, labels, copies = training_views(data, flip=config.flip, extra_views=config.extra_views, seed=config.seed)
     assert copies == 4 and images.shape == (24, 16, 16, 3)
     np.testing.assert_array_equal(labels, np.tile(data.labels, 4))
     np.testing.assert_array_equal(images[6:12], data.images[:, :, ::-1])
@@ -186,9 +186,9 @@ def test_extra_training_views_are_shifted_mirrored_copies_drawn_from_the_seed():
         original = padded[row % 6]
         crops = [original[top:top + 16, left:left + 16] for top in range(5) for left in range(5)]
         assert any(np.array_equal(images[row], c) or np.array_equal(images[row], c[:, ::-1]) for c in crops)
-    again, _, _ = training_views(data, config)
+    again, _, _ = training_views(data, flip=config.flip, extra_views=config.extra_views, seed=config.seed)
     np.testing.assert_array_equal(again, images)  # drawn from the seed: a resumed run gets the same views
-    assert not np.array_equal(training_views(data, FinetuneConfig(extra_views=2, seed=5))[0], images)
+    assert not np.array_equal(training_views(data, flip=True, extra_views=2, seed=5)[0], images)
 
 
 def test_layer_decay_gives_each_block_its_rate_and_the_plateau_callback_scales_them_all():

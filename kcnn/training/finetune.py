@@ -43,9 +43,11 @@ from kcnn.training import callbacks as kcnn_callbacks
 from kcnn.data import tta
 from kcnn.training import job
 from kcnn.config import FinetuneConfig
-from kcnn.errors import InvalidArgumentError, KcnnError
+from kcnn.errors import KcnnError
 from kcnn.training.report import class_weights
 from kcnn.runs.atomic import atomic_path
+from kcnn.data.views import training_views
+from kcnn.models.surgery import cut_layer, cut_points, split, top_has_weights
 from kcnn.training.job import Run
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")  # history.csv's metrics, in both phases
@@ -172,7 +174,8 @@ def extract_features(config, plan, run, backbone, train_data, eval_data):
     so that a resumed run does not compute them again."""
     import keras
 
-    train_images, train_labels, copies = training_views(train_data, config)
+    train_images, train_labels, copies = training_views(train_data, flip=config.flip, extra_views=config.extra_views,
+                                                        seed=config.seed)
     fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed, copies=copies)
     # Data-parallel: each worker computes and trains on its own part of the images (kcnn.training.distribute).
     fit_index, val_index = plan.worker_rows(fit_index), plan.worker_rows(val_index)
@@ -290,7 +293,7 @@ def fit_top(config, plan, run, backbone, head, frozen, callbacks):
 
 def _finetune_optimizer(config, top):
     """Adam at the fine-tuning rate; with layer_decay < 1, layer-wise learning-rate decay (Clark et al. 2020's
-    ELECTRA, BEiT): the layers after the top's last block end (kcnn.training.finetune.cut_points) and the head at the rate, each
+    ELECTRA, BEiT): the layers after the top's last block end (kcnn.models.surgery.cut_points) and the head at the rate, each
     block below at layer_decay times the one above it; one Adam per depth (Keras' MultiOptimizer)."""
     import keras
 
@@ -424,101 +427,6 @@ def evaluate(config, plan, backbone, head, model, frozen, eval_data):
         metrics[f"{extra_split}_accuracy"] = float(np.mean(np.argmax(extra_logits, axis=-1) == extra.labels))
     return metrics, np.argmax(view_logits[0], axis=-1)
 
-
-
-# ---------------------------------------------------------------------------
-# Splitting a backbone into its frozen bottom and trainable top
-
-
-def cut_points(model):
-    """Names of the merge layers (Add, Concatenate) after which every later
-    layer reads only tensors made at or after them: the block boundaries
-    where a model can be split in two, from the input to the output."""
-    import keras
-
-    produced_before = set()
-    points = []
-    layers = model.layers
-    for position, layer in enumerate(layers):
-        produced_before.add(id(layer.output))
-        if not isinstance(layer, (keras.layers.Add, keras.layers.Concatenate)):
-            continue
-        later_inputs = {id(t) for later in layers[position + 1:] for t in keras.tree.flatten(later.input)}
-        outputs_before = produced_before - {id(layer.output)}
-        if not later_inputs & outputs_before:
-            points.append(layer.name)
-    return points
-
-
-def cut_layer(model, unfreeze):
-    """The layer after which the backbone is fine-tuned: the `unfreeze`-th
-    block boundary from the top; None for "all"; the last layer for 0."""
-    if unfreeze == "all":
-        return None
-    if unfreeze == 0:
-        return model.layers[-1].name
-    points = cut_points(model)
-    if not points:
-        raise InvalidArgumentError(f"{model.name} has no block boundaries to split at; use unfreeze='all' or 0.")
-    return points[-min(unfreeze, len(points))]
-
-
-def split(model, layer_name):
-    """(bottom, top): `model` up to `layer_name`'s output, and from there to
-    the end, reusing its layers. layer_name=None: the bottom passes the
-    input through, the top is the whole model."""
-    import keras
-
-    if layer_name is None:
-        inputs = keras.Input(model.input_shape[1:])
-        return keras.Model(inputs, inputs, name="bottom"), model
-    cut = model.get_layer(layer_name)
-    bottom = keras.Model(model.inputs, cut.output, name="bottom")
-    start = keras.Input(cut.output.shape[1:], name="activations")
-    tensors = {id(cut.output): start}
-    after = False
-    for layer in model.layers:
-        if after:
-            arguments = keras.tree.map_structure(lambda t: tensors[id(t)], layer.input)
-            tensors[id(layer.output)] = layer(arguments)
-        after = after or layer is cut
-    return bottom, keras.Model(start, tensors[id(model.output)], name="top")
-
-
-def top_has_weights(top):
-    return any(layer.weights for layer in top.layers)
-
-
-# ---------------------------------------------------------------------------
-
-
-def training_views(data, config):
-    """(images, labels, copies): the training images, then their mirror images (config.flip), then
-    config.extra_views copies each shifted by up to 1/8 of its side (reflected at the edges) and mirrored
-    at random (drawn from the seed): view v of image i is row v * N + i."""
-    images, labels = data.images, data.labels
-    views = [images]
-    if config.flip:
-        views.append(images[:, :, ::-1])
-    rng = np.random.default_rng([config.seed, 1])
-    for _ in range(config.extra_views):
-        views.append(_random_shifts(images, rng))
-    return np.concatenate(views), np.tile(labels, len(views)), len(views)
-
-
-def _random_shifts(images, rng):
-    """Each image moved by up to 1/8 of its side in each direction (reflected padding, then a crop),
-    and mirrored with probability 1/2: the crop-and-flip augmentation of CIFAR-10 training recipes."""
-    count, height, width = images.shape[:3]
-    pad = max(1, min(height, width) // 8)
-    padded = np.pad(images, [(0, 0), (pad, pad), (pad, pad), (0, 0)], mode="reflect")
-    tops, lefts = rng.integers(0, 2 * pad + 1, count), rng.integers(0, 2 * pad + 1, count)
-    mirrored = rng.random(count) < 0.5
-    shifted = np.empty_like(images)
-    for i in range(count):
-        crop = padded[i, tops[i]:tops[i] + height, lefts[i]:lefts[i] + width]
-        shifted[i] = crop[:, ::-1] if mirrored[i] else crop
-    return shifted
 
 
 def _validation_split(originals, fraction, seed, *, copies=1):
