@@ -293,7 +293,7 @@ def _fit(config, plan, run, info, outputs, train_data, train_ds, eval_ds, image_
             trainer.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                         shuffle=False,  # the dataset shuffles, per epoch
                         class_weight=report.class_weights(train_data.labels, num_classes, config.class_weight),
-                        callbacks=plan.callbacks() + extra + _callbacks(config, run.path, model, trainer,
+                        callbacks=plan.callbacks() + extra + _callbacks(config, run, model, trainer,
                                                                         first_epoch, plan) + list(callbacks),
                         verbose=config.verbose)
         if config.whiten_bias_epochs:
@@ -522,6 +522,8 @@ def _callbacks(config, run_dir, model, trainer, first_epoch, plan=None):
     folder where saving is a collective every worker joins."""
     import keras
 
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)  # (a path: as before)
+    run_dir = run.path
     # a model with training-only outputs (a dict, the prediction first) logs its main output's accuracy
     outputs = getattr(trainer, "output", None)  # (a Sequential never called has none)
     main = next(iter(outputs)) if isinstance(outputs, dict) else None
@@ -543,12 +545,13 @@ def _callbacks(config, run_dir, model, trainer, first_epoch, plan=None):
     return decisions + [
         # Each epoch's files are written before the backup moves on to the next epoch: a kill between
         # the two repeats that epoch on --resume, and the repeated rows are dropped.
-        runs.HistoryLog(os.path.join(run_dir, "history.csv"), first_epoch),
-        runs.AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), model=model, monitor=accuracy,
+        runs.HistoryLog(os.path.join(run_dir, "history.csv"), first_epoch, run=run),
+        runs.AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), model=model, run=run, monitor=accuracy,
                                    save_best_only=True, mode="max",
                                    initial_value_threshold=max(earlier) if earlier else None),
-        runs.CrashSafeBackup(backup_dir, callbacks=decisions),
+        runs.CrashSafeBackup(backup_dir, callbacks=decisions, run=run),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
+        runs.RecordedLogs(run, os.path.join(run_dir, "logs")),  # after TensorBoard: its files of the epoch
         keras.callbacks.TerminateOnNaN(),
     ]
 
