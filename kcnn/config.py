@@ -23,8 +23,8 @@ AUGMENTATIONS = ("none", "crop", "flip", "crop_flip", "translate_flip", "airbenc
 TTA_CHOICES = ("flip", "flip_crop", "none")
 CLASS_WEIGHTS = ("balanced",)
 # Settings a resumed run may change, and that a run's config.json does not pass on to a new run: they do not
-# change what it computes.
-NOT_SETTINGS = ("resume", "overwrite", "verbose")
+# change what it computes (output_dir: a run moved whole resumes; a repeated run goes where --output-dir says).
+NOT_SETTINGS = ("resume", "overwrite", "verbose", "output_dir")
 DISTRIBUTE_HELP = ("data-parallel training on the backend's engine: tf.distribute (every GPU of this machine), "
                    "torch DDP (launch with torchrun), keras.distribution on JAX (KERAS_DISTRIBUTION_* for several "
                    "machines); --batch-size is the global batch")

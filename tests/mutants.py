@@ -102,6 +102,19 @@ MUTANTS = (
            tuple(f"tests/test_bad_input.py::test_api[{row}]" for row in (
                "output folder holding the user's own files", "overwrite of a folder that is not a kcnn run",
                "fine-tuning into the user's own files"))),
+    Mutant("overwrite-removes-whole-sub-folders", "kcnn/runs/rundir.py",
+           "        for name in sorted(names, reverse=True):\n            self._remove_entry(name, manifest[\"files\"].get(",
+           "        for name in [n for n in SUB_FOLDERS if os.path.isdir(self.file(n))]:\n"
+           "            __import__(\"shutil\").rmtree(self.file(name))\n"
+           "        for name in sorted(names, reverse=True):\n            self._remove_entry(name, manifest[\"files\"].get(",
+           ("tests/test_run_folder.py", "-k", "users_file_in_logs or users_file_in_backup")),
+    Mutant("cleaning-follows-links", "kcnn/runs/rundir.py",
+           "        if os.path.islink(path) or not os.path.isdir(path):\n            os.remove(path)",
+           "        if os.path.islink(path) or not os.path.isdir(path):\n            os.remove(os.path.realpath(path))",
+           ("tests/test_run_folder.py", "-k", "link_at_the_top")),
+    Mutant("record-not-bound-to-its-folder", "kcnn/runs/rundir.py",
+           "        return record if record is not None and self._bound(record) else None",
+           "        return record", ("tests/test_run_folder.py", "-k", "copied or changed_file")),
     Mutant("early-stopping-keeps-the-last-weights", "kcnn/training/train.py",
            "restore_best_weights=True, verbose=config.verbose))", "restore_best_weights=False, verbose=config.verbose))",
            ("tests/test_train.py", "-k", "early_stopping")),

@@ -124,6 +124,24 @@ def users_folder(root, config_json=False):
     return root
 
 
+def copied_record(tmp):
+    """The user's folder `run`, with a config.json copied from a kcnn run in another folder."""
+    from kcnn.training.train import _config_record
+
+    folder = users_folder(tmp / "run")
+    record = _config_record(train_config(tmp, output_dir=str(tmp / "elsewhere")).resolved())
+    (folder / "config.json").write_text(json.dumps(record))
+    return folder
+
+
+def linked(folder, name, tmp):
+    """`folder/name`, a symbolic link to a folder of the user's beside it (`outside/`, with a file)."""
+    (tmp / "outside").mkdir(exist_ok=True)
+    (tmp / "outside" / "model.tmp.keras").write_bytes(b"the user's")
+    os.symlink(tmp / "outside", folder / name)
+    return folder
+
+
 def finetune_run(tmp):
     """A fine-tuning run directory with a real config.json (kcnn's marker) and placeholder results."""
     from kcnn.config import FinetuneConfig
@@ -338,6 +356,19 @@ BAD_INPUTS = [
         lambda t, p: train(t, resume=True),
         lambda t, p: ["train", *DIGITS, "--resume", "--output-dir", str(t / "run")],
         setup=lambda t, mp: users_folder(t / "run", config_json=True)),
+    Row("overwrite of a folder holding a config.json copied from a run", KcnnError,
+        r"run holds a config.json kcnn wrote for the run in .*elsewhere, without the rest of that run.*"
+        r"remove that config.json", lambda t, p: train(t, overwrite=True),
+        lambda t, p: ["train", *DIGITS, "--overwrite", "--output-dir", str(t / "run")],
+        setup=lambda t, mp: copied_record(t)),
+    Row("resume of a run whose backup is a symbolic link", KcnnError,
+        r"run/backup is a symbolic link; .*never through a link.*replace it with a folder of its own",
+        lambda t, p: train(t, resume=True), lambda t, p: ["train", *DIGITS, "--resume", "--output-dir", str(t / "run")],
+        setup=lambda t, mp: linked(finished_run(t), "backup", t)),
+    Row("overwrite of a run whose logs are a symbolic link", KcnnError, r"run/logs is a symbolic link",
+        lambda t, p: train(t, overwrite=True),
+        lambda t, p: ["train", *DIGITS, "--overwrite", "--output-dir", str(t / "run")],
+        setup=lambda t, mp: linked(finished_run(t), "logs", t)),
     Row("output folder that is a file", KcnnError, r"run is a file, not a folder",
         lambda t, p: train(t), lambda t, p: ["train", *DIGITS, "--output-dir", str(t / "run")],
         setup=lambda t, mp: _written(t / "run", b"a file")),
@@ -474,6 +505,16 @@ BAD_INPUTS = [
         lambda t, p: ["export", str(p), "--output", str(t / "out"), "--overwrite"],
         setup=lambda t, mp: (t / "out" / "1").mkdir(parents=True)
         or _written(t / "out" / "1" / "saved_model.pb", b"the user's") and tiny_model_file(t / "m.keras")),
+    Row("export into a run whose export/ is a symbolic link", ExportError,
+        r"run/export is a symbolic link, which kcnn leaves alone.*remove the link",
+        lambda t, p: kcnn.deploy.export.export(str(p), "keras", overwrite=True),
+        lambda t, p: ["export", str(p), "--format", "keras", "--overwrite"],
+        setup=lambda t, mp: linked(run_with_model(t, tiny_model_file), "export", t)),
+    Row("export into a run's export/ holding the user's files", ExportError,
+        r"run/export holds files kcnn did not write \(history.csv, model.keras\).*--overwrite replaces only",
+        lambda t, p: kcnn.deploy.export.export(str(p), "keras", overwrite=True),
+        lambda t, p: ["export", str(p), "--format", "keras", "--overwrite"],
+        setup=lambda t, mp: users_folder(finished_run(t) / "export") and t / "run"),
     Row("export of a missing file", ExportError, r"No such file or directory.*run directory or a \.keras",
         lambda t, p: kcnn.deploy.export.export(str(t / "nope.keras")), lambda t, p: ["export", str(t / "nope.keras")]),
     Row("export to an unknown format", ExportError, r"Unknown export format 'tflite'",

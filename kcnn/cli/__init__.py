@@ -161,15 +161,17 @@ def _explain(args):
     import os
 
     from kcnn.inspect.explain import explain_files
+    from kcnn.runs.rundir import RunDir
 
     model, class_names, transform = _model_for(args.run_dir, args.weights)
-    output = args.output
+    output, run = args.output, None
     if output is None:
         run_dir = os.path.dirname(args.run_dir) if args.run_dir.endswith(".keras") else args.run_dir
         output = os.path.join("saved_models", "explain") if transform is not None else os.path.join(run_dir, "explain")
+        run = RunDir(run_dir) if transform is None and RunDir(run_dir).is_run() else None  # RUN/explain: listed
     for path, name, probability, written in explain_files(model, args.images, class_names, output,
                                                           transform=transform, class_name=args.class_name,
-                                                          layer=args.layer):
+                                                          layer=args.layer, run=run):
         of = f", Grad-CAM of {args.class_name}" if args.class_name else ""
         print(f"{path}: predicted {name} ({probability:.1%}){of} -> {written}")
 

@@ -35,6 +35,7 @@ its destination and renamed into place at the end; an existing export is
 replaced only with overwrite=True.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -83,7 +84,7 @@ def export(source, format="saved_model", output=None, *, version=1, overwrite=Fa
                   else os.path.join("saved_models", f"{stem}_export"))
     destination = os.path.join(output, {"saved_model": str(version), "onnx": "model.onnx", "keras": "model.keras",
                                         "litert": QUANTIZATIONS.get(quantize)}[format])
-    _check_output(output, run_dir, overwrite)
+    run = _check_output(output, run_dir, overwrite, destination)
     if os.path.exists(destination) and not overwrite:
         raise ExportError(f"{destination} already exists; pass overwrite=True (--overwrite) to replace it"
                           + (", or another version (--version)." if format == "saved_model" else "."))
@@ -91,17 +92,25 @@ def export(source, format="saved_model", output=None, *, version=1, overwrite=Fa
         class_names = _run_class_names(run_dir)
     created = not os.path.exists(output)
     os.makedirs(output, exist_ok=True)
+    # in a run's export/: every file entered in the run's manifest before it is written (a version folder,
+    # written whole under a temporary name, as a folder until its files are listed)
+    written = contextlib.ExitStack()
+    if run is not None:
+        extra = [os.path.join(output, "class_names.txt")] if format in ("onnx", "litert") else []
+        written.enter_context(run.track(os.path.join(output, EXPORT_MARKER), *extra))
+        written.enter_context(run.track_folder(destination) if format == "saved_model" else run.track(destination))
     try:
-        if format == "keras":
-            load_model(model_path)  # refuse what Keras cannot load, as the other formats do
-            with atomic_path(destination) as temporary:
-                shutil.copyfile(model_path, temporary)
-            record = {}
-        else:
-            litert = {"quantize": quantize, "run_dir": run_dir, "calibration_images": calibration_images} \
-                if format == "litert" else None
-            record = _run_on_tensorflow(model_path, format, destination, class_names, tta, litert) or {}
-        _mark_output(output, destination, format, model_path, record)
+        with written:
+            if format == "keras":
+                load_model(model_path)  # refuse what Keras cannot load, as the other formats do
+                with atomic_path(destination) as temporary:
+                    shutil.copyfile(model_path, temporary)
+                record = {}
+            else:
+                litert = {"quantize": quantize, "run_dir": run_dir, "calibration_images": calibration_images} \
+                    if format == "litert" else None
+                record = _run_on_tensorflow(model_path, format, destination, class_names, tta, litert) or {}
+            _mark_output(output, destination, format, model_path, record)
     except BaseException:
         if created and not os.listdir(output):
             os.rmdir(output)  # leave no trace of a failed export
@@ -168,27 +177,52 @@ def find_model(source):
     return source, (run_dir if os.path.isfile(os.path.join(run_dir, "metrics.json")) else None)
 
 
-def _check_output(output, run_dir, overwrite):
+def _check_output(output, run_dir, overwrite, destination=None):
     """An export goes into a new or empty folder, or one kcnn exported into before (its marker file, or
-    the export/ folder of a kcnn run); a folder holding files kcnn did not write is refused, even with
-    overwrite, and left as it was."""
+    files the run's manifest lists); a folder holding files kcnn did not write is refused, even with
+    overwrite, and left as it was. A run's export/ is checked as any other folder, and it must be a folder
+    of the run, not a symbolic link (the link's target is not kcnn's). Returns the `RunDir` whose
+    manifest lists what the export writes, when it goes into a run's export/; else None."""
     from kcnn.runs.rundir import RunDir
 
+    in_run = run_dir and os.path.abspath(output) == os.path.abspath(os.path.join(run_dir, "export"))
+    if in_run and os.path.islink(output):  # (a link hides the files that bind a run to its folder: any run's)
+        raise ExportError(f"{output} is a symbolic link, which kcnn leaves alone: it exports into a run's export/ "
+                          f"only as a folder of its own; remove the link, or pass the folder it points to as "
+                          f"--output.")
+    run = RunDir(run_dir) if in_run and RunDir(run_dir).is_run() else None
     if not os.path.exists(output):
-        return
+        return run
     if not os.path.isdir(output):
         raise ExportError(f"{output} is a file, not a folder; pass another --output.")
-    if os.path.isfile(os.path.join(output, EXPORT_MARKER)):
-        return
-    in_run = run_dir and os.path.abspath(output) == os.path.abspath(os.path.join(run_dir, "export")) and \
-        RunDir(run_dir).is_run()
+    listed = run.listed() if run is not None else set()
     entries = sorted(os.listdir(output))
-    if entries and not in_run:
-        shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
+    if os.path.isfile(os.path.join(output, EXPORT_MARKER)):
+        foreign = _foreign_files(destination, run_dir, listed) if run is not None and destination else []
+    else:
+        foreign = [entry for entry in entries
+                   if not listed or _foreign_files(os.path.join(output, entry), run_dir, listed)]
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise ExportError(
             f"{output} holds files kcnn did not write ({shown}), which kcnn leaves alone"
             f"{' (--overwrite replaces only what kcnn exported)' if overwrite else ''}; pass a new or empty "
             f"folder as --output.")
+    return run
+
+
+def _foreign_files(path, run_dir, listed):
+    """The files at or below `path` (inside a run) that the run's manifest does not list, links not
+    followed (a link is never kcnn's)."""
+    if not os.path.lexists(path):
+        return []
+    if os.path.islink(path) or not os.path.isdir(path):
+        found = [path]
+    else:
+        found = [os.path.join(root, name) for root, folders, names in os.walk(path)
+                 for name in names + [f for f in folders if os.path.islink(os.path.join(root, f))]]
+    relative = [os.path.relpath(found_path, run_dir).replace(os.sep, "/") for found_path in found]
+    return sorted(name for name in relative if name not in listed or os.path.islink(os.path.join(run_dir, name)))
 
 
 def _mark_output(output, destination, format, model_path, details=None):

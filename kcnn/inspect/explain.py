@@ -80,15 +80,18 @@ def spatial_layers(model):
     return [layer.name for layer, _ in _Graph(model).spatial]
 
 
-def explain_files(model, paths, class_names, output_dir, *, transform=None, class_name=None, layer=None):
+def explain_files(model, paths, class_names, output_dir, *, transform=None, class_name=None, layer=None,
+                  run=None):
     """Grad-CAM overlays of image files, one PNG each in `output_dir` (NAME_gradcam.png): returns
     [(path, predicted class name, probability, the file written)]. The images are read as `kcnn predict`
     reads them (`transform`: a pretrained source's `eval_transform`); the map is of `class_name` (default:
-    the predicted class). Everything is checked before the first file is written."""
+    the predicted class). Everything is checked before the first file is written. `run`: the
+    `kcnn.runs.rundir.RunDir` whose explain/ `output_dir` is; its manifest lists each file before it is written."""
     import keras
 
     from kcnn.inspect import viz
     from kcnn.runs.atomic import atomic_open
+    from kcnn.runs.rundir import tracked
 
     class_index = None
     if class_name is not None:
@@ -103,6 +106,8 @@ def explain_files(model, paths, class_names, output_dir, *, transform=None, clas
     probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
     predicted = np.argmax(logits, axis=-1)
     heatmaps = grad_cam(model, images, class_index=class_index, layer=layer)
+    if run is not None:
+        run.check_folder(output_dir)  # never through a link
     os.makedirs(output_dir, exist_ok=True)
     written, names = [], set()
     for path, image, heatmap, best, p in zip(paths, images, heatmaps, predicted, probabilities):
@@ -112,7 +117,7 @@ def explain_files(model, paths, class_names, output_dir, *, transform=None, clas
             name, number = f"{stem}_{number}_gradcam.png", number + 1
         names.add(name)
         target = os.path.join(output_dir, name)
-        with atomic_open(target, "wb") as f:
+        with tracked(run, target), atomic_open(target, "wb") as f:
             _enlarged(viz.grad_cam_overlay(image, heatmap)).save(f, format="PNG")
         written.append((path, class_names[best], float(p[best]), target))
     return written

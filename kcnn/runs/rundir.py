@@ -3,20 +3,36 @@
     run = RunDir("saved_models/lenet5_mnist")
     lock = run.prepare(config, "train")          # refuse, resume or overwrite; lock; config.json
     run.write_json("metrics.json", metrics); run.save_model(model)
+    with run.track(path): write(path)            # any other writer of a file of the run
     model, config, class_names = load_run("saved_models/lenet5_mnist")
 
 A run directory is recognised by a marker only kcnn writes (the `kcnn` key of its config.json, with a run
 id and the kind of run), never by file names. kcnn writes a run only into a new or empty folder, or into a
 folder holding one of its runs (to resume it, or to replace it with `overwrite`); a folder holding anything
-else is refused before anything is written. `overwrite` removes only the files a run writes (`RUN_FILES`):
-whatever else a user keeps in the folder stays.
+else is refused before anything is written.
+
+The rules that keep kcnn to its own files:
+- The manifest (`MANIFEST`, named by the marker) lists every file the run wrote, relative to the folder:
+  a file is entered in it before it is created (`RunDir.track`), so that a killed process never leaves a
+  kcnn file unlisted. TensorBoard's event files, which Keras names itself, are entered after each epoch
+  (`RunDir.record_found`: only `events.out.tfevents.*`).
+- Cleaning (`overwrite`, the temporaries a killed process left, the backup at the end) goes file by file
+  through the manifest: never a whole sub-folder (one is removed only when it is empty afterwards), never
+  through a symbolic link (a link is removed as a link; a path that passes through one is left alone),
+  never a path outside the folder. Files the user put anywhere in the folder stay.
+- kcnn writes no file through a symbolic link inside a run (a run's `backup/` that is a link is refused).
+- The marker is bound to its folder: it records the folder's real path, and a record is a run of this
+  folder only if that path is this folder's, or if every file its manifest lists is here with the size it
+  recorded (a whole run moved or copied with `mv`/`cp -r`). A config.json copied alone into another folder
+  is not a run: kcnn refuses to write there (`NotARunError`) and deletes nothing. Reading a finished run
+  (`load_run`, `run_config`) needs no binding: a run moved or copied whole loads.
 
 What keeps a run directory whole when its process is killed at any moment:
 - `RunLock`: one process at a time writes a run directory (an OS file lock, which the kernel releases
   when the holder dies, even by SIGKILL).
 - Every file is written under a temporary name and renamed into place (`kcnn.runs.atomic.atomic_path`), so a
   reader sees the old file or the new one, never half of one; `prepare` removes the temporaries a killed
-  process left.
+  process left (those of the files the manifest lists). The manifest is written the same way.
 - The backup (`backup/`, written by `kcnn.training.callbacks.CrashSafeBackup`) is deleted last, by `finish()`: while it
   exists, `resume` can finish a run killed after training.
 """
@@ -25,9 +41,11 @@ import contextlib
 import csv
 import dataclasses
 import errno
+import fnmatch
 import json
 import os
-import shutil
+import re
+import stat
 import uuid
 
 from kcnn.config import KINDS, NOT_SETTINGS
@@ -35,10 +53,15 @@ from kcnn.errors import KcnnError
 from kcnn.runs.atomic import atomic_open, atomic_path
 
 LOCK_NAME = ".kcnn.lock"
-MARKER = "kcnn"  # config.json's key that only kcnn writes: {"run_id", "kind", "version"}
-# Every name a run writes at the top of its directory; overwrite removes these (and temporaries) only.
+MARKER = "kcnn"  # config.json's key that only kcnn writes: {"run_id", "kind", "version", "folder", "manifest"}
+# The list of the files a run wrote: {"run_id", "files": {relative path: size, or None while being written,
+# or "folder" for a folder written whole under a temporary name (an export) until its files are listed}}.
+MANIFEST = ".kcnn-files.json"
+# Every name a run writes at the top of its directory (a run without a manifest is cleaned by these names).
 RUN_FILES = ("config.json", "model.keras", "best.keras", "history.csv", "metrics.json", "curves.png",
-             "confusion.png", "samples.png", "explain.png", "logs", "backup", "export", "explain", LOCK_NAME)
+             "confusion.png", "samples.png", "explain.png", "logs", "backup", "export", "explain", LOCK_NAME,
+             MANIFEST)
+SUB_FOLDERS = ("logs", "backup", "export", "explain")  # the folders kcnn writes into: never links
 
 
 class RunLockedError(KcnnError):
@@ -108,20 +131,10 @@ def write_errors_explained(run_dir, resumable=False):
 
 
 def remove_stale_temporaries(run_dir):
-    """Temporaries a killed process left behind (a finished write renames its own away): the `NAME.tmp.EXT`
-    of a run file, and inside backup/ and export/ every `*.tmp.*` file and `.NAME.*` workspace (an export's
-    folder in the making). Nothing else: a file kcnn did not write stays."""
-    for name in os.listdir(run_dir):
-        if ".tmp." in name and name.replace(".tmp", "", 1) in RUN_FILES and os.path.isfile(os.path.join(run_dir, name)):
-            os.remove(os.path.join(run_dir, name))
-    for folder in ("backup", "export"):
-        for root, folders, names in os.walk(os.path.join(run_dir, folder)):
-            for name in [name for name in folders if name.startswith(".") and name.count(".") >= 2]:
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-                folders.remove(name)
-            for name in names:
-                if ".tmp." in name:
-                    os.remove(os.path.join(root, name))
+    """Temporaries a killed process left behind (a finished write renames its own away): those of the
+    files the run's manifest lists (`RunDir.remove_stale_temporaries`). Nothing else: a file kcnn did not
+    write stays, and no symbolic link is followed."""
+    RunDir(run_dir).remove_stale_temporaries()
 
 
 def is_run_record(record):
@@ -140,14 +153,16 @@ def run_kind(record):
     return "finetune" if "backbone" in record else "train"
 
 
-def config_record(config, kind, run_id=None):
-    """config.json: every setting, the versions, and the marker that says kcnn wrote this run."""
+def config_record(config, kind, run_id=None, folder=None):
+    """config.json: every setting, the versions, and the marker that says kcnn wrote this run, in which
+    folder (`folder`, by default the config's output_dir: its real path) and where its manifest is."""
     import keras
 
     import kcnn
 
     record = dataclasses.asdict(config)
-    record[MARKER] = {"run_id": run_id or uuid.uuid4().hex, "kind": kind, "version": kcnn.__version__}
+    record[MARKER] = {"run_id": run_id or uuid.uuid4().hex, "kind": kind, "version": kcnn.__version__,
+                      "folder": os.path.realpath(folder or config.output_dir), "manifest": MANIFEST}
     record["versions"] = {"kcnn": kcnn.__version__, "keras": keras.__version__, "backend": keras.backend.backend()}
     return record
 
@@ -167,8 +182,8 @@ class RunDir:
 
     # ---- what the folder holds ------------------------------------------------
 
-    def record(self):
-        """config.json as kcnn wrote it, or None when the folder holds no kcnn run."""
+    def marker_record(self):
+        """config.json as kcnn wrote it, wherever it was written (None when it is not kcnn's)."""
         try:
             with open(self.file("config.json")) as f:
                 record = json.load(f)
@@ -176,18 +191,211 @@ class RunDir:
             return None
         return record if is_run_record(record) else None
 
+    def record(self):
+        """config.json as kcnn wrote it for this folder, or None when the folder holds no kcnn run."""
+        record = self.marker_record()
+        return record if record is not None and self._bound(record) else None
+
+    def _bound(self, record):
+        """Whether `record` is of a run in this folder: written here (its recorded real path), or moved or
+        copied here whole with `mv`/`cp -r` (every file its manifest lists is here, of the recorded size).
+        A folder path alone would refuse a moved run; a manifest alone, a run that crashed before its
+        sizes were recorded. A config.json copied alone is neither: it is not a run, and nothing is
+        deleted on its word."""
+        marker = record.get(MARKER)
+        if not isinstance(marker, dict):
+            return False  # written by a kcnn before the marker: nothing says where
+        if marker.get("folder") == os.path.realpath(self.path):
+            return True
+        manifest = self._manifest()
+        if manifest is None or manifest.get("run_id") != marker.get("run_id"):
+            return False
+        sized = {name: size for name, size in manifest["files"].items() if isinstance(size, int)}
+        if "config.json" not in sized:
+            return False
+        for name, size in sized.items():
+            path = self._inside(name)
+            try:
+                status = os.lstat(path) if path else None
+            except OSError:
+                return False
+            if status is None or not stat.S_ISREG(status.st_mode) or status.st_size != size:
+                return False
+        return True
+
     def is_run(self):
         return self.record() is not None
 
     def other_files(self):
         """What the folder holds besides kcnn's lock file (when it holds no run: files kcnn did not write)."""
         try:
-            return sorted(name for name in os.listdir(self.path) if name != LOCK_NAME)
+            return sorted(name for name in os.listdir(self.path) if name not in (LOCK_NAME, MANIFEST))
         except FileNotFoundError:
             return []
 
     def is_finished(self):
-        return os.path.exists(self.file("metrics.json")) and not os.path.exists(self.backup)
+        if not os.path.exists(self.file("metrics.json")):
+            return False
+        manifest = self._manifest()
+        if manifest is None:
+            return not os.path.exists(self.backup)
+        # the backup's files, not its folder: a file the user keeps in backup/ stays after finish()
+        return not any(name.startswith("backup/") and os.path.lexists(self.file(name)) for name in manifest["files"])
+
+    # ---- the manifest: every file the run wrote ------------------------------------
+
+    def _manifest(self):
+        """The manifest ({"run_id", "files"}), or None when there is none (or it is not kcnn's)."""
+        path = self._inside(MANIFEST)
+        if path is None or os.path.islink(path):
+            return None
+        try:
+            with open(path) as f:
+                manifest = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if not (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)):
+            return None
+        return manifest
+
+    def _write_manifest(self, manifest):
+        """Atomically (a temporary name, flushed, renamed): a reader sees the old list or the new one."""
+        path = self.file(MANIFEST)
+        temporary = self.file(MANIFEST.replace(".json", ".tmp.json"))
+        with open(temporary, "w") as f:
+            json.dump(manifest, f, indent=0, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+
+    def _update(self, change):
+        """Read the manifest, `change(files)` in place, write it back (started empty when there is none)."""
+        manifest = self._manifest() or {"run_id": self._run_id(), "files": {}}
+        change(manifest["files"])
+        self._write_manifest(manifest)
+
+    def _run_id(self):
+        record = self.marker_record()
+        marker = record.get(MARKER) if record else None
+        return marker.get("run_id") if isinstance(marker, dict) else None
+
+    def listed(self):
+        """The relative paths the manifest lists (an empty set without one)."""
+        manifest = self._manifest()
+        return set(manifest["files"]) if manifest else set()
+
+    def check_folder(self, folder):
+        """Refuse (NotARunError) a folder of the run that is, or lies below, a symbolic link: kcnn would
+        write through it."""
+        self._relative(os.path.join(folder, "_"))  # checks every folder down to `folder` itself
+
+    def _relative(self, path):
+        """`path` relative to the run folder, refused when it leaves the folder or passes through a
+        symbolic link inside it (its target would be written)."""
+        full = path if os.path.isabs(path) else os.path.join(self.path, path)
+        relative = os.path.relpath(os.path.abspath(full), os.path.abspath(self.path)).replace(os.sep, "/")
+        if relative == "." or relative.startswith("../") or relative == ".." or os.path.isabs(relative):
+            raise NotARunError(f"{path} is not inside the run folder {self.path}; kcnn writes a run's files only "
+                               f"inside it.")
+        parts = relative.split("/")
+        for depth in range(1, len(parts)):
+            folder = self.file(*parts[:depth])
+            if os.path.islink(folder):
+                raise NotARunError(
+                    f"{folder} is a symbolic link; kcnn writes a run's files only inside its folder, never through "
+                    f"a link: replace the link with a folder of its own, or choose another output directory.")
+        return relative
+
+    def _inside(self, relative):
+        """The path of a manifest entry, or None where it would leave the folder or pass through a symbolic
+        link (neither is ever followed: a link's target is not kcnn's)."""
+        parts = relative.split("/")
+        if not relative or os.path.isabs(relative) or any(part in ("", ".", "..") for part in parts):
+            return None
+        for depth in range(1, len(parts)):
+            folder = self.file(*parts[:depth])
+            if os.path.islink(folder) or not os.path.isdir(folder):
+                return None
+        path = self.file(*parts)
+        root = os.path.realpath(self.path)
+        parent = os.path.realpath(os.path.dirname(path))
+        return path if parent == root or parent.startswith(root + os.sep) else None
+
+    @contextlib.contextmanager
+    def track(self, *paths):
+        """Enter the files at `paths` (inside the run) in the manifest before the block writes them; after
+        it, their sizes (a file the block did not write leaves the list)."""
+        names = [self._relative(path) for path in paths]
+        manifest = self._manifest()
+        if manifest is None:  # not a run kcnn prepared (a folder `evaluate --tta` writes into): nothing to list
+            yield
+            return
+        if any(name not in manifest["files"] for name in names):
+            self._update(lambda files: files.update({name: files.get(name) for name in names}))
+        try:
+            yield
+        finally:
+            self._update(lambda files: files.update(self._sizes(names, files)))
+
+    def _sizes(self, names, files):
+        sizes = {}
+        for name in names:
+            path = self._inside(name)
+            status = os.lstat(path) if path and os.path.lexists(path) else None
+            if status is None:
+                files.pop(name, None)
+            elif stat.S_ISREG(status.st_mode):
+                sizes[name] = status.st_size
+        return sizes
+
+    @contextlib.contextmanager
+    def track_folder(self, path):
+        """A folder the block writes whole (under a temporary name, renamed into place: an export's
+        version folder): entered as a folder before, replaced by its files after."""
+        name = self._relative(path)
+        if self._manifest() is None:
+            yield
+            return
+        self._update(lambda files: files.update({name: "folder"}))
+        try:
+            yield
+        finally:
+            def listed(files):  # the folder's files now, in place of the folder and of its earlier files
+                for old in [old for old in files if old == name or old.startswith(name + "/")]:
+                    del files[old]
+                files.update(self._files_below(name))
+
+            self._update(listed)
+
+    def _files_below(self, name):
+        """{relative path: size} of the regular files below the folder `name`, links not followed."""
+        top = self._inside(name)
+        found = {}
+        if top is None or os.path.islink(top) or not os.path.isdir(top):
+            return found
+        for root, folders, files in os.walk(top):  # os.walk follows no link below its top
+            for entry in files:
+                path = os.path.join(root, entry)
+                status = os.lstat(path)
+                if stat.S_ISREG(status.st_mode):
+                    found[os.path.relpath(path, self.path).replace(os.sep, "/")] = status.st_size
+        return found
+
+    def record_found(self, folder, pattern):
+        """Enter the files below `folder` whose names match `pattern` (TensorBoard's event files, which
+        Keras names and writes itself): they cannot be entered before they exist."""
+        found = {path: size for path, size in self._files_below(self._relative(folder)).items()
+                 if fnmatch.fnmatchcase(path.rsplit("/", 1)[-1], pattern)}
+        if found and self._manifest() is not None:
+            self._update(lambda files: files.update(found))
+
+    def untrack(self, *paths):
+        """Remove files the run wrote (`paths`, inside it) and their entries."""
+        names = [self._relative(path) for path in paths]
+        for name in names:
+            self._remove_entry(name, None)
+        if self._manifest() is not None:
+            self._update(lambda files: [files.pop(name, None) for name in names])
 
     # ---- before a run: refuse, resume or overwrite ------------------------------
 
@@ -196,8 +404,11 @@ class RunDir:
         writes nothing, and again under it, where no other kcnn process can change it)."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise NotARunError(f"{self.path} is a file, not a folder; choose another output directory (--output-dir).")
+        if self.marker_record() is not None:
+            self._refuse_links()  # first: a link hides the files that bind the record to this folder
         record = self.record()
         if record is None:
+            self._refuse_copied_record(resume, overwrite)
             others = self.other_files()
             if others:
                 shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
@@ -213,21 +424,49 @@ class RunDir:
                 f"{self.path} already holds a run; pass resume=True (--resume) to continue it, overwrite=True "
                 f"(--overwrite) to replace it, or another output directory."
             )
-        if not resume:
+        if resume:
+            if run_kind(record) != kind:
+                raise KcnnError(f"The run in {self.path} is a `kcnn {run_kind(record)}` run, not a `kcnn {kind}` "
+                                f"run; resume it with the command that started it, or start a new run.")
+            different = {k: v for k, v in dataclasses.asdict(config).items()
+                         if k not in NOT_SETTINGS and record.get(k) != v}
+            if different:
+                raise KcnnError(
+                    f"The run in {self.path} was started with other settings ({', '.join(sorted(different))}); "
+                    f"resume it with the same ones, or start a new run."
+                )
+            if self.is_finished():
+                raise KcnnError(f"The run in {self.path} has finished; there is nothing to resume (kcnn evaluate "
+                                f"{self.path} re-evaluates it).")
+        if self._manifest() is None:  # written by hand or by an earlier kcnn: kcnn knows its top-level names only
+            held = [name for name in SUB_FOLDERS if os.path.isdir(self.file(name)) and os.listdir(self.file(name))]
+            if held:
+                raise NotARunError(
+                    f"The run in {self.path} has no list of the files kcnn wrote ({MANIFEST}), so kcnn cannot tell "
+                    f"its files in {', '.join(held)} from yours and leaves them alone; move what you keep out "
+                    f"of them and delete the rest, or choose a new output directory (--output-dir).")
+
+    def _refuse_copied_record(self, resume, overwrite):
+        """A kcnn config.json that is not of a run here (copied alone, or written by a kcnn that did not
+        bind it to its folder): one sentence, and nothing written or deleted."""
+        record = self.marker_record()
+        if record is None:
             return
-        if run_kind(record) != kind:
-            raise KcnnError(f"The run in {self.path} is a `kcnn {run_kind(record)}` run, not a `kcnn {kind}` run; "
-                            f"resume it with the command that started it, or start a new run.")
-        different = {k: v for k, v in dataclasses.asdict(config).items()
-                     if k not in NOT_SETTINGS and record.get(k) != v}
-        if different:
-            raise KcnnError(
-                f"The run in {self.path} was started with other settings ({', '.join(sorted(different))}); "
-                f"resume it with the same ones, or start a new run."
-            )
-        if self.is_finished():
-            raise KcnnError(f"The run in {self.path} has finished; there is nothing to resume (kcnn evaluate "
-                            f"{self.path} re-evaluates it).")
+        marker = record.get(MARKER)
+        where = marker.get("folder") if isinstance(marker, dict) else None
+        written = f"for the run in {where}" if where else "by an earlier kcnn, which did not record its folder"
+        raise NotARunError(
+            f"{self.path} holds a config.json kcnn wrote {written}, without the rest of that run, so it is not a "
+            f"kcnn run and kcnn leaves its files alone{' (--overwrite replaces only a kcnn run)' if overwrite else ''}"
+            f"; choose a new or empty output directory (--output-dir), or remove that config.json.")
+
+    def _refuse_links(self):
+        for name in SUB_FOLDERS:
+            if os.path.islink(self.file(name)):
+                raise NotARunError(
+                    f"{self.file(name)} is a symbolic link; kcnn writes a run's files only inside its folder, never "
+                    f"through a link, and leaves the link alone: replace it with a folder of its own, or choose "
+                    f"another output directory (--output-dir).")
 
     def prepare(self, config, kind, *, resume=False, overwrite=False):
         """Check the folder, take its lock, clear what `overwrite` replaces and write config.json; returns
@@ -243,26 +482,84 @@ class RunDir:
                 if record is not None and overwrite:
                     self.remove_run_files()
                     record = None
-                remove_stale_temporaries(self.path)
+                self.remove_stale_temporaries()
                 run_id = record[MARKER]["run_id"] if record and isinstance(record.get(MARKER), dict) else None
-                self.write_json("config.json", config_record(config, kind, run_id))
+                run_id = run_id or uuid.uuid4().hex
+                manifest = self._manifest() if record is not None else None
+                if manifest is None or manifest.get("run_id") != run_id:  # a new run: a new list
+                    self._write_manifest({"run_id": run_id, "files": {}})
+                with self.track("config.json"):
+                    with atomic_open(self.file("config.json")) as f:
+                        json.dump(config_record(config, kind, run_id, folder=self.path), f, indent=1)
         except BaseException:
             lock.release()
             raise
         return lock
 
     def remove_run_files(self):
-        """The files a run writes, and only those (not the lock this process holds)."""
-        for name in RUN_FILES:
-            path = self.file(name)
-            if name == LOCK_NAME or not os.path.lexists(path):
-                continue
-            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        """The files the run wrote, and only those (not the lock this process holds): file by file from
+        its manifest, then the folders that held them if nothing else is left in them. A run without a
+        manifest (check() refused one with files in its sub-folders): its top-level names."""
+        manifest = self._manifest()
+        if manifest is None:
+            names = [name for name in RUN_FILES if name != LOCK_NAME]
+        else:
+            names = [name for name in manifest["files"] if name not in (LOCK_NAME, MANIFEST)]
+        for name in sorted(names, reverse=True):
+            self._remove_entry(name, manifest["files"].get(name) if manifest else None)
+        if manifest is not None:
+            self._write_manifest({"run_id": manifest.get("run_id"), "files": {}})
+
+    def _remove_entry(self, name, value):
+        """Remove one entry: a file, or a link as a link (its target never touched); a folder only where
+        the manifest says the run wrote it whole, or an empty one. Then its emptied parent folders."""
+        path = self._inside(name)
+        if path is None or not os.path.lexists(path):
+            return
+        if os.path.islink(path) or not os.path.isdir(path):
+            os.remove(path)
+        elif value == "folder":
+            _remove_written_folder(path)
+        else:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # only when empty
+        self._remove_empty_parents(name)
+
+    def _remove_empty_parents(self, name):
+        parts = name.split("/")[:-1]
+        while parts:
+            folder = self.file(*parts)
+            if os.path.islink(folder) or not os.path.isdir(folder) or os.listdir(folder):
+                return
+            os.rmdir(folder)
+            parts.pop()
+
+    def remove_stale_temporaries(self):
+        """What a killed process left of the files the manifest lists: `NAME.tmp.EXT` beside each, and the
+        `.NAME.*` workspace of a folder written whole; no link is followed, and nothing unlisted goes. A
+        run without a manifest: the temporaries of its top-level names."""
+        manifest = self._manifest()
+        names = list(manifest["files"]) if manifest else [name for name in RUN_FILES if name != LOCK_NAME]
+        for name in names:
+            parent, _, base = name.rpartition("/")
+            root, dot, extension = base.partition(".")
+            if dot and root:
+                temporary = self._inside(f"{parent}/{root}.tmp.{extension}" if parent else f"{root}.tmp.{extension}")
+                if temporary and os.path.lexists(temporary) and not os.path.isdir(temporary):
+                    os.remove(temporary)
+            else:
+                folder = self._inside(parent) if parent else self.path
+                folder = folder if folder and os.path.isdir(folder) and not os.path.islink(folder) else None
+                workspace = re.compile(rf"\.{re.escape(base)}\.[A-Za-z0-9_]{{8}}")
+                for entry in os.listdir(folder) if folder else ():
+                    path = os.path.join(folder, entry)
+                    if workspace.fullmatch(entry) and os.path.isdir(path) and not os.path.islink(path):
+                        _remove_written_folder(path)  # a temporary folder kcnn made (tempfile.mkdtemp)
 
     # ---- reads and writes ---------------------------------------------------------
 
     def write_json(self, name, value):
-        with atomic_open(self.file(name)) as f:
+        with self.track(self.file(name)), atomic_open(self.file(name)) as f:
             json.dump(value, f, indent=1)
 
     def read_json(self, name):
@@ -270,7 +567,7 @@ class RunDir:
             return json.load(f)
 
     def save_model(self, model, name="model.keras"):
-        with atomic_path(self.file(name)) as temporary:
+        with self.track(self.file(name)), atomic_path(self.file(name)) as temporary:
             model.save(temporary)
 
     def history_rows(self):
@@ -293,8 +590,35 @@ class RunDir:
         return int(metadata["epoch"]) if metadata else 0
 
     def finish(self):
-        """Last: delete the backup, which lets --resume finish a run killed after training."""
-        shutil.rmtree(self.backup, ignore_errors=True)
+        """Last: delete the backup, which lets --resume finish a run killed after training (file by file:
+        a file the user put in backup/ stays, and backup/ with it)."""
+        manifest = self._manifest()
+        if manifest is None:
+            if os.path.isdir(self.backup) and not os.path.islink(self.backup) and not os.listdir(self.backup):
+                os.rmdir(self.backup)
+            return
+        names = [name for name in manifest["files"] if name.startswith("backup/")]
+        for name in sorted(names, reverse=True):
+            self._remove_entry(name, manifest["files"][name])
+        self._update(lambda files: [files.pop(name, None) for name in names])
+
+
+def _remove_written_folder(path):
+    """A folder kcnn wrote whole (a workspace, an export's version folder): its files and links (as links),
+    then its folders, bottom up; nothing below a link is visited."""
+    for root, folders, files in os.walk(path, topdown=False):
+        for name in files + [name for name in folders if os.path.islink(os.path.join(root, name))]:
+            os.remove(os.path.join(root, name))
+        for name in folders:
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(root, name))
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+def tracked(run, *paths):
+    """`run.track(*paths)`, or nothing to list where there is no run (a worker's scratch folder)."""
+    return run.track(*paths) if run is not None else contextlib.nullcontext()
 
 
 def read_backup_metadata(backup_dir):

@@ -6,6 +6,9 @@ docstring. The run directory they write into is owned by `kcnn.runs.rundir` (pat
 
 TensorBoard's event files are the one exception: they are append-only logs,
 whose reader skips a torn last record.
+
+`run`: the `kcnn.runs.rundir.RunDir` whose manifest lists the files each writes (entered before they are
+written; None where a worker writes into a scratch folder of its own).
 """
 
 import glob
@@ -17,7 +20,7 @@ import numpy as np
 
 from kcnn.backends import keras_private
 from kcnn.runs.atomic import atomic_open, atomic_path
-from kcnn.runs.rundir import read_backup_metadata, read_history_rows, write_history_rows
+from kcnn.runs.rundir import read_backup_metadata, read_history_rows, tracked, write_history_rows
 
 # The state of Keras' callbacks that decides what a run does next: saved in the backup with the weights,
 # so that a resumed run stops, and lowers its learning rate, exactly when the uninterrupted one would.
@@ -47,7 +50,7 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
     best weights, and whether the run stopped early (a resumed run that had stopped trains no more epochs).
     """
 
-    def __init__(self, backup_dir, write_dir=None, callbacks=()):
+    def __init__(self, backup_dir, write_dir=None, callbacks=(), run=None):
         # The run deletes the backup itself once everything else is written,
         # so that a kill after fit() but before the last file resumes too.
         super().__init__(backup_dir, delete_checkpoint=False)
@@ -56,6 +59,7 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
         # processes), into a scratch folder of its own (kcnn.training.distribute).
         self.write_dir = backup_dir if write_dir is None else write_dir
         self.decision_callbacks = [c for c in callbacks if type(c) in DECISION_STATE]
+        self.run = run if self.write_dir == backup_dir else None  # a scratch folder is no run's
 
     def _save_model(self):  # Keras' hook: called at the end of each epoch
         if self.write_dir is False:
@@ -63,6 +67,17 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
         epoch = keras_private.backup_epoch(self)
         os.makedirs(self.write_dir, exist_ok=True)
         name, state_name = f"epoch_{epoch}.weights.h5", f"epoch_{epoch}.state.npz"
+        written = [os.path.join(self.write_dir, file) for file in (name, state_name, "training_metadata.json")]
+        with tracked(self.run, *written):
+            self._save_files(epoch, name, state_name)
+        for old in glob.glob(os.path.join(glob.escape(self.write_dir), "epoch_*")):
+            if os.path.basename(old) not in (name, state_name):
+                if self.run:
+                    self.run.untrack(old)  # removed, and out of the manifest
+                else:
+                    os.remove(old)
+
+    def _save_files(self, epoch, name, state_name):
         with atomic_path(os.path.join(self.write_dir, name)) as temporary:
             self.model.save_weights(temporary, overwrite=True)
         arrays = _seed_arrays(self.model)
@@ -76,9 +91,6 @@ class CrashSafeBackup(keras.callbacks.BackupAndRestore):
         with atomic_open(os.path.join(self.write_dir, "training_metadata.json")) as f:
             json.dump({"epoch": epoch, "weights": name, "state": state_name, "callbacks": states,
                        "stopped": bool(self.model.stop_training)}, f)
-        for old in glob.glob(os.path.join(glob.escape(self.write_dir), "epoch_*")):
-            if os.path.basename(old) not in (name, state_name):
-                os.remove(old)
 
     def _load_model(self):  # Keras' hook: called by on_train_begin
         metadata = read_backup_metadata(self.backup_dir)
@@ -131,9 +143,10 @@ class HistoryLog(keras.callbacks.Callback):
     `epoch_offset` counts its epochs on from the phases before (whose rows are kept); `keys` keeps only
     those metrics, so that every row has the same columns."""
 
-    def __init__(self, path, first_epoch=0, *, phase=None, epoch_offset=0, keys=None):
+    def __init__(self, path, first_epoch=0, *, phase=None, epoch_offset=0, keys=None, run=None):
         super().__init__()
         self.path = path
+        self.run = run
         self.first_epoch = first_epoch
         self.phase = phase
         self.epoch_offset = epoch_offset
@@ -157,7 +170,8 @@ class HistoryLog(keras.callbacks.Callback):
                **{key: float(value) for key, value in sorted(logs.items())}}
         row["seconds"] = round(time.perf_counter() - self._started, 3)
         self.rows.append(row)
-        write_history_rows(self.path, self.rows)
+        with tracked(self.run, self.path):
+            write_history_rows(self.path, self.rows)
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
@@ -166,16 +180,17 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     best model too. `model`: the model to save, when it is not the one being
     trained (GoogLeNet trains with auxiliary heads it does not save)."""
 
-    def __init__(self, filepath, model=None, **kwargs):
+    def __init__(self, filepath, model=None, run=None, **kwargs):
         super().__init__(filepath, **kwargs)
         self._model_to_save = model
+        self.run = run
 
     def set_model(self, model):
         super().set_model(self._model_to_save or model)
 
     def _save_model(self, epoch, batch, logs):
         final = self.filepath
-        with atomic_path(final) as temporary:  # nothing is written when the model is not better
+        with tracked(self.run, final), atomic_path(final) as temporary:  # nothing written when not better
             self.filepath = temporary
             try:
                 super()._save_model(epoch, batch, logs)
@@ -183,14 +198,31 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
                 self.filepath = final
 
 
-def save_model_state(model, stem):
+def save_model_state(model, stem, run=None):
     """A phase's final state, written when the phase is done: `STEM.weights.h5` (the weights) and
     `STEM.seeds.npz` (the random state of its layers), the second written last, so that it marks the
     state as whole."""
-    with atomic_path(f"{stem}.weights.h5") as temporary:
-        model.save_weights(temporary)
-    with atomic_path(f"{stem}.seeds.npz") as temporary:
-        np.savez(temporary, **_seed_arrays(model))
+    with tracked(run, f"{stem}.weights.h5", f"{stem}.seeds.npz"):
+        with atomic_path(f"{stem}.weights.h5") as temporary:
+            model.save_weights(temporary)
+        with atomic_path(f"{stem}.seeds.npz") as temporary:
+            np.savez(temporary, **_seed_arrays(model))
+
+
+class RecordedLogs(keras.callbacks.Callback):
+    """Enters the event files TensorBoard wrote in `folder` (`logs/`) in the run's manifest, after each
+    epoch and at the end: Keras names them itself, so they cannot be entered before they are written.
+    Only names of TensorBoard's own pattern; a file the user put in logs/ stays unlisted (and kept)."""
+
+    def __init__(self, run, folder):
+        super().__init__()
+        self.run, self.folder = run, folder
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.run.record_found(self.folder, "events.out.tfevents.*")
+
+    def on_train_end(self, logs=None):
+        self.run.record_found(self.folder, "events.out.tfevents.*")
 
 
 def load_model_state(model, stem):

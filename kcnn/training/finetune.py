@@ -206,7 +206,7 @@ def extract_features(config, plan, run, backbone, train_data, eval_data):
     seconds = clock.seconds
     if plan.is_chief:  # the others' rows are their own: they compute them again on a resume
         os.makedirs(run.backup, exist_ok=True)
-        with atomic_path(cache) as temporary:
+        with run.track(cache), atomic_path(cache) as temporary:
             np.savez(temporary, activations=activations, features=features,
                      **{f"eval_activations_{i}": value for i, value in enumerate(eval_activations)})
     if config.verbose:
@@ -339,8 +339,8 @@ def _fit_phase(config, plan, run, phase, model, inputs, frozen, epochs, callback
     scratch = None if plan.is_chief else plan.scratch_dir()
     if plan.is_chief:
         writers = [kcnn_callbacks.HistoryLog(run.file("history.csv"), first_epoch, phase=phase, epoch_offset=offset,
-                                   keys=HISTORY_KEYS),
-                   kcnn_callbacks.CrashSafeBackup(backup_dir, callbacks=decisions)]
+                                   keys=HISTORY_KEYS, run=run),
+                   kcnn_callbacks.CrashSafeBackup(backup_dir, callbacks=decisions, run=run)]
     else:
         writers = [kcnn_callbacks.CrashSafeBackup(backup_dir, write_dir=os.path.join(scratch, "backup", phase) if scratch
                                         else False, callbacks=decisions)]
@@ -360,7 +360,7 @@ def _fit_phase(config, plan, run, phase, model, inputs, frozen, epochs, callback
         callbacks=plan.callbacks() + decisions + writers + list(callbacks), verbose=config.verbose)
     plan.unwrap(model)
     if plan.is_chief:
-        kcnn_callbacks.save_model_state(model, final)
+        kcnn_callbacks.save_model_state(model, final, run=run)
     elif scratch:
         kcnn_callbacks.save_model_state(model, os.path.join(scratch, f"{phase}_final"))
 

@@ -114,14 +114,14 @@ def save_run(run, config, plan, model, metrics, eval_data, predicted, *, phase_s
 def plots(run, history, eval_data, predicted, config, phase_starts=None, model=None):
     from kcnn.inspect import viz
 
-    viz.save_figure(viz.training_curves(history, title=f"{config.arch} on {config.dataset_name}",
+    save_figure(run, viz.training_curves(history, title=f"{config.arch} on {config.dataset_name}",
                                         phase_starts=phase_starts),
                     run.file("curves.png"))
-    viz.save_figure(viz.confusion_matrix(eval_data.labels, predicted, eval_data.class_names,
+    save_figure(run, viz.confusion_matrix(eval_data.labels, predicted, eval_data.class_names,
                                          title=f"{config.arch} on {eval_data.name}"),
                     run.file("confusion.png"))
     wrong_first = np.argsort(predicted[:32] == eval_data.labels[:32], kind="stable")
-    viz.save_figure(viz.sample_predictions(eval_data.images[:32][wrong_first], eval_data.labels[:32][wrong_first],
+    save_figure(run, viz.sample_predictions(eval_data.images[:32][wrong_first], eval_data.labels[:32][wrong_first],
                                            predicted[:32][wrong_first], eval_data.class_names),
                     run.file("samples.png"))
     if model is not None:
@@ -143,9 +143,17 @@ def explanations(run, model, eval_data, predicted, count=8):
     except explain.NoSpatialLayerError:
         print(f"explain.png skipped: {model.name} has no convolution feature map for Grad-CAM")
         return
-    viz.save_figure(viz.grad_cam_grid(images, heatmaps, eval_data.labels[chosen], predicted[chosen],
+    save_figure(run, viz.grad_cam_grid(images, heatmaps, eval_data.labels[chosen], predicted[chosen],
                                       eval_data.class_names, title=f"Grad-CAM on {eval_data.name}"),
                     run.file("explain.png"))
+
+
+def save_figure(run, figure, path):
+    """A plot of the run (kcnn.inspect.viz.save_figure), entered in its manifest before it is written."""
+    from kcnn.inspect import viz
+
+    with run.track(path):
+        viz.save_figure(figure, path)
 
 
 def summary_table(config, metrics):

@@ -120,7 +120,7 @@ def _fit(config, plan, run, info, outputs, train_data, train_ds, eval_ds, image_
             trainer.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
                         shuffle=False,  # the dataset shuffles, per epoch
                         class_weight=report.class_weights(train_data.labels, num_classes, config.class_weight),
-                        callbacks=plan.callbacks() + extra + _callbacks(config, run.path, model, trainer,
+                        callbacks=plan.callbacks() + extra + _callbacks(config, run, model, trainer,
                                                                         first_epoch, plan) + list(callbacks),
                         verbose=config.verbose)
         if config.whiten_bias_epochs:
@@ -285,6 +285,8 @@ def _callbacks(config, run_dir, model, trainer, first_epoch, plan=None):
     folder where saving is a collective every worker joins."""
     import keras
 
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)  # (a path: as before)
+    run_dir = run.path
     # a model with training-only outputs (a dict, the prediction first) logs its main output's accuracy
     outputs = getattr(trainer, "output", None)  # (a Sequential never called has none)
     main = next(iter(outputs)) if isinstance(outputs, dict) else None
@@ -306,12 +308,13 @@ def _callbacks(config, run_dir, model, trainer, first_epoch, plan=None):
     return decisions + [
         # Each epoch's files are written before the backup moves on to the next epoch: a kill between
         # the two repeats that epoch on --resume, and the repeated rows are dropped.
-        kcnn_callbacks.HistoryLog(os.path.join(run_dir, "history.csv"), first_epoch),
-        kcnn_callbacks.AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), model=model, monitor=accuracy,
+        kcnn_callbacks.HistoryLog(os.path.join(run_dir, "history.csv"), first_epoch, run=run),
+        kcnn_callbacks.AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), model=model, run=run, monitor=accuracy,
                                    save_best_only=True, mode="max",
                                    initial_value_threshold=max(earlier) if earlier else None),
-        kcnn_callbacks.CrashSafeBackup(backup_dir, callbacks=decisions),
+        kcnn_callbacks.CrashSafeBackup(backup_dir, callbacks=decisions, run=run),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
+        kcnn_callbacks.RecordedLogs(run, os.path.join(run_dir, "logs")),  # after TensorBoard: its files of the epoch
         keras.callbacks.TerminateOnNaN(),
     ]
 
