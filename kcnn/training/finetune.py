@@ -29,7 +29,6 @@ phase its final weights. The steps, in order: `extract_features`,
 `fit_head`, `fit_top`, `assemble`, `evaluate`.
 """
 
-import contextlib
 import dataclasses
 import math
 import os
@@ -48,7 +47,6 @@ from kcnn.training.report import class_weights
 from kcnn.runs.atomic import atomic_path
 from kcnn.data.views import training_views
 from kcnn.models.surgery import cut_layer, cut_points, split, top_has_weights
-from kcnn.training.job import Run
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")  # history.csv's metrics, in both phases
 
@@ -56,7 +54,229 @@ HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")  # history.csv's
 def finetune(config: FinetuneConfig, callbacks=()):
     """Fine-tune `config.backbone` with `config.weights` on `config.dataset`;
     returns a `kcnn.training.train.Run` (directory, model, history, metrics)."""
-    return job.run_workflow(config, lambda config, plan: _finetune(config, plan, callbacks))
+    return FinetuneJob(config, callbacks).run()
+
+
+class FinetuneJob(job.Job):
+    """Two-phase fine-tuning on the frozen layers' activations, computed once. The steps, in the order
+    `Job.run` calls them: load_data; fit (extract_features, fit_head, fit_top, assemble); evaluate (then the
+    shared save)."""
+
+    kind = "finetune"
+
+    def load_data(self):
+        """The backbone's registry entry and both splits, every argument checked before any work."""
+        self.info, self.train_data, self.eval_data = _checked_inputs(self.config)
+        self.class_names = self.train_data.class_names
+
+    def fit(self):
+        """The frozen pass, then both phases, on the engine's devices; self.model: the whole model."""
+        import keras
+
+        config = self.config
+        self.clock = job.Stopwatch()
+        with self.plan.scope(), job.precision(config.mixed_precision):
+            keras.utils.set_random_seed(config.seed)
+            self.backbone = _backbone(config)
+            self.extract_features()  # self.frozen
+            # Seeded again: the training draws (the head's weights, dropout) must not depend on how many
+            # predict() calls the frozen pass made (test-time views, a resumed run reading its cache).
+            keras.utils.set_random_seed(config.seed)
+            self.head = self.fit_head()
+            self.fine_tuned = self.fit_top()
+        self.train_seconds = self.clock.seconds
+        with self.plan.scope():
+            self.model = self.assemble()
+
+    def evaluate(self):
+        """Every worker evaluates (under TensorFlow's multi-worker strategy predict() is a collective)."""
+        import keras
+
+        with self.plan.scope():
+            self.metrics, self.predicted = self._evaluate()
+        self.metrics.update(  # workflow_seconds: backbone, frozen pass, both phases and the evaluation
+            train_seconds=round(self.train_seconds, 2), feature_seconds=round(self.frozen.seconds, 2),
+            workflow_seconds=round(self.clock.seconds, 2), train_images=int(len(self.train_data)),
+            image_size=self.config.image_size, unfrozen_from=self.backbone.cut or "all",
+            parameters=int(self.model.count_params()), backend=keras.backend.backend(),
+            class_names=list(self.class_names), skipped_files=int(getattr(self.train_data, "skipped", 0)),
+            epochs_run=len(self.folder.history_rows()))  # (the chief's rows: the other workers write none)
+        self.model = self.plan.single_device(self.model)
+
+    def eval_data_for_plots(self):
+        return dataclasses.replace(self.eval_data, class_names=self.class_names)
+
+    def phase_starts(self):
+        head_epochs = sum(row.get("phase") == "head" for row in self.folder.history_rows())
+        return {"fine-tuning": head_epochs + 1} if self.fine_tuned and head_epochs else None
+
+    def extract_features(self):
+        """Step 1: the training images (their mirrors and shifted copies) and the held-out images (in each
+        test-time augmentation view) through the frozen layers, once; cached in the run's backup (atomically),
+        so that a resumed run does not compute them again."""
+        import keras
+
+        config, plan, run = self.config, self.plan, self.folder
+        backbone, train_data, eval_data = self.backbone, self.train_data, self.eval_data
+        train_images, train_labels, copies = training_views(train_data, flip=config.flip, extra_views=config.extra_views,
+                                                            seed=config.seed)
+        fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed, copies=copies)
+        # Data-parallel: each worker computes and trains on its own part of the images (kcnn.training.distribute).
+        fit_index, val_index = plan.worker_rows(fit_index), plan.worker_rows(val_index)
+        batch_size = plan.worker_batch(config.batch_size)
+        mine = np.concatenate([fit_index, val_index])
+        fit_rows, val_rows = np.arange(len(fit_index)), np.arange(len(fit_index), len(mine))
+        one_hot = keras.utils.to_categorical(train_labels[mine], len(train_data.class_names))
+        cache = run.file("backup", f"frozen_{plan.worker}_of_{plan.workers}.npz")
+        clock = job.Stopwatch()
+        eval_views = eval_view_list(config.tta)
+        if config.resume and os.path.exists(cache):
+            with np.load(cache) as saved:  # seconds: what this process spent, reading them
+                self.frozen = Frozen(saved["activations"], [saved[f"eval_activations_{i}"] for i in range(len(eval_views))],
+                                     saved["features"], one_hot, fit_rows, val_rows, batch_size, clock.seconds)
+            return
+        total = len(mine) + len(eval_data) * len(eval_views)
+        if config.verbose:
+            views = f", {len(eval_views)} views of each held-out image" if len(eval_views) > 1 else ""
+            print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: {len(train_images):,} training and "
+                  f"{len(eval_data):,} held-out images at {config.image_size}x{config.image_size} go through the frozen "
+                  f"layers once (up to {backbone.cut or 'the input'}{views}):", flush=True)
+        progress = ImageProgress(total) if config.verbose else None
+        size = config.image_size
+        activations = _predict(backbone.fast_bottom, train_images[mine], size, batch_size, plan.batch_multiple,
+                               progress=progress)
+        eval_activations = [_predict(backbone.fast_bottom, eval_data.images, size, config.batch_size,
+                                     plan.batch_multiple, view=view, progress=progress) for view in eval_views]
+        features = _predict(backbone.fast_top, activations, None, batch_size, plan.batch_multiple)
+        seconds = clock.seconds
+        if plan.is_chief:  # the others' rows are their own: they compute them again on a resume
+            os.makedirs(run.backup, exist_ok=True)
+            with run.track(cache), atomic_path(cache) as temporary:
+                np.savez(temporary, activations=activations, features=features,
+                         **{f"eval_activations_{i}": value for i, value in enumerate(eval_activations)})
+        if config.verbose:
+            print(f"... {seconds:.0f} s.", flush=True)
+        self.frozen = Frozen(activations, eval_activations, features, one_hot, fit_rows, val_rows, batch_size, seconds)
+
+    def fit_head(self):
+        """Step 2 (phase 1): a new head (dropout, dense) on the pooled features."""
+        import keras
+
+        config, frozen, num_classes = self.config, self.frozen, len(self.class_names)
+        head = keras.Sequential([keras.Input(frozen.features.shape[1:]),
+                                 keras.layers.Dropout(config.dropout, name="dropout"),
+                                 keras.layers.Dense(num_classes, name="predictions", dtype="float32")], name="head")
+        head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate), loss=_loss(config), metrics=["accuracy"])
+        if config.head_epochs:
+            if config.verbose:
+                print("Phase 1: a new head on the pooled features.", flush=True)
+            self.fit_phase("head", head, frozen.features, config.head_epochs)
+        return head
+
+    def fit_top(self):
+        """Step 3 (phase 2): the top of the backbone and the head at a lower learning rate; False where there
+        is nothing to fine-tune."""
+        import keras
+
+        from kcnn.backends import jax_cpu
+
+        config, backbone, head, frozen = self.config, self.backbone, self.head, self.frozen
+        if not (config.finetune_epochs and top_has_weights(backbone.top)):
+            return False
+        for layer in backbone.fast_top.layers:
+            # Batch normalisation stays frozen (inference mode): its statistics come from ImageNet, and a
+            # few thousand images would only make them worse (Keras' transfer-learning guide).
+            layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+        if config.verbose:
+            layers = f"the layers after {backbone.cut}" if backbone.cut else "every layer"
+            print(f"Phase 2: {layers} and the head, learning rate {config.finetune_learning_rate:g}.", flush=True)
+        trainable = keras.Model(backbone.fast_top.input, head(backbone.fast_top.output), name="finetune")
+        # ema: Keras' optimizer keeps the moving average of the weights, and fit() ends on it.
+        trainable.compile(optimizer=_finetune_optimizer(config, backbone.fast_top), loss=_loss(config),
+                          metrics=["accuracy"])
+        self.fit_phase("finetune", trainable, frozen.activations, config.finetune_epochs)
+        jax_cpu.copy_weights(backbone.fast_top, backbone.top)
+        return True
+
+    def fit_phase(self, phase, model, inputs, epochs):
+        """One phase's fit(), resumable: its backup in backup/PHASE/, its rows in history.csv, and when it is
+        done its final weights in backup/PHASE_final.*, which a resumed run loads instead of fitting again."""
+        import keras
+
+        config, plan, run, frozen, callbacks = self.config, self.plan, self.folder, self.frozen, self.callbacks
+        final = run.file("backup", f"{phase}_final")
+        if config.resume and kcnn_callbacks.load_model_state(model, final):
+            return
+        first_epoch = run.resumed_epoch(phase) if config.resume else 0
+        offset = sum(row.get("phase") == "head" for row in run.history_rows()) if phase == "finetune" else 0
+        decisions = _phase_callbacks(config, finetune=phase == "finetune")
+        backup_dir = run.file("backup", phase)
+        # A worker that is not the chief restores the chief's backup and writes nowhere, or, where saving is a
+        # collective every worker joins (several JAX processes), into a scratch folder of its own (kcnn.training.distribute).
+        scratch = None if plan.is_chief else plan.scratch_dir()
+        if plan.is_chief:
+            writers = [kcnn_callbacks.HistoryLog(run.file("history.csv"), first_epoch, phase=phase, epoch_offset=offset,
+                                       keys=HISTORY_KEYS, run=run),
+                       kcnn_callbacks.CrashSafeBackup(backup_dir, callbacks=decisions, run=run)]
+        else:
+            writers = [kcnn_callbacks.CrashSafeBackup(backup_dir, write_dir=os.path.join(scratch, "backup", phase) if scratch
+                                            else False, callbacks=decisions)]
+        steps = math.ceil(len(frozen.fit_rows) / frozen.batch_size)
+        targets = frozen.one_hot[frozen.fit_rows]
+        weights = class_weights(np.argmax(targets, axis=-1), targets.shape[-1], config.class_weight)
+        if config.ema and phase == "finetune":  # validation (and EarlyStopping's best epoch) on the average
+            swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+            # each epoch's backup is saved with the average in the model (the swap comes first at an epoch's end)
+            decisions = [keras_private.resumes_with_ema_weights_in_model(swap) if first_epoch else swap] + decisions
+        plan.wrap(model).fit(
+            _epoch_batches(inputs[frozen.fit_rows], targets, frozen.batch_size, (config.seed, phase == "finetune"),
+                           first_epoch, epochs, class_weight=weights, mixup=config.mixup if phase == "head" else 0),
+            steps_per_epoch=steps, epochs=epochs, shuffle=False,  # _epoch_batches shuffles
+            validation_data=(inputs[frozen.val_rows], frozen.one_hot[frozen.val_rows]),
+            validation_batch_size=frozen.batch_size,
+            callbacks=plan.callbacks() + decisions + writers + list(callbacks), verbose=config.verbose)
+        plan.unwrap(model)
+        if plan.is_chief:
+            kcnn_callbacks.save_model_state(model, final, run=run)
+        elif scratch:
+            kcnn_callbacks.save_model_state(model, os.path.join(scratch, f"{phase}_final"))
+
+    def assemble(self):
+        """Step 4: the model to keep: raw RGB images in, logits out (the head's layers follow the backbone's)."""
+        import keras
+
+        from kcnn.backends import torch_fast
+
+        config, backbone, head = self.config, self.backbone, self.head
+        for layer in backbone.model.layers:
+            layer.trainable = True
+        outputs = backbone.model.output
+        for layer in head.layers:
+            outputs = layer(outputs)
+        return torch_fast.accelerate(keras.Model(backbone.model.input, outputs, name=f"{config.backbone}_finetuned"))
+
+    def _evaluate(self):
+        """Step 5: (metrics, predicted classes) on the held-out images (and a second check where the dataset
+        has one). Every worker evaluates (under TensorFlow's multi-worker strategy predict() is a collective)."""
+        from kcnn.backends import jax_cpu
+
+        config, plan, backbone, head, model = self.config, self.plan, self.backbone, self.head, self.model
+        frozen, eval_data = self.frozen, self.eval_data
+        if config.distribute:  # JAX's distributed predict() keeps the split into trainable variables and the
+            backbone.fast_top.make_predict_function(force=True)  # rest from its first call, before the unfreezing
+        view_logits = [_predict(head, _predict(backbone.fast_top, activations, None, config.batch_size,
+                                               plan.batch_multiple), None, config.batch_size, plan.batch_multiple)
+                       for activations in frozen.eval_activations]  # the images themselves first, then the views
+        metrics = report.evaluation_metrics(eval_data.labels, view_logits, eval_data.class_names, config.tta)
+        metrics["eval_split"] = config.eval_split_name()
+        extra_split = config.splits()[2]
+        if extra_split:
+            extra = config.load(extra_split)
+            extra_logits = _predict(jax_cpu.with_fast_depthwise(model), extra.images, config.image_size,
+                                    config.batch_size, plan.batch_multiple)
+            metrics[f"{extra_split}_accuracy"] = float(np.mean(np.argmax(extra_logits, axis=-1) == extra.labels))
+        return metrics, np.argmax(view_logits[0], axis=-1)
+
 
 
 @dataclasses.dataclass
@@ -86,48 +306,6 @@ class Frozen:
     val_rows: np.ndarray
     batch_size: int  # this worker's part of the global batch
     seconds: float
-
-
-def _finetune(config, plan, callbacks):
-    import keras
-
-    info, train_data, eval_data = _checked_inputs(config)
-    class_names = train_data.class_names
-    with job.owned_run_dir(config, "finetune", plan) as run, contextlib.ExitStack() as engine:
-        engine.enter_context(plan.scope())  # models, training and evaluation on the engine's devices
-        clock = job.Stopwatch()
-        with job.precision(config.mixed_precision):
-            keras.utils.set_random_seed(config.seed)
-            backbone = _backbone(config)
-            frozen = extract_features(config, plan, run, backbone, train_data, eval_data)
-            # Seeded again: the training draws (the head's weights, dropout) must not depend on how many
-            # predict() calls the frozen pass made (test-time views, a resumed run reading its cache).
-            keras.utils.set_random_seed(config.seed)
-            head = fit_head(config, plan, run, frozen, len(class_names), callbacks)
-            fine_tuned = fit_top(config, plan, run, backbone, head, frozen, callbacks)
-            train_seconds = clock.seconds
-        model = assemble(config, backbone, head)
-        metrics, predicted = evaluate(config, plan, backbone, head, model, frozen, eval_data)
-        metrics.update(  # workflow_seconds: backbone, frozen pass, both phases and the evaluation
-            train_seconds=round(train_seconds, 2), feature_seconds=round(frozen.seconds, 2),
-            workflow_seconds=round(clock.seconds, 2),
-            train_images=int(len(train_data)), image_size=config.image_size, unfrozen_from=backbone.cut or "all",
-            parameters=int(model.count_params()), backend=keras.backend.backend(), class_names=list(class_names),
-            skipped_files=int(getattr(train_data, "skipped", 0)))
-        engine.close()
-        model = plan.single_device(model)
-
-        def save():  # the chief's work
-            rows = run.history_rows()
-            head_epochs = sum(row.get("phase") == "head" for row in rows)
-            metrics["epochs_run"] = len(rows)
-            phases = {"fine-tuning": head_epochs + 1} if fine_tuned and head_epochs else None
-            eval_for_plots = dataclasses.replace(eval_data, class_names=class_names)
-            return job.save_run(run, config, plan, model, metrics, eval_for_plots, predicted,
-                                     phase_starts=phases)
-
-        # The other workers return without metrics once the chief has written the run.
-        return plan.on_chief(save) or Run(run.path, model, None, None)
 
 
 def _checked_inputs(config):
@@ -168,52 +346,6 @@ def _backbone(config):
     return Backbone(model, cut, bottom, top, jax_cpu.with_fast_depthwise(bottom), jax_cpu.with_fast_depthwise(top))
 
 
-def extract_features(config, plan, run, backbone, train_data, eval_data):
-    """Step 1: the training images (their mirrors and shifted copies) and the held-out images (in each
-    test-time augmentation view) through the frozen layers, once; cached in the run's backup (atomically),
-    so that a resumed run does not compute them again."""
-    import keras
-
-    train_images, train_labels, copies = training_views(train_data, flip=config.flip, extra_views=config.extra_views,
-                                                        seed=config.seed)
-    fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed, copies=copies)
-    # Data-parallel: each worker computes and trains on its own part of the images (kcnn.training.distribute).
-    fit_index, val_index = plan.worker_rows(fit_index), plan.worker_rows(val_index)
-    batch_size = plan.worker_batch(config.batch_size)
-    mine = np.concatenate([fit_index, val_index])
-    fit_rows, val_rows = np.arange(len(fit_index)), np.arange(len(fit_index), len(mine))
-    one_hot = keras.utils.to_categorical(train_labels[mine], len(train_data.class_names))
-    cache = run.file("backup", f"frozen_{plan.worker}_of_{plan.workers}.npz")
-    clock = job.Stopwatch()
-    eval_views = eval_view_list(config.tta)
-    if config.resume and os.path.exists(cache):
-        with np.load(cache) as saved:  # seconds: what this process spent, reading them
-            return Frozen(saved["activations"], [saved[f"eval_activations_{i}"] for i in range(len(eval_views))],
-                          saved["features"], one_hot, fit_rows, val_rows, batch_size, clock.seconds)
-    total = len(mine) + len(eval_data) * len(eval_views)
-    if config.verbose:
-        views = f", {len(eval_views)} views of each held-out image" if len(eval_views) > 1 else ""
-        print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: {len(train_images):,} training and "
-              f"{len(eval_data):,} held-out images at {config.image_size}x{config.image_size} go through the frozen "
-              f"layers once (up to {backbone.cut or 'the input'}{views}):", flush=True)
-    progress = ImageProgress(total) if config.verbose else None
-    size = config.image_size
-    activations = _predict(backbone.fast_bottom, train_images[mine], size, batch_size, plan.batch_multiple,
-                           progress=progress)
-    eval_activations = [_predict(backbone.fast_bottom, eval_data.images, size, config.batch_size,
-                                 plan.batch_multiple, view=view, progress=progress) for view in eval_views]
-    features = _predict(backbone.fast_top, activations, None, batch_size, plan.batch_multiple)
-    seconds = clock.seconds
-    if plan.is_chief:  # the others' rows are their own: they compute them again on a resume
-        os.makedirs(run.backup, exist_ok=True)
-        with run.track(cache), atomic_path(cache) as temporary:
-            np.savez(temporary, activations=activations, features=features,
-                     **{f"eval_activations_{i}": value for i, value in enumerate(eval_activations)})
-    if config.verbose:
-        print(f"... {seconds:.0f} s.", flush=True)
-    return Frozen(activations, eval_activations, features, one_hot, fit_rows, val_rows, batch_size, seconds)
-
-
 def eval_view_list(tta_mode):
     """The views of the held-out images the evaluation needs: kcnn.data.tta's, or the images alone."""
     return tta.VIEWS[tta_mode] if tta_mode else (PLAIN_VIEW,)
@@ -250,47 +382,6 @@ class ImageProgress:
         return Advance()
 
 
-def fit_head(config, plan, run, frozen, num_classes, callbacks):
-    """Step 2 (phase 1): a new head (dropout, dense) on the pooled features."""
-    import keras
-
-    head = keras.Sequential([keras.Input(frozen.features.shape[1:]),
-                             keras.layers.Dropout(config.dropout, name="dropout"),
-                             keras.layers.Dense(num_classes, name="predictions", dtype="float32")], name="head")
-    head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate), loss=_loss(config), metrics=["accuracy"])
-    if config.head_epochs:
-        if config.verbose:
-            print("Phase 1: a new head on the pooled features.", flush=True)
-        _fit_phase(config, plan, run, "head", head, frozen.features, frozen, config.head_epochs, callbacks)
-    return head
-
-
-def fit_top(config, plan, run, backbone, head, frozen, callbacks):
-    """Step 3 (phase 2): the top of the backbone and the head at a lower learning rate; False where there
-    is nothing to fine-tune."""
-    import keras
-
-    from kcnn.backends import jax_cpu
-
-    if not (config.finetune_epochs and top_has_weights(backbone.top)):
-        return False
-    for layer in backbone.fast_top.layers:
-        # Batch normalisation stays frozen (inference mode): its statistics come from ImageNet, and a
-        # few thousand images would only make them worse (Keras' transfer-learning guide).
-        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
-    if config.verbose:
-        layers = f"the layers after {backbone.cut}" if backbone.cut else "every layer"
-        print(f"Phase 2: {layers} and the head, learning rate {config.finetune_learning_rate:g}.", flush=True)
-    trainable = keras.Model(backbone.fast_top.input, head(backbone.fast_top.output), name="finetune")
-    # ema: Keras' optimizer keeps the moving average of the weights, and fit() ends on it.
-    trainable.compile(optimizer=_finetune_optimizer(config, backbone.fast_top), loss=_loss(config),
-                      metrics=["accuracy"])
-    _fit_phase(config, plan, run, "finetune", trainable, frozen.activations, frozen, config.finetune_epochs,
-               callbacks)
-    jax_cpu.copy_weights(backbone.fast_top, backbone.top)
-    return True
-
-
 def _finetune_optimizer(config, top):
     """Adam at the fine-tuning rate; with layer_decay < 1, layer-wise learning-rate decay (Clark et al. 2020's
     ELECTRA, BEiT): the layers after the top's last block end (kcnn.models.surgery.cut_points) and the head at the rate, each
@@ -322,49 +413,6 @@ def _loss(config):
     return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
 
 
-def _fit_phase(config, plan, run, phase, model, inputs, frozen, epochs, callbacks):
-    """One phase's fit(), resumable: its backup in backup/PHASE/, its rows in history.csv, and when it is
-    done its final weights in backup/PHASE_final.*, which a resumed run loads instead of fitting again."""
-    import keras
-
-    final = run.file("backup", f"{phase}_final")
-    if config.resume and kcnn_callbacks.load_model_state(model, final):
-        return
-    first_epoch = run.resumed_epoch(phase) if config.resume else 0
-    offset = sum(row.get("phase") == "head" for row in run.history_rows()) if phase == "finetune" else 0
-    decisions = _phase_callbacks(config, finetune=phase == "finetune")
-    backup_dir = run.file("backup", phase)
-    # A worker that is not the chief restores the chief's backup and writes nowhere, or, where saving is a
-    # collective every worker joins (several JAX processes), into a scratch folder of its own (kcnn.training.distribute).
-    scratch = None if plan.is_chief else plan.scratch_dir()
-    if plan.is_chief:
-        writers = [kcnn_callbacks.HistoryLog(run.file("history.csv"), first_epoch, phase=phase, epoch_offset=offset,
-                                   keys=HISTORY_KEYS, run=run),
-                   kcnn_callbacks.CrashSafeBackup(backup_dir, callbacks=decisions, run=run)]
-    else:
-        writers = [kcnn_callbacks.CrashSafeBackup(backup_dir, write_dir=os.path.join(scratch, "backup", phase) if scratch
-                                        else False, callbacks=decisions)]
-    steps = math.ceil(len(frozen.fit_rows) / frozen.batch_size)
-    targets = frozen.one_hot[frozen.fit_rows]
-    weights = class_weights(np.argmax(targets, axis=-1), targets.shape[-1], config.class_weight)
-    if config.ema and phase == "finetune":  # validation (and EarlyStopping's best epoch) on the average
-        swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
-        # each epoch's backup is saved with the average in the model (the swap comes first at an epoch's end)
-        decisions = [keras_private.resumes_with_ema_weights_in_model(swap) if first_epoch else swap] + decisions
-    plan.wrap(model).fit(
-        _epoch_batches(inputs[frozen.fit_rows], targets, frozen.batch_size, (config.seed, phase == "finetune"),
-                       first_epoch, epochs, class_weight=weights, mixup=config.mixup if phase == "head" else 0),
-        steps_per_epoch=steps, epochs=epochs, shuffle=False,  # _epoch_batches shuffles
-        validation_data=(inputs[frozen.val_rows], frozen.one_hot[frozen.val_rows]),
-        validation_batch_size=frozen.batch_size,
-        callbacks=plan.callbacks() + decisions + writers + list(callbacks), verbose=config.verbose)
-    plan.unwrap(model)
-    if plan.is_chief:
-        kcnn_callbacks.save_model_state(model, final, run=run)
-    elif scratch:
-        kcnn_callbacks.save_model_state(model, os.path.join(scratch, f"{phase}_final"))
-
-
 def _epoch_batches(inputs, targets, batch_size, seed, first_epoch, epochs, *, class_weight=None, mixup=0.0):
     """The training batches of epochs first_epoch, ..., epochs - 1, each epoch in an order drawn from
     (seed, epoch) alone: a resumed run sees the batches the uninterrupted one saw (Keras' own shuffle
@@ -391,42 +439,6 @@ def _epoch_batches(inputs, targets, batch_size, seed, first_epoch, epochs, *, cl
                 x, y = lam * x + (1 - lam) * x[other], lam * y + (1 - lam) * y[other]
                 w = None if w is None else lam * w + (1 - lam) * w[other]
             yield (x, y) if w is None else (x, y, w)
-
-
-def assemble(config, backbone, head):
-    """Step 4: the model to keep: raw RGB images in, logits out (the head's layers follow the backbone's)."""
-    import keras
-
-    from kcnn.backends import torch_fast
-
-    for layer in backbone.model.layers:
-        layer.trainable = True
-    outputs = backbone.model.output
-    for layer in head.layers:
-        outputs = layer(outputs)
-    return torch_fast.accelerate(keras.Model(backbone.model.input, outputs, name=f"{config.backbone}_finetuned"))
-
-
-def evaluate(config, plan, backbone, head, model, frozen, eval_data):
-    """Step 5: (metrics, predicted classes) on the held-out images (and a second check where the dataset
-    has one). Every worker evaluates (under TensorFlow's multi-worker strategy predict() is a collective)."""
-    from kcnn.backends import jax_cpu
-
-    if config.distribute:  # JAX's distributed predict() keeps the split into trainable variables and the
-        backbone.fast_top.make_predict_function(force=True)  # rest from its first call, before the unfreezing
-    view_logits = [_predict(head, _predict(backbone.fast_top, activations, None, config.batch_size,
-                                           plan.batch_multiple), None, config.batch_size, plan.batch_multiple)
-                   for activations in frozen.eval_activations]  # the images themselves first, then the views
-    metrics = report.evaluation_metrics(eval_data.labels, view_logits, eval_data.class_names, config.tta)
-    metrics["eval_split"] = config.eval_split_name()
-    extra_split = config.splits()[2]
-    if extra_split:
-        extra = config.load(extra_split)
-        extra_logits = _predict(jax_cpu.with_fast_depthwise(model), extra.images, config.image_size,
-                                config.batch_size, plan.batch_multiple)
-        metrics[f"{extra_split}_accuracy"] = float(np.mean(np.argmax(extra_logits, axis=-1) == extra.labels))
-    return metrics, np.argmax(view_logits[0], axis=-1)
-
 
 
 def _validation_split(originals, fraction, seed, *, copies=1):

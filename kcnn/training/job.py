@@ -1,7 +1,12 @@
-"""The skeleton `kcnn train` and `kcnn finetune` share: the distribution plan, quiet workers other than the
-chief, the mixed-precision policy restored, the run directory prepared, and at the end the model, metrics,
-plots, export and summary written in the same order (the backup last, so that a run killed on the way
-resumes). What differs between the two is only what happens in between (their `_train` / `_finetune`).
+"""The job both workflows are: one object holds the config, the distribution plan and the run folder, and
+`Job.run()` reads as the steps in order. From-scratch training (kcnn.training.train.TrainJob) and fine-tuning
+(kcnn.training.finetune.FinetuneJob) supply the steps that differ as methods: `load_data`, `fit`, `evaluate`.
+
+    run = TrainJob(TrainConfig(arch="lenet5", dataset="mnist")).run()
+
+What they share is here: the plan (quiet workers other than the chief, a restarted worker resumes), the
+mixed-precision policy restored, the run folder prepared and locked, and at the end the model, metrics, plots,
+export and summary written in the same order (the backup last, so that a run killed on the way resumes).
 """
 
 import contextlib
@@ -25,32 +30,114 @@ class Run:
     metrics: dict
 
 
-def run_workflow(config, body):
-    """Resolve `config`, make the distribution plan, and call `body(config, plan)`; the plan is closed
-    whatever happens. When torchrun (--max-restarts) starts the workers again after one failed, they
-    resume the run they were writing."""
-    config = config.resolved()
-    plan = distribute.plan(config.distribute)
-    try:
-        run = RunDir(config.output_dir)
-        if plan.restarted and run.is_run() and not run.is_finished():
-            config = dataclasses.replace(config, resume=True, overwrite=False)
-        if not plan.is_chief:
-            config = dataclasses.replace(config, verbose=0)  # the chief reports for every worker
-        plan.check_batch(config.batch_size)
-        return body(config, plan)
-    finally:
-        plan.close()
+class Job:
+    """One run: `config` (resolved), `plan` (kcnn.training.distribute), `folder` (the RunDir), and what the
+    steps make (`model`, `metrics`, `predicted`). Subclasses set `kind` and define the steps."""
 
+    kind = None  # the run folder's marker: "train" or "finetune"
 
-@contextlib.contextmanager
-def owned_run_dir(config, kind, plan):
-    """The run directory, prepared by the chief alone (the others wait for it) and locked while the block
-    runs; the operating system's refusals to write come out as one sentence."""
-    run = RunDir(config.output_dir)
-    lock = plan.on_chief(lambda: run.prepare(config, kind, resume=config.resume, overwrite=config.overwrite))
-    with lock or contextlib.nullcontext(), write_errors_explained(run.path, resumable=True):
-        yield run
+    def __init__(self, config, callbacks=()):
+        self.config = config.resolved()
+        self.callbacks = list(callbacks)  # the user's Keras callbacks, after kcnn's own
+        self.folder = RunDir(self.config.output_dir)
+        self.plan = None
+        self.model = self.metrics = self.predicted = None
+
+    def run(self) -> "Run":
+        """The steps in order; returns the `Run` (on workers other than the chief: without metrics)."""
+        with self.distribution_plan():  # closed whatever happens
+            self.load_data()  # every check on the data before the run folder is touched
+            with self.own_run_folder():  # the chief prepares and locks it; the others wait
+                self.fit()  # self.model
+                self.evaluate()  # self.metrics, self.predicted (on the chief)
+                return self.plan.on_chief(self.save) or Run(self.folder.path, self.model, None, None)
+
+    # ---- the steps each workflow defines ----------------------------------------------------------------
+
+    def load_data(self):
+        raise NotImplementedError
+
+    def fit(self):
+        raise NotImplementedError
+
+    def evaluate(self):
+        raise NotImplementedError
+
+    def eval_data_for_plots(self):
+        return self.eval_data
+
+    def phase_starts(self):
+        """{phase name: first epoch} to mark on the training curves, or None."""
+        return None
+
+    # ---- the steps they share ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def distribution_plan(self):
+        """self.plan for the block, closed whatever happens. When torchrun (--max-restarts) starts the workers
+        again after one failed, they resume the run they were writing."""
+        self.plan = distribute.plan(self.config.distribute)
+        try:
+            if self.plan.restarted and self.folder.is_run() and not self.folder.is_finished():
+                self.config = dataclasses.replace(self.config, resume=True, overwrite=False)
+            if not self.plan.is_chief:
+                self.config = dataclasses.replace(self.config, verbose=0)  # the chief reports for every worker
+            self.plan.check_batch(self.config.batch_size)
+            yield self.plan
+        finally:
+            self.plan.close()
+
+    @contextlib.contextmanager
+    def own_run_folder(self):
+        """The run folder, prepared by the chief alone (the others wait for it) and locked while the block
+        runs; the operating system's refusals to write come out as one sentence."""
+        config, folder = self.config, self.folder
+        lock = self.plan.on_chief(lambda: folder.prepare(config, self.kind, resume=config.resume,
+                                                          overwrite=config.overwrite))
+        with lock or contextlib.nullcontext(), write_errors_explained(folder.path, resumable=True):
+            yield folder
+
+    def save(self):
+        """On the chief: model.keras, metrics.json and the plots, the export, then the backup deleted (last:
+        while it exists, --resume can finish a run killed after training), then the summary."""
+        import keras
+
+        config, folder, metrics = self.config, self.folder, self.metrics
+        metrics.setdefault("backend", keras.backend.backend())
+        metrics.setdefault("dtype_policy", dtype_policy(config.mixed_precision))
+        if config.distribute:
+            metrics["distribute"] = self.plan.describe()
+        with self.saying("Writing model.keras, metrics.json and the plots (curves, confusion, samples, Grad-CAM)"):
+            folder.save_model(self.model)
+            folder.write_json("metrics.json", metrics)
+            phase_starts = self.phase_starts()
+            plots(folder, folder.history(), self.eval_data_for_plots(), self.predicted, config,
+                  phase_starts=phase_starts, model=self.model)
+        if config.export:
+            self.export()
+        folder.finish()
+        if config.verbose:
+            print(summary_table(config, metrics))
+        return Run(folder.path, self.model, folder.history(), metrics)
+
+    def export(self):
+        """A SavedModel for serving in export/1 (overwrite: a resumed run replaces the export its killed
+        predecessor finished), its path in metrics.json."""
+        from kcnn.deploy.export import export
+
+        with self.saying("Exporting a SavedModel for serving (on TensorFlow)"):
+            self.metrics["export"] = export(self.folder.path, "saved_model", overwrite=True, verbose=False)
+            self.folder.write_json("metrics.json", self.metrics)
+
+    @contextlib.contextmanager
+    def saying(self, what):
+        """The steps after training take seconds each: say what is happening, and how long it took."""
+        clock = Stopwatch()
+        if self.config.verbose:
+            print(f"{what} ...", flush=True)
+        yield
+        if self.config.verbose:
+            print(f"... {clock.seconds:.0f} s.", flush=True)
 
 
 @contextlib.contextmanager
@@ -73,42 +160,6 @@ def dtype_policy(mixed):
     import keras
 
     return precision_decision()[0] if mixed else keras.mixed_precision.global_policy().name
-
-
-def save_run(run, config, plan, model, metrics, eval_data, predicted, *, phase_starts=None):
-    """The end of every run, on the chief: model.keras, metrics.json, the plots, the export, then the
-    backup deleted, then the summary. Returns the `Run`."""
-    import keras
-
-    metrics.setdefault("backend", keras.backend.backend())
-    metrics.setdefault("dtype_policy", dtype_policy(config.mixed_precision))
-    if config.distribute:
-        metrics["distribute"] = plan.describe()
-    clock = Stopwatch()
-    if config.verbose:  # the steps after training take seconds each: say what is happening
-        print("Writing model.keras, metrics.json and the plots (curves, confusion, samples, Grad-CAM) ...",
-              flush=True)
-    run.save_model(model)
-    run.write_json("metrics.json", metrics)
-    history = run.history()
-    plots(run, history, eval_data, predicted, config, phase_starts=phase_starts, model=model)
-    if config.verbose:
-        print(f"... {clock.seconds:.0f} s.", flush=True)
-    if config.export:
-        from kcnn.deploy.export import export
-
-        if config.verbose:
-            print("Exporting a SavedModel for serving (on TensorFlow) ...", flush=True)
-            clock = Stopwatch()
-        # overwrite: a resumed run replaces an export its killed predecessor finished
-        metrics["export"] = export(run.path, "saved_model", overwrite=True, verbose=False)
-        run.write_json("metrics.json", metrics)
-        if config.verbose:
-            print(f"... {clock.seconds:.0f} s.", flush=True)
-    run.finish()  # last: while the backup exists, --resume can finish a run killed after training
-    if config.verbose:
-        print(summary_table(config, metrics))
-    return Run(run.path, model, history, metrics)
 
 
 def plots(run, history, eval_data, predicted, config, phase_starts=None, model=None):

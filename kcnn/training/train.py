@@ -30,55 +30,130 @@ from kcnn.training.job import Run
 def train(config: TrainConfig, callbacks=()) -> Run:
     """Train `config.arch` on `config.dataset`; `callbacks` are extra Keras
     callbacks, added to kcnn's own (checkpoints, logs, schedules)."""
-    return job.run_workflow(config, lambda config, plan: _train(config, plan, callbacks))
+    return TrainJob(config, callbacks).run()
 
 
-def _train(config, plan, callbacks):
-    import kcnn
-    from kcnn.data.pipeline import make_dataset
+class TrainJob(job.Job):
+    """From scratch: Keras' fit() on the tf.data pipeline, with kcnn's callbacks. The steps, in the order
+    `Job.run` calls them: load_data, fit, evaluate (then the shared save)."""
 
-    info = kcnn.get_model_info(config.arch)  # unknown architectures fail here, before any work
-    if config.whiten_bias_epochs and not (info.training and info.training.init_from_data):
-        _no_whitening_layer(config)
-    # ---- data (checked before the run directory is touched) ----------------
-    train_data = config.load(config.train_split_name())
-    eval_data = config.load(config.eval_split_name())
-    if config.limit:
-        train_data = dataclasses.replace(train_data, images=train_data.images[: config.limit],
-                                         labels=train_data.labels[: config.limit])
-    num_classes = len(train_data.class_names)
-    if config.verbose and config.class_weight is None:
-        report.warn_if_imbalanced(train_data.labels, train_data.class_names)
-    height, width, channels = train_data.image_shape
-    if config.image_size:
-        height = width = config.image_size
-    image_shape = (height, width, channels)
-    _check_input_size(info, image_shape, config)
-    one_hot = config.label_smoothing > 0 or config.augment in ("mixup", "cutmix")
-    run = RunDir(config.output_dir)
-    first_epoch = run.resumed_epoch() if config.resume else 0
-    outputs = info.training.outputs_for(image_shape) if info.training else None  # training-only outputs
-    if outputs and config.class_weight:
-        raise InvalidArgumentError(f"{config.arch} trains with several outputs ({', '.join(outputs)}), which Keras' "
-                                   f"class weights do not cover; train it without class_weight (--class-weight).")
+    kind = "train"
 
-    # shard: this worker's part of each global batch (kcnn.training.distribute)
-    train_ds = make_dataset(train_data, batch_size=config.batch_size, training=True, num_classes=num_classes,
-                            image_shape=image_shape, augment=config.augment, seed=config.seed, one_hot=one_hot,
-                            epochs=config.epochs, first_epoch=first_epoch, shard=plan.input_shard)
-    kept = plan.validation_size(len(eval_data))
-    validation = dataclasses.replace(eval_data, images=eval_data.images[:kept], labels=eval_data.labels[:kept])
-    eval_ds = make_dataset(validation, batch_size=config.batch_size, training=False, num_classes=num_classes,
-                           image_shape=image_shape, one_hot=one_hot, shard=plan.input_shard)
-    if outputs:
-        train_ds, eval_ds = (ds.map(lambda images, labels: (images, {name: labels for name in outputs}))
-                             for ds in (train_ds, eval_ds))
-    with job.owned_run_dir(config, "train", plan) as run:
-        model = _fit(config, plan, run, info, outputs, train_data, train_ds, eval_ds, image_shape, one_hot,
-                     first_epoch, callbacks)
-        # The chief evaluates and writes; the other workers return without metrics once it has.
-        return plan.on_chief(lambda: _evaluate_and_save(config, plan, run, model, train_data, eval_data,
-                                                        image_shape)) or Run(run.path, model, None, None)
+    def load_data(self):
+        """The data and everything checked on it, before the run folder is touched: the datasets (this
+        worker's shard of each global batch), the input shape, training-only outputs."""
+        import kcnn
+        from kcnn.data.pipeline import make_dataset
+
+        config, plan = self.config, self.plan
+        self.info = info = kcnn.get_model_info(config.arch)
+        if config.whiten_bias_epochs and not (info.training and info.training.init_from_data):
+            _no_whitening_layer(config)
+        self.train_data = train_data = config.load(config.train_split_name())
+        self.eval_data = eval_data = config.load(config.eval_split_name())
+        if config.limit:
+            self.train_data = train_data = dataclasses.replace(
+                train_data, images=train_data.images[: config.limit], labels=train_data.labels[: config.limit])
+        num_classes = len(train_data.class_names)
+        if config.verbose and config.class_weight is None:
+            report.warn_if_imbalanced(train_data.labels, train_data.class_names)
+        height, width, channels = train_data.image_shape
+        if config.image_size:
+            height = width = config.image_size
+        self.image_shape = image_shape = (height, width, channels)
+        _check_input_size(info, image_shape, config)
+        self.one_hot = one_hot = config.label_smoothing > 0 or config.augment in ("mixup", "cutmix")
+        self.first_epoch = self.folder.resumed_epoch() if config.resume else 0
+        self.outputs = outputs = info.training.outputs_for(image_shape) if info.training else None
+        if outputs and config.class_weight:
+            raise InvalidArgumentError(f"{config.arch} trains with several outputs ({', '.join(outputs)}), which "
+                                       f"Keras' class weights do not cover; train it without class_weight "
+                                       f"(--class-weight).")
+        self.train_ds = make_dataset(train_data, batch_size=config.batch_size, training=True,
+                                     num_classes=num_classes, image_shape=image_shape, augment=config.augment,
+                                     seed=config.seed, one_hot=one_hot, epochs=config.epochs,
+                                     first_epoch=self.first_epoch, shard=plan.input_shard)
+        kept = plan.validation_size(len(eval_data))
+        validation = dataclasses.replace(eval_data, images=eval_data.images[:kept], labels=eval_data.labels[:kept])
+        self.eval_ds = make_dataset(validation, batch_size=config.batch_size, training=False,
+                                    num_classes=num_classes, image_shape=image_shape, one_hot=one_hot,
+                                    shard=plan.input_shard)
+        if outputs:  # training-only outputs (GoogLeNet's auxiliary heads) learn the same labels
+            self.train_ds, self.eval_ds = (ds.map(lambda images, labels: (images, {name: labels for name in outputs}))
+                                           for ds in (self.train_ds, self.eval_ds))
+
+    def fit(self):
+        """self.model, trained with Keras' fit() and callbacks (a resumed run starts at its backup's epoch)."""
+        import keras
+
+        from kcnn.training import optim
+
+        config, plan, train_data, outputs = self.config, self.plan, self.train_data, self.outputs
+        num_classes = len(train_data.class_names)
+        with job.precision(config.mixed_precision):
+            keras.utils.set_random_seed(config.seed)
+            steps_per_epoch = len(train_data) // config.batch_size
+            with plan.scope():
+                model, trainer = _models(config, self.info, outputs, num_classes, self.image_shape,
+                                         train_data.images)
+                loss = (keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                             label_smoothing=config.label_smoothing)
+                        if self.one_hot else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+                optimizer = _optimizer(config, steps_per_epoch, trainer)
+                if outputs:  # training-only outputs add their weighted losses
+                    trainer.compile(optimizer=optimizer, loss={k: loss for k in outputs}, loss_weights=outputs,
+                                    metrics={next(iter(outputs)): ["accuracy"]}, jit_compile=config.jit_compile)
+                else:
+                    trainer.compile(optimizer=optimizer, loss=loss, metrics=["accuracy"],
+                                    jit_compile=config.jit_compile)
+                extra = []
+                if config.whiten_bias_epochs:  # its group stops for good after its epochs
+                    grouped = getattr(trainer.optimizer, "inner_optimizer", trainer.optimizer)  # (float16's scale)
+                    group = keras_private.group_optimizer(grouped, _whitening_layer(trainer, config).bias)
+                    extra.append(optim.FreezeGroup(group, config.whiten_bias_epochs))
+                trainer = plan.wrap(trainer)
+                trainer.fit(self.train_ds, validation_data=self.eval_ds, epochs=config.epochs,
+                            steps_per_epoch=steps_per_epoch, shuffle=False,  # the dataset shuffles, per epoch
+                            class_weight=report.class_weights(train_data.labels, num_classes, config.class_weight),
+                            callbacks=plan.callbacks() + extra + _callbacks(config, self.folder, model, trainer,
+                                                                            self.first_epoch, plan) + self.callbacks,
+                            verbose=config.verbose)
+            if config.whiten_bias_epochs:
+                _whitening_layer(model, config).trainable = False  # saved as built: frozen
+            self.model = plan.single_device(model)
+
+    def evaluate(self):
+        """On the chief: refuse a diverged model, then the metrics on the evaluation split (and a second one)."""
+        self.plan.on_chief(self._evaluate)
+
+    def _evaluate(self):
+        config, model, train_data = self.config, self.model, self.train_data
+        rows = self.folder.history_rows()
+        history = self.folder.history()
+        if any(not np.isfinite(value) for value in history.get("loss", [])) or \
+                not all(np.all(np.isfinite(w)) for w in model.get_weights()):
+            raise TrainingDivergedError(
+                f"Training diverged: the loss became NaN or infinite in epoch {len(rows)}; pass a lower learning "
+                f"rate (--learning-rate, it was {config.learning_rate:g}) with --overwrite.")
+        metrics = evaluate_model(model, self.eval_data, self.image_shape, config.batch_size, tta=config.tta)
+        self.predicted = metrics.pop("predicted")
+        if config.extra_eval_name():
+            extra = config.load(config.extra_eval_name())
+            extra_metrics = evaluate_model(model, extra, self.image_shape, config.batch_size, tta=config.tta)
+            metrics[f"{config.extra_eval_name()}_accuracy"] = extra_metrics["accuracy"]
+            if config.tta:
+                metrics[f"{config.extra_eval_name()}_tta_accuracy"] = extra_metrics["tta_accuracy"]
+        train_seconds = max(sum(float(row.get("seconds") or 0) for row in rows), 1e-9)
+        metrics.update(
+            eval_split=config.eval_split_name(),
+            train_seconds=round(train_seconds, 2),
+            train_images_per_second=round(len(train_data) * len(rows) / train_seconds, 1),
+            epochs_run=len(rows),
+            parameters=int(model.count_params()),
+            class_names=list(train_data.class_names),
+            skipped_files=int(train_data.skipped),
+        )
+        self.metrics = metrics
 
 
 def _check_input_size(info, image_shape, config):
@@ -87,75 +162,6 @@ def _check_input_size(info, image_shape, config):
     check_input_size(info, image_shape, hint=f"and {config.dataset_name} images are {image_shape[0]}x"
                      f"{image_shape[1]}; pass image_size={max(info.min_input_size, 32)} (--image-size) to resize "
                      f"them, or pick a model for small images.")
-
-
-def _fit(config, plan, run, info, outputs, train_data, train_ds, eval_ds, image_shape, one_hot, first_epoch,
-         callbacks):
-    """The model, trained with Keras' fit() and callbacks (a resumed run starts at its backup's epoch)."""
-    import keras
-
-    from kcnn.training import optim
-
-    num_classes = len(train_data.class_names)
-    with job.precision(config.mixed_precision):
-        keras.utils.set_random_seed(config.seed)
-        steps_per_epoch = len(train_data) // config.batch_size
-        with plan.scope():
-            model, trainer = _models(config, info, outputs, num_classes, image_shape, train_data.images)
-            loss = (keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=config.label_smoothing)
-                    if one_hot else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-            if outputs:  # training-only outputs (GoogLeNet's auxiliary heads) add their weighted losses
-                main = next(iter(outputs))
-                trainer.compile(optimizer=_optimizer(config, steps_per_epoch, trainer), loss={k: loss for k in outputs},
-                                loss_weights=outputs, metrics={main: ["accuracy"]}, jit_compile=config.jit_compile)
-            else:
-                trainer.compile(optimizer=_optimizer(config, steps_per_epoch, trainer), loss=loss, metrics=["accuracy"],
-                                jit_compile=config.jit_compile)
-            extra = []
-            if config.whiten_bias_epochs:  # its group stops for good after its epochs
-                grouped = getattr(trainer.optimizer, "inner_optimizer", trainer.optimizer)  # (float16's loss scale)
-                group = keras_private.group_optimizer(grouped, _whitening_layer(trainer, config).bias)
-                extra.append(optim.FreezeGroup(group, config.whiten_bias_epochs))
-            trainer = plan.wrap(trainer)
-            trainer.fit(train_ds, validation_data=eval_ds, epochs=config.epochs, steps_per_epoch=steps_per_epoch,
-                        shuffle=False,  # the dataset shuffles, per epoch
-                        class_weight=report.class_weights(train_data.labels, num_classes, config.class_weight),
-                        callbacks=plan.callbacks() + extra + _callbacks(config, run, model, trainer,
-                                                                        first_epoch, plan) + list(callbacks),
-                        verbose=config.verbose)
-        if config.whiten_bias_epochs:
-            _whitening_layer(model, config).trainable = False  # saved as built: frozen
-        return plan.single_device(model)
-
-
-def _evaluate_and_save(config, plan, run, model, train_data, eval_data, image_shape):
-    rows = run.history_rows()
-    history = run.history()
-    if any(not np.isfinite(value) for value in history.get("loss", [])) or \
-            not all(np.all(np.isfinite(w)) for w in model.get_weights()):
-        raise TrainingDivergedError(
-            f"Training diverged: the loss became NaN or infinite in epoch {len(rows)}; pass a lower learning "
-            f"rate (--learning-rate, it was {config.learning_rate:g}) with --overwrite."
-        )
-    metrics = evaluate_model(model, eval_data, image_shape, config.batch_size, tta=config.tta)
-    predicted = metrics.pop("predicted")
-    if config.extra_eval_name():
-        extra = config.load(config.extra_eval_name())
-        extra_metrics = evaluate_model(model, extra, image_shape, config.batch_size, tta=config.tta)
-        metrics[f"{config.extra_eval_name()}_accuracy"] = extra_metrics["accuracy"]
-        if config.tta:
-            metrics[f"{config.extra_eval_name()}_tta_accuracy"] = extra_metrics["tta_accuracy"]
-    train_seconds = max(sum(float(row.get("seconds") or 0) for row in rows), 1e-9)
-    metrics.update(
-        eval_split=config.eval_split_name(),
-        train_seconds=round(train_seconds, 2),
-        train_images_per_second=round(len(train_data) * len(rows) / train_seconds, 1),
-        epochs_run=len(rows),
-        parameters=int(model.count_params()),
-        class_names=list(train_data.class_names),
-        skipped_files=int(train_data.skipped),
-    )
-    return job.save_run(run, config, plan, model, metrics, eval_data, predicted)
 
 
 class TrainingDivergedError(KcnnError):
