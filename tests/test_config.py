@@ -122,7 +122,7 @@ def test_a_finetune_config_json_is_refused_by_train(tmp_path):
 def _weights(run_dir):
     from kcnn.runs.rundir import load_run
 
-    model, _, _ = load_run(str(run_dir))
+    model = load_run(str(run_dir)).model
     return model.get_weights()
 
 
@@ -143,4 +143,12 @@ def test_a_run_is_repeated_from_its_config_json(tmp_path, command, flags):
     assert repeated == recorded
     for a, b in zip(_weights(first), _weights(again), strict=True):
         np.testing.assert_array_equal(a, b)
-    assert os.path.isfile(first / "model.keras")
+    if command == "train":  # evaluate and export take the run object load_run gives
+        from kcnn.deploy.export import export
+        from kcnn.runs.rundir import load_run
+        from kcnn.training.evaluate import evaluate_run
+
+        finished = load_run(str(first))
+        assert evaluate_run(finished)["accuracy"] == finished.metrics()["accuracy"]
+        written = export(finished, "keras", output=str(tmp_path / "exported"), verbose=False)
+        assert os.path.isfile(written) and finished.class_names == tuple("0123456789")

@@ -247,7 +247,8 @@ def test_a_run_moved_whole_is_still_a_run(trained, tmp_path):
     moved = tmp_path / "moved"
     os.rename(run, moved)
     assert RunDir(moved).is_run()
-    model, loaded, class_names = load_run(str(moved))
+    finished = load_run(str(moved))
+    model, loaded, class_names = finished.model, finished.config, finished.class_names
     assert loaded.arch == "lenet5" and len(class_names) == 10
     (moved / "notes.txt").write_text("mine")
     before = before_call(tmp_path, moved)

@@ -162,7 +162,7 @@ def test_googlenet_trains_with_auxiliary_heads_and_saves_without(tmp_path):
         saved = load_model(str(run_dir / name))
         assert len(saved.outputs) == 1 and tuple(saved.output_shape) == (None, 10), name
         assert not any("aux" in w.path for w in saved.weights), name
-    model, _, _ = load_run(str(run_dir))
+    model = load_run(str(run_dir)).model
     assert json.loads((run_dir / "metrics.json").read_text())["parameters"] == model.count_params()
 
 
@@ -190,7 +190,8 @@ def test_folder_training_evaluate_and_predict_through_the_cli(tmp_path):
     from kcnn.runs.rundir import load_run
     from kcnn.training.evaluate import predict_files
 
-    model, _, names = load_run(str(run_dir))
+    finished = load_run(str(run_dir))
+    model, names = finished.model, finished.class_names
     [[(best, _), _]] = predict_files(model, [str(photos / "cat" / "0.png")], names, top=2)
     assert lines[1].split()[-1] == best
 

@@ -142,8 +142,8 @@ def _model_for(run_dir, weights="imagenet"):
 
         source = get_source(run_dir, weights)
         return kcnn.build(run_dir, weights=weights), source.class_names, source.eval_transform
-    model, _, class_names = load_run(run_dir)
-    return model, class_names, None
+    run = load_run(run_dir)
+    return run.model, run.class_names, None
 
 
 def _predict(run_dir, images, top, weights="imagenet", tta=None):

@@ -61,13 +61,20 @@ ONNX_OPSET = 17
 
 def export(source, format="saved_model", output=None, *, version=1, overwrite=False, class_names=None,
            tta=None, quantize=None, calibration_images=CALIBRATION_IMAGES, verbose=True):
-    """Export the model of a run directory (or a `.keras` file) for serving;
+    """Export the model of a finished run (a `kcnn.runs.rundir.load_run` FinishedRun, or its folder) or of a
+    `.keras` file for serving;
     returns the path written (the version folder, model.onnx, a .tflite file or model.keras).
     `tta` ("flip", "flip_crop"): the exported model averages its answer over test-time views
     (kcnn.data.tta), at kcnn.data.tta.passes(tta) forward passes per image.
     `quantize` (litert only): "none" (the default), "float16" or "int8"; int8 is calibrated on
     `calibration_images` images of the run's training split."""
-    model_path, run_dir = find_model(source)
+    from kcnn.runs.rundir import FinishedRun
+
+    if isinstance(source, FinishedRun):
+        model_path, run_dir = source.model_path, source.path
+        class_names = list(source.class_names) if class_names is None else class_names
+    else:
+        model_path, run_dir = find_model(source)
     if format not in FORMATS:
         raise ExportError(f"Unknown export format {format!r}; choose one of {', '.join(FORMATS)}.")
     check_tta(tta)

@@ -4,7 +4,7 @@
     lock = run.prepare(config, "train")          # refuse, resume or overwrite; lock; config.json
     run.write_json("metrics.json", metrics); run.save_model(model)
     with run.track(path): write(path)            # any other writer of a file of the run
-    model, config, class_names = load_run("saved_models/lenet5_mnist")
+    run = load_run("saved_models/lenet5_mnist")      # run.model, run.config, run.class_names, run.folder
 
 A run directory is recognised by a marker only kcnn writes (the `kcnn` key of its config.json, with a run
 id and the kind of run), never by file names. kcnn writes a run only into a new or empty folder, or into a
@@ -647,18 +647,40 @@ def write_history_rows(path, rows):
         writer.writerows(rows)
 
 
+@dataclasses.dataclass
+class FinishedRun:
+    """A finished run as evaluate, predict, explain and export take it (`load_run`): its folder, settings
+    (a TrainConfig or a FinetuneConfig), class names and model; only this object knows where its files are."""
+
+    folder: RunDir
+    config: object
+    class_names: tuple
+    model: object
+    model_path: str
+
+    @property
+    def path(self):
+        return self.folder.path
+
+    def metrics(self):
+        return self.folder.read_json("metrics.json")
+
+
 def load_run(path):
-    """(model, config, class names) of a finished run directory (of `kcnn
-    train`: a TrainConfig; of `kcnn finetune`: a FinetuneConfig), or of a
-    model.keras file inside one."""
+    """The `FinishedRun` of a finished run directory, or of a model.keras file inside one (a FinishedRun is
+    returned as it is). Its model is loaded in Keras' safe mode: a file that would run code is refused."""
     from kcnn.runs.modelfile import load_model
 
-    run_dir = os.path.dirname(path) if str(path).endswith(".keras") else path
-    model_path = path if str(path).endswith(".keras") else os.path.join(run_dir, "model.keras")
+    if isinstance(path, FinishedRun):
+        return path
+    path = os.fspath(path)
+    run_dir = os.path.dirname(path) if path.endswith(".keras") else path
+    model_path = path if path.endswith(".keras") else os.path.join(run_dir, "model.keras")
     if not os.path.isfile(model_path):
         raise KcnnError(f"{run_dir} holds no model.keras; pass the directory of a finished run.")
     config, class_names = run_config(run_dir)
-    return load_model(model_path, error=KcnnError, accelerate=False), config, class_names
+    model = load_model(model_path, error=KcnnError, accelerate=False)
+    return FinishedRun(RunDir(run_dir), config, class_names, model, model_path)
 
 
 def run_config(run_dir):

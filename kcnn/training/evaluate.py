@@ -5,13 +5,11 @@
     predict_files(model, ["cat.jpg"], class_names)       # top-5 (class, probability) per image
 """
 
-import os
-
 import numpy as np
 
 from kcnn.data import tta as kcnn_tta  # `tta` is an argument here
 from kcnn.errors import InvalidArgumentError
-from kcnn.runs.rundir import RunDir, load_run
+from kcnn.runs.rundir import load_run
 from kcnn.training import report
 
 
@@ -37,18 +35,19 @@ def evaluate_model(model, data, image_shape, batch_size, *, tta=None):
     return metrics
 
 
-def evaluate_run(run_dir, *, tta=None):
-    """Evaluate a finished run's model.keras on its evaluation split again (on this backend): the metrics
-    of evaluate_model. With test-time augmentation `tta`, its accuracy is also recorded in the run's
-    metrics.json under tta_accuracy[tta] (written atomically; nothing else in the file changes)."""
-    model, config, _ = load_run(run_dir)
+def evaluate_run(run, *, tta=None):
+    """Evaluate a finished run's model on its evaluation split again (on this backend): the metrics of
+    evaluate_model. `run`: a `kcnn.runs.rundir.load_run` FinishedRun, or its folder. With test-time augmentation
+    `tta`, its accuracy is also recorded in the run's metrics.json under tta_accuracy[tta] (written atomically;
+    nothing else in the file changes)."""
+    run = load_run(run)
+    config = run.config
     data = config.load(config.eval_split_name())
-    metrics = evaluate_model(model, data, tuple(model.input_shape[1:]), config.batch_size, tta=tta)
+    metrics = evaluate_model(run.model, data, tuple(run.model.input_shape[1:]), config.batch_size, tta=tta)
     if tta:
-        run = RunDir(os.path.dirname(run_dir) if str(run_dir).endswith(".keras") else run_dir)
-        recorded = run.read_json("metrics.json")
+        recorded = run.metrics()
         recorded.setdefault("tta_accuracy", {}).update(metrics["tta_accuracy"])
-        run.write_json("metrics.json", recorded)
+        run.folder.write_json("metrics.json", recorded)
     metrics["eval_split"] = config.eval_split_name()
     return metrics
 
