@@ -15,11 +15,11 @@ import math
 import os
 from typing import Optional, Union
 
+from kcnn.data.pipeline import AUGMENTATIONS  # (kcnn.data imports no Keras at the top)
 from kcnn.errors import InvalidArgumentError
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "plateau", "cosine", "onecycle", "triangle")
-AUGMENTATIONS = ("none", "crop", "flip", "crop_flip", "translate_flip", "airbench", "randaugment", "mixup", "cutmix")
 TTA_CHOICES = ("flip", "flip_crop", "none")
 CLASS_WEIGHTS = ("balanced",)
 # Settings a resumed run may change, and that a run's config.json does not pass on to a new run: they do not

@@ -7,8 +7,10 @@ Scaling to the model's range is not done here: kcnn training models take raw
 0-255 pixels and normalise inside (see kcnn.training.train), so exported models do too.
 """
 
-from kcnn.config import AUGMENTATIONS
 from kcnn.errors import InvalidArgumentError
+
+AUGMENTATIONS = ("none", "crop", "flip", "crop_flip", "translate_flip", "airbench", "randaugment", "mixup",
+                 "cutmix")
 
 # translate_flip: shifts of up to 1/16 of the side (2 pixels at 32x32) in a reflected border, random flips.
 # airbench: airbench94's (Jordan 2024): those shifts, and alternating flips: each image is mirrored or not at
