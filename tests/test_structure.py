@@ -118,3 +118,17 @@ def test_every_mutant_of_tests_mutants_still_applies(tmp_path):
         shutil.copy(os.path.join(mutants.ROOT, mutant.path), target)
         mutants.apply(mutant, str(tmp_path / mutant.name))
         assert target.read_text() != open(os.path.join(mutants.ROOT, mutant.path)).read()
+
+
+@pytest.mark.parametrize("module", ["config.py", "recipes.py", "cli/arguments.py", "data/pipeline.py", "errors.py"])
+def test_configs_and_the_flag_generator_import_no_keras_or_backend_at_the_top(module):
+    """`kcnn --help` builds its flags from these files: their top-level imports name no Keras, TensorFlow, PyTorch
+    or JAX (a function may import one when it runs)."""
+    heavy = ("keras", "tensorflow", "torch", "jax")
+    tree = ast.parse(open(os.path.join(PACKAGE, module)).read())
+    found = []
+    for node in tree.body:  # the module's own statements: what importing it runs
+        names = ([alias.name for alias in node.names] if isinstance(node, ast.Import) else
+                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        found += [name for name in names if name.split(".")[0] in heavy]
+    assert not found, f"kcnn/{module} imports {found} at the top"
