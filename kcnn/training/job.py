@@ -215,6 +215,7 @@ def summary_table(config, metrics):
     lines = [
         f"{'run':{width}s} {config.output_dir}",
         f"{what:{width}s} {config.arch}{weights} / {config.dataset_name} ({metrics['backend']})",
+        *([f"{'recipe':{width}s} {metrics['recipe']} (kcnn info {config.arch})"] if metrics.get("recipe") else []),
         f"{metrics['eval_split'] + ' accuracy':{width}s} {metrics['accuracy']:.4f}",
     ]
     for mode, accuracy in metrics.get("tta_accuracy", {}).items():

@@ -146,6 +146,7 @@ class TrainJob(job.Job):
         train_seconds = max(sum(float(row.get("seconds") or 0) for row in rows), 1e-9)
         metrics.update(
             eval_split=config.eval_split_name(),
+            recipe=config.recipe,
             train_seconds=round(train_seconds, 2),
             train_images_per_second=round(len(train_data) * len(rows) / train_seconds, 1),
             epochs_run=len(rows),
