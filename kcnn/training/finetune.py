@@ -118,8 +118,8 @@ class FinetuneJob(job.Job):
 
         config, plan, run = self.config, self.plan, self.folder
         backbone, train_data, eval_data = self.backbone, self.train_data, self.eval_data
-        train_images, train_labels, copies = training_views(train_data, flip=config.flip, extra_views=config.extra_views,
-                                                            seed=config.seed)
+        train_images, train_labels, copies = training_views(train_data, flip=config.flip,
+                                                            extra_views=config.extra_views, seed=config.seed)
         fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed, copies=copies)
         # Data-parallel: each worker computes and trains on its own part of the images (kcnn.training.distribute).
         fit_index, val_index = plan.worker_rows(fit_index), plan.worker_rows(val_index)
@@ -132,8 +132,8 @@ class FinetuneJob(job.Job):
         eval_views = eval_view_list(config.tta)
         if config.resume and os.path.exists(cache):
             with np.load(cache) as saved:  # seconds: what this process spent, reading them
-                self.frozen = Frozen(saved["activations"], [saved[f"eval_activations_{i}"] for i in range(len(eval_views))],
-                                     saved["features"], one_hot, fit_rows, val_rows, batch_size, clock.seconds)
+                eval_activations = [saved[f"eval_activations_{i}"] for i in range(len(eval_views))]
+                self.frozen = Frozen(saved["activations"], eval_activations, saved["features"], one_hot, fit_rows, val_rows, batch_size, clock.seconds)
             return
         total = len(mine) + len(eval_data) * len(eval_views)
         if config.verbose:
@@ -166,7 +166,8 @@ class FinetuneJob(job.Job):
         head = keras.Sequential([keras.Input(frozen.features.shape[1:]),
                                  keras.layers.Dropout(config.dropout, name="dropout"),
                                  keras.layers.Dense(num_classes, name="predictions", dtype="float32")], name="head")
-        head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate), loss=_loss(config), metrics=["accuracy"])
+        head.compile(optimizer=keras.optimizers.Adam(config.head_learning_rate), loss=_loss(config),
+                     metrics=["accuracy"])
         if config.head_epochs:
             if config.verbose:
                 print("Phase 1: a new head on the pooled features.", flush=True)
@@ -212,15 +213,16 @@ class FinetuneJob(job.Job):
         decisions = _phase_callbacks(config, finetune=phase == "finetune")
         backup_dir = run.file("backup", phase)
         # A worker that is not the chief restores the chief's backup and writes nowhere, or, where saving is a
-        # collective every worker joins (several JAX processes), into a scratch folder of its own (kcnn.training.distribute).
+        # collective every worker joins (several JAX processes), into a scratch folder of its own
+        # (kcnn.training.distribute).
         scratch = None if plan.is_chief else plan.scratch_dir()
         if plan.is_chief:
             writers = [kcnn_callbacks.HistoryLog(run.file("history.csv"), first_epoch, phase=phase, epoch_offset=offset,
                                        keys=HISTORY_KEYS, run=run),
                        kcnn_callbacks.CrashSafeBackup(backup_dir, callbacks=decisions, run=run)]
         else:
-            writers = [kcnn_callbacks.CrashSafeBackup(backup_dir, write_dir=os.path.join(scratch, "backup", phase) if scratch
-                                            else False, callbacks=decisions)]
+            write_dir = os.path.join(scratch, "backup", phase) if scratch else False
+            writers = [kcnn_callbacks.CrashSafeBackup(backup_dir, write_dir=write_dir, callbacks=decisions)]
         steps = math.ceil(len(frozen.fit_rows) / frozen.batch_size)
         targets = frozen.one_hot[frozen.fit_rows]
         weights = class_weights(np.argmax(targets, axis=-1), targets.shape[-1], config.class_weight)
@@ -384,7 +386,8 @@ class ImageProgress:
 
 def _finetune_optimizer(config, top):
     """Adam at the fine-tuning rate; with layer_decay < 1, layer-wise learning-rate decay (Clark et al. 2020's
-    ELECTRA, BEiT): the layers after the top's last block end (kcnn.models.surgery.cut_points) and the head at the rate, each
+    ELECTRA, BEiT): the layers after the top's last block end (kcnn.models.surgery.cut_points) and the head at the
+    rate, each
     block below at layer_decay times the one above it; one Adam per depth (Keras' MultiOptimizer)."""
     import keras
 

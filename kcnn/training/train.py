@@ -306,8 +306,8 @@ def _callbacks(config, run_dir, model, trainer, first_epoch, plan=None):
         if scratch:
             callbacks.append(kcnn_callbacks.AtomicModelCheckpoint(os.path.join(scratch, "best.keras"), model=model,
                                                         monitor=accuracy, save_best_only=True, mode="max"))
-        return callbacks + [kcnn_callbacks.CrashSafeBackup(backup_dir, write_dir=os.path.join(scratch, "backup") if scratch
-                                                 else False, callbacks=decisions),
+        write_dir = os.path.join(scratch, "backup") if scratch else False
+        return callbacks + [kcnn_callbacks.CrashSafeBackup(backup_dir, write_dir=write_dir, callbacks=decisions),
                             keras.callbacks.TerminateOnNaN()]
     # A resumed run's best.keras is replaced only by a model better than the best of the epochs before.
     earlier = [float(row[accuracy]) for row in read_history_rows(os.path.join(run_dir, "history.csv"))
@@ -316,9 +316,9 @@ def _callbacks(config, run_dir, model, trainer, first_epoch, plan=None):
         # Each epoch's files are written before the backup moves on to the next epoch: a kill between
         # the two repeats that epoch on --resume, and the repeated rows are dropped.
         kcnn_callbacks.HistoryLog(os.path.join(run_dir, "history.csv"), first_epoch, run=run),
-        kcnn_callbacks.AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), model=model, run=run, monitor=accuracy,
-                                   save_best_only=True, mode="max",
-                                   initial_value_threshold=max(earlier) if earlier else None),
+        kcnn_callbacks.AtomicModelCheckpoint(os.path.join(run_dir, "best.keras"), model=model, run=run,
+                                             monitor=accuracy, save_best_only=True, mode="max",
+                                             initial_value_threshold=max(earlier) if earlier else None),
         kcnn_callbacks.CrashSafeBackup(backup_dir, callbacks=decisions, run=run),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
         kcnn_callbacks.RecordedLogs(run, os.path.join(run_dir, "logs")),  # after TensorBoard: its files of the epoch
