@@ -33,6 +33,7 @@ import kcnn.deploy.serve
 from kcnn.runs import rundir
 from kcnn.data.files import ChecksumError, DatasetNotFoundError
 from kcnn.data.folder import CorruptImageError, EmptyDatasetError, ImageSizeError
+from kcnn.config import TrainConfig, read_config_file
 from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
 from kcnn.deploy.export import ExportError
 from kcnn.deploy.serve import ServeError
@@ -45,8 +46,6 @@ DIGITS = ["--dataset", "digits", "--arch", "lenet5", "--image-size", "32", "--ep
 
 
 def train_config(tmp, **changes):
-    from kcnn.config import TrainConfig
-
     values = dict(dataset="digits", arch="lenet5", image_size=32, epochs=1, limit=128, batch_size=64, verbose=0,
                   output_dir=str(tmp / "run"))
     values.update(changes)
@@ -309,6 +308,13 @@ BAD_INPUTS = [
         lambda t, p: train(t, label_smoothing=1.5), lambda t, p: ["train", *DIGITS, "--label-smoothing", "1.5"]),
     Row("image size of zero", InvalidArgumentError, r"image_size must be a whole number",
         lambda t, p: train(t, image_size=0), lambda t, p: ["train", *DIGITS, "--image-size", "0"]),
+    Row("unknown recipe", InvalidArgumentError, r"Unknown recipe 'fast' for digits; the recipes for digits are plain",
+        lambda t, p: train(t, recipe="fast"), lambda t, p: ["train", *DIGITS, "--recipe", "fast"]),
+    Row("config file with a misspelt setting", InvalidArgumentError,
+        r"The config file .*lab.yaml has settings TrainConfig does not know \(epoch\); the known ones are in",
+        lambda t, p: read_config_file(str(p), TrainConfig),
+        lambda t, p: ["train", "--config", str(p), "--output-dir", str(t / "run")],
+        setup=lambda t, mp: _written(t / "lab.yaml", b"arch: lenet5\nepoch: 3\n")),
     Row("unknown test-time augmentation", InvalidArgumentError,
         r"Unknown test-time augmentation 'mirror'; choose flip or flip_crop",
         lambda t, p: finetune(t, tta="mirror")),
