@@ -135,8 +135,9 @@ class RunConfig:
 
     def check(self):
         _check_count("batch_size", self.batch_size, 1)
-        if self.image_size is not None:
-            _check_count("image_size", self.image_size, 1)
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size < 1):
+            _bad("image_size", self.image_size, "a whole number of pixels")
         if self.limit is not None:
             _check_count("limit", self.limit, 1)
         _check_count("seed", self.seed, 0)
@@ -244,8 +245,8 @@ class TrainConfig(RunConfig):
             _bad("schedule", self.schedule, f"one of {', '.join(SCHEDULES)}")
         if self.augment not in AUGMENTATIONS:
             _bad("augment", self.augment, f"one of {', '.join(AUGMENTATIONS)}")
-        if self.early_stopping is not None:
-            _check_count("early_stopping", self.early_stopping, 1)
+        if self.early_stopping is not None and (not isinstance(self.early_stopping, int) or self.early_stopping < 1):
+            _bad("early_stopping", self.early_stopping, "a whole number of epochs of at least 1 (the patience)")
         if not 0 < self.validation_split < 1 and self.is_folder:
             _bad("validation_split", self.validation_split, "in (0, 1) for an image folder")
 
@@ -314,6 +315,7 @@ class FinetuneConfig(RunConfig):
 
     def check(self):
         super().check()
+        _check_count("image_size", self.image_size, 1)  # the backbone's input: no default from the data
         for name in ("head_epochs", "finetune_epochs", "extra_views"):
             _check_count(name, getattr(self, name), 0)
         for name in ("head_learning_rate", "finetune_learning_rate"):

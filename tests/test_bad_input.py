@@ -125,10 +125,10 @@ def users_folder(root, config_json=False):
 
 def copied_record(tmp):
     """The user's folder `run`, with a config.json copied from a kcnn run in another folder."""
-    from kcnn.training.train import _config_record
+    from kcnn.runs.rundir import config_record
 
     folder = users_folder(tmp / "run")
-    record = _config_record(train_config(tmp, output_dir=str(tmp / "elsewhere")).resolved())
+    record = config_record(train_config(tmp, output_dir=str(tmp / "elsewhere")).resolved(), "train")
     (folder / "config.json").write_text(json.dumps(record))
     return folder
 
