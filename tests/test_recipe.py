@@ -190,11 +190,10 @@ def test_cli_flags_reach_the_recipe():
     """Each of the recipe's flags sets its field; the bare command keeps CIFAR-10's defaults, and "none" and
     --no-... turn a default off."""
     from kcnn.cli import _parser
+    from kcnn.cli.arguments import config_from_args
 
     def resolved(*flags):
-        args = vars(_parser().parse_args(["train", "--dataset", "cifar10", *flags]))
-        args.pop("command")
-        return TrainConfig(**args).resolved()
+        return config_from_args(TrainConfig, _parser().parse_args(["train", "--dataset", "cifar10", *flags])).resolved()
 
     bare = resolved()
     assert (bare.schedule, bare.augment, bare.mixed_precision, bare.tta) == ("triangle", "airbench", True, "flip_crop")

@@ -205,7 +205,8 @@ def _check_output(output, run_dir, overwrite, destination=None):
     listed = run.listed() if run is not None else set()
     entries = sorted(os.listdir(output))
     if os.path.isfile(os.path.join(output, EXPORT_MARKER)):
-        foreign = _foreign_files(destination, run_dir, listed) if run is not None and destination else []
+        # a run with a manifest vouches for its files; one without (written before it) is checked as any folder
+        foreign = _foreign_files(destination, run_dir, listed) if listed and destination else []
     else:
         foreign = [entry for entry in entries
                    if not listed or _foreign_files(os.path.join(output, entry), run_dir, listed)]
