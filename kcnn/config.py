@@ -135,9 +135,6 @@ class RunConfig:
 
     def check(self):
         _check_count("batch_size", self.batch_size, 1)
-        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
-                                            or self.image_size < 1):
-            _bad("image_size", self.image_size, "a whole number of pixels")
         if self.limit is not None:
             _check_count("limit", self.limit, 1)
         _check_count("seed", self.seed, 0)
@@ -221,6 +218,9 @@ class TrainConfig(RunConfig):
 
     def check(self):
         super().check()
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size < 1):
+            _bad("image_size", self.image_size, "a whole number of pixels")
         _check_count("epochs", self.epochs, 1)
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             _bad("learning_rate", self.learning_rate, "a number above 0")
