@@ -107,6 +107,7 @@ class RunConfig:
         return self.splits()[2]
 
     def _folder_validation_split(self):
+        # each workflow names its own field (fine-tuning's validation_split is another split): an error, not a guess
         raise NotImplementedError
 
     def load(self, split):
@@ -130,6 +131,16 @@ class RunConfig:
                     f"Unknown dataset {self.dataset!r}; kcnn {workflow_verb} on {', '.join(sorted(SPLITS))}, or on "
                     f"a folder with one sub-folder of images per class. Received: dataset={self.dataset!r}")
             self.dataset = os.path.abspath(self.dataset)
+
+    def _completed(self, run_name):
+        """The end of both workflows' resolved(): "none" read as no test-time augmentation, the default run folder
+        saved_models/RUN_NAME, every check."""
+        if self.tta == "none":
+            self.tta = None
+        if self.output_dir is None:
+            self.output_dir = os.path.join("saved_models", run_name)
+        self.check()
+        return self
 
     # ---- checks both workflows share ------------------------------------------------------------------------
 
@@ -209,12 +220,7 @@ class TrainConfig(RunConfig):
                 and config.optimizer in OPTIMIZERS:
             config.learning_rate = scaled_learning_rate(recipe.learning_rate, recipe.batch_size, self.batch_size,
                                                         config.optimizer)
-        if config.tta == "none":
-            config.tta = None
-        if config.output_dir is None:
-            config.output_dir = os.path.join("saved_models", f"{config.arch}_{config.dataset_name}")
-        config.check()
-        return config
+        return config._completed(f"{config.arch}_{config.dataset_name}")
 
     def check(self):
         super().check()
@@ -306,12 +312,7 @@ class FinetuneConfig(RunConfig):
     def resolved(self):
         config = dataclasses.replace(self)
         config._check_dataset("fine-tunes")
-        if config.tta == "none":
-            config.tta = None
-        if config.output_dir is None:
-            config.output_dir = os.path.join("saved_models", f"finetune_{config.backbone}_{config.dataset_name}")
-        config.check()
-        return config
+        return config._completed(f"finetune_{config.backbone}_{config.dataset_name}")
 
     def check(self):
         super().check()

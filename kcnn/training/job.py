@@ -52,7 +52,7 @@ class Job:
                 self.evaluate()  # self.metrics, self.predicted (on the chief)
                 return self.plan.on_chief(self.save) or Run(self.folder.path, self.model, None, None)
 
-    # ---- the steps each workflow defines ----------------------------------------------------------------
+    # ---- the steps each workflow defines (TrainJob, FinetuneJob): a Job without them is a bug, raised as one ----
 
     def load_data(self):
         raise NotImplementedError
