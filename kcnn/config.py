@@ -145,6 +145,10 @@ class RunConfig:
     # ---- checks both workflows share ------------------------------------------------------------------------
 
     def check(self):
+        for field in dataclasses.fields(self):  # inf and nan pass every "above 0" and "at most" test below
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                _bad(field.name, value, "a finite number")
         _check_count("batch_size", self.batch_size, 1)
         if self.limit is not None:
             _check_count("limit", self.limit, 1)

@@ -23,3 +23,7 @@ class InvalidArgumentError(KcnnError):
 
 class ExportError(KcnnError):
     """A model that cannot be exported, or an export that would overwrite one (kcnn.deploy.export, kcnn.deploy.litert)."""
+
+
+class DivergedError(KcnnError):
+    """A training run whose loss, or a model whose outputs, became NaN or infinite."""

@@ -38,6 +38,7 @@ replaced only with overwrite=True.
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -68,7 +69,7 @@ def export(source, format="saved_model", output=None, *, version=1, overwrite=Fa
     (kcnn.data.tta), at kcnn.data.tta.passes(tta) forward passes per image.
     `quantize` (litert only): "none" (the default), "float16" or "int8"; int8 is calibrated on
     `calibration_images` images of the run's training split."""
-    from kcnn.runs.rundir import FinishedRun
+    from kcnn.runs.rundir import FinishedRun, write_errors_explained
 
     if isinstance(source, FinishedRun):
         model_path, run_dir = source.model_path, source.path
@@ -97,31 +98,32 @@ def export(source, format="saved_model", output=None, *, version=1, overwrite=Fa
                           + (", or another version (--version)." if format == "saved_model" else "."))
     if class_names is None and run_dir:
         class_names = _run_class_names(run_dir)
-    created = not os.path.exists(output)
-    os.makedirs(output, exist_ok=True)
-    # in a run's export/: every file entered in the run's manifest before it is written (a version folder,
-    # written whole under a temporary name, as a folder until its files are listed)
-    written = contextlib.ExitStack()
-    if run is not None:
-        extra = [os.path.join(output, "class_names.txt")] if format in ("onnx", "litert") else []
-        written.enter_context(run.track(os.path.join(output, EXPORT_MARKER), *extra))
-        written.enter_context(run.track_folder(destination) if format == "saved_model" else run.track(destination))
-    try:
-        with written:
-            if format == "keras":
-                load_model(model_path)  # refuse what Keras cannot load, as the other formats do
-                with atomic_path(destination) as temporary:
-                    shutil.copyfile(model_path, temporary)
-                record = {}
-            else:
-                litert = {"quantize": quantize, "run_dir": run_dir, "calibration_images": calibration_images} \
-                    if format == "litert" else None
-                record = _run_on_tensorflow(model_path, format, destination, class_names, tta, litert) or {}
-            _mark_output(output, destination, format, model_path, record)
-    except BaseException:
-        if created and not os.listdir(output):
-            os.rmdir(output)  # leave no trace of a failed export
-        raise
+    with write_errors_explained(output, flag="--output", again="export again"):  # read-only, full: one sentence
+        created = not os.path.exists(output)
+        os.makedirs(output, exist_ok=True)
+        # in a run's export/: every file entered in the run's manifest before it is written (a version folder,
+        # written whole under a temporary name, as a folder until its files are listed)
+        written = contextlib.ExitStack()
+        if run is not None:
+            extra = [os.path.join(output, "class_names.txt")] if format in ("onnx", "litert") else []
+            written.enter_context(run.track(os.path.join(output, EXPORT_MARKER), *extra))
+            written.enter_context(run.track_folder(destination) if format == "saved_model" else run.track(destination))
+        try:
+            with written:
+                if format == "keras":
+                    load_model(model_path)  # refuse what Keras cannot load, as the other formats do
+                    with atomic_path(destination) as temporary:
+                        shutil.copyfile(model_path, temporary)
+                    record = {}
+                else:
+                    litert = {"quantize": quantize, "run_dir": run_dir, "calibration_images": calibration_images} \
+                        if format == "litert" else None
+                    record = _run_on_tensorflow(model_path, format, destination, class_names, tta, litert) or {}
+                _mark_output(output, destination, format, model_path, record)
+        except BaseException:
+            if created and not os.listdir(output):
+                os.rmdir(output)  # leave no trace of a failed export
+            raise
     if verbose:
         print(f"Exported {model_path} ({format}{f', {quantize}' if quantize else ''}) to {destination}")
         if "accuracy" in record:
@@ -202,6 +204,7 @@ def _check_output(output, run_dir, overwrite, destination=None):
         return run
     if not os.path.isdir(output):
         raise ExportError(f"{output} is a file, not a folder; pass another --output.")
+    _remove_stale_temporaries(output)
     listed = run.listed() if run is not None else set()
     entries = sorted(os.listdir(output))
     if os.path.isfile(os.path.join(output, EXPORT_MARKER)):
@@ -217,6 +220,31 @@ def _check_output(output, run_dir, overwrite, destination=None):
             f"{' (--overwrite replaces only what kcnn exported)' if overwrite else ''}; pass a new or empty "
             f"folder as --output.")
     return run
+
+
+# What kcnn.runs.atomic.atomic_path leaves in an export folder when the export is killed: a file NAME.tmp.EXT
+# of the files an export writes, or the workspace .VERSION.XXXXXXXX (tempfile's 8 characters) of a SavedModel.
+_TEMPORARY_FILE = re.compile(r"(model|model_float16|model_int8|class_names|kcnn_export)\.tmp\.(onnx|keras|tflite|txt|json)")
+_TEMPORARY_FOLDER = re.compile(r"\.[0-9]+\.[a-z0-9_]{8}")
+
+
+def _remove_stale_temporaries(output):
+    """Remove what a killed export left in `output` (by the names above only; never a link): the next export
+    would otherwise count them as files kcnn did not write. Two exports into one folder at once are not
+    supported (the second may remove the first's temporaries, and the first then fails, as it would anyway)."""
+    for entry in os.listdir(output):
+        path = os.path.join(output, entry)
+        if os.path.islink(path):
+            continue
+        if _TEMPORARY_FILE.fullmatch(entry) and os.path.isfile(path):
+            os.remove(path)
+        elif _TEMPORARY_FOLDER.fullmatch(entry) and os.path.isdir(path) and not _holds_links(path):
+            shutil.rmtree(path)
+
+
+def _holds_links(folder):
+    return any(os.path.islink(os.path.join(root, name)) for root, folders, names in os.walk(folder)
+               for name in folders + names)
 
 
 def _foreign_files(path, run_dir, listed):
@@ -308,9 +336,10 @@ def export_on_tensorflow(model_path, format, destination, class_names, tta=None,
     model = with_tta(model, tta)
     num_classes = model.outputs[0].shape[-1]
     class_names = [str(name) for name in class_names] if class_names else [str(i) for i in range(num_classes)]
-    if len(class_names) != num_classes or any("\n" in name for name in class_names):
-        raise ExportError(f"{len(class_names)} class names for a model with {num_classes} outputs (or a name with "
-                          f"a line break); pass one name per class.")
+    if len(class_names) != num_classes:
+        raise ExportError(f"{len(class_names)} class names for a model with {num_classes} outputs; pass one name "
+                          f"per class.")
+    check_class_names(class_names, ExportError)
     record = None
     if format == "saved_model":
         with atomic_path(destination) as temporary:
@@ -415,6 +444,29 @@ def _erfc(ctx, node, name, args):
     ctx.insert_new_node_on_output("Sub", node.output[0], inputs=[one.output[0], node.output[0]])
 
 
+def check_class_names(class_names, error=ExportError, where=""):
+    """Refuse, with `error`, class names an export or `kcnn serve` cannot hold: class_names.txt has one name a
+    line in UTF-8, and a JSON answer names the class. Called by both workflows before their first epoch too
+    (`where`: the folder the names come from)."""
+    for name in class_names:
+        if not isinstance(name, str) or not name.strip():
+            problem = "is empty or only spaces"
+        elif len(name.splitlines()) != 1 or name.splitlines()[0] != name:  # \n, \r, \x0b, \x1c, \u2028, ...
+            problem = "holds a line break"
+        else:
+            try:
+                name.encode("utf-8")
+                continue
+            except UnicodeEncodeError:  # a file name in another encoding (Python keeps its bytes as surrogates)
+                problem = "is not valid UTF-8"
+        source = f" (a sub-folder of {where})" if where else ""
+        raise error(f"The class name {name!r}{source} {problem}, which an export's class_names.txt and the "
+                    f"server's answers cannot hold; rename it.")
+    if len(set(class_names)) != len(class_names):
+        raise error(f"The class names repeat ({', '.join(sorted({n for n in class_names if class_names.count(n) > 1}))}"
+                    f"); pass one distinct name per class.")
+
+
 def _write_lines(path, lines):
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
@@ -423,9 +475,12 @@ def _write_lines(path, lines):
 def main(argv):
     """The child process of `_run_on_tensorflow`: exit 2 with one sentence on an ExportError."""
     request = json.loads(argv[0])
+    from kcnn.runs.rundir import write_errors_explained
+
     try:
-        record = export_on_tensorflow(request["model"], request["format"], request["destination"],
-                                      request["class_names"], request.get("tta"), request.get("litert"))
+        with write_errors_explained(os.path.dirname(request["destination"]), flag="--output", again="export again"):
+            record = export_on_tensorflow(request["model"], request["format"], request["destination"],
+                                          request["class_names"], request.get("tta"), request.get("litert"))
     except KcnnError as error:  # an ExportError, or the run's data that does not load (one sentence each)
         print(error, file=sys.stderr)
         return 2

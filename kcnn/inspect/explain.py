@@ -89,10 +89,10 @@ def explain_files(model, paths, class_names, output_dir, *, transform=None, clas
     `kcnn.runs.rundir.RunDir` whose explain/ `output_dir` is; its manifest lists each file before it is written."""
     import keras
 
-    from kcnn.inspect import viz
-    from kcnn.runs.atomic import atomic_open
-    from kcnn.runs.rundir import tracked
+    from kcnn.runs.rundir import write_errors_explained
 
+    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+        raise InvalidArgumentError(f"{output_dir} is a file, not a folder; pass a folder as --output.")
     class_index = None
     if class_name is not None:
         if class_name not in class_names:
@@ -101,6 +101,9 @@ def explain_files(model, paths, class_names, output_dir, *, transform=None, clas
             raise InvalidArgumentError(f"Unknown class {class_name!r}: the model's {len(class_names)} classes are "
                                        f"{shown}{more}; pass one of them as it is written.")
         class_index = list(class_names).index(class_name)
+    targets = _targets(paths, output_dir)
+    if run is None:  # (a run's explain/ is the run's: its manifest says which files are kcnn's)
+        _refuse_foreign(targets)
     images = read_images(model, paths, transform)
     logits = np.asarray(keras.ops.convert_to_numpy(model.predict(images, verbose=0)), "float32")
     probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
@@ -108,19 +111,63 @@ def explain_files(model, paths, class_names, output_dir, *, transform=None, clas
     heatmaps = grad_cam(model, images, class_index=class_index, layer=layer)
     if run is not None:
         run.check_folder(output_dir)  # never through a link
-    os.makedirs(output_dir, exist_ok=True)
-    written, names = [], set()
-    for path, image, heatmap, best, p in zip(paths, images, heatmaps, predicted, probabilities):
+    with write_errors_explained(output_dir, flag="--output", again="run it again"):  # read-only, full: a sentence
+        os.makedirs(output_dir, exist_ok=True)
+        return _write_overlays(paths, targets, images, heatmaps, predicted, probabilities, class_names, run)
+
+
+def _write_overlays(paths, targets, images, heatmaps, predicted, probabilities, class_names, run):
+    """Each overlay a PNG marked as kcnn's, entered in the run's manifest first (where there is a run)."""
+    from PIL import PngImagePlugin
+
+    from kcnn.inspect import viz
+    from kcnn.runs.atomic import atomic_open
+    from kcnn.runs.rundir import tracked
+
+    marker = PngImagePlugin.PngInfo()
+    marker.add_text("Software", PNG_SOFTWARE)  # how a later explain knows the file is its own
+    written = []
+    for path, target, image, heatmap, best, p in zip(paths, targets, images, heatmaps, predicted, probabilities):
+        with tracked(run, target), atomic_open(target, "wb") as f:
+            _enlarged(viz.grad_cam_overlay(image, heatmap)).save(f, format="PNG", pnginfo=marker)
+        written.append((path, class_names[best], float(p[best]), target))
+    return written
+
+
+PNG_SOFTWARE = "kcnn explain"  # the text chunk of every overlay kcnn writes
+
+
+def _targets(paths, output_dir):
+    """The overlay file of each image: NAME_gradcam.png, numbered where two images share a name."""
+    targets, names = [], set()
+    for path in paths:
         stem = os.path.splitext(os.path.basename(path))[0]
         name, number = f"{stem}_gradcam.png", 2
         while name in names:  # two files of the same name from different folders
             name, number = f"{stem}_{number}_gradcam.png", number + 1
         names.add(name)
-        target = os.path.join(output_dir, name)
-        with tracked(run, target), atomic_open(target, "wb") as f:
-            _enlarged(viz.grad_cam_overlay(image, heatmap)).save(f, format="PNG")
-        written.append((path, class_names[best], float(p[best]), target))
-    return written
+        targets.append(os.path.join(output_dir, name))
+    return targets
+
+
+def _refuse_foreign(targets):
+    """Refuse, before any work, to write over a file kcnn explain did not write (its overlays carry
+    PNG_SOFTWARE), or through a link."""
+    from PIL import Image
+
+    for target in targets:
+        if not os.path.lexists(target):
+            continue
+        ours = False
+        if os.path.isfile(target) and not os.path.islink(target):
+            try:
+                with Image.open(target, formats=("PNG",)) as image:
+                    ours = image.text.get("Software") == PNG_SOFTWARE
+            except Exception:  # not a PNG, unreadable: not an overlay of ours
+                ours = False
+        if not ours:
+            raise InvalidArgumentError(f"{target} exists and kcnn explain did not write it; kcnn leaves it alone: "
+                                       f"pass another --output folder, or move the file.")
 
 
 def fit_to_model(model, images):

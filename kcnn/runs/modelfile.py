@@ -1,8 +1,24 @@
-"""Reading .keras files kcnn did not necessarily write: in Keras' safe mode, with one sentence on a refusal."""
+"""Reading .keras files kcnn did not necessarily write: in Keras' safe mode, with one sentence on a refusal.
 
+Before Keras opens a file, its zip directory is read and bounded (Keras extracts the weights to a temporary
+folder or into memory, whatever their size): at most MAX_MEMBERS members, and at most MAX_MODEL_GB of
+uncompressed data in all (the environment variable KCNN_MAX_MODEL_GB raises it), of which anything beyond
+RATIO_FLOOR_MB may not be more than MAX_RATIO times the file's size (weights hardly compress; a zip bomb of
+1-2 MB that unpacks to 2 GB does). After loading, a model whose outputs on a probe input are NaN or infinite
+is refused too: it diverged in training, and every answer it gives would be `nan%`.
+"""
+
+import os
 import re
+import stat
+import zipfile
 
-from kcnn.errors import KcnnError
+from kcnn.errors import DivergedError, KcnnError
+
+MAX_MEMBERS = 10_000  # a .keras file has three (config.json, metadata.json, model.weights.h5) and its assets
+MAX_MODEL_GB = 16.0  # uncompressed, in all: VGG-19 is 0.55, the zoo's 1.5-billion-parameter mlp 6
+MAX_RATIO = 100  # uncompressed / compressed, above RATIO_FLOOR_MB
+RATIO_FLOOR_MB = 256
 
 
 def load_model(model_path, *, error=KcnnError, compile=True, accelerate=False):
@@ -12,10 +28,12 @@ def load_model(model_path, *, error=KcnnError, compile=True, accelerate=False):
 
     from kcnn.backends.initializers import without_initializer_draws
 
+    check_model_file(model_path, error)
     try:
         model = without_initializer_draws(lambda: keras.saving.load_model(model_path, compile=compile))
     except Exception as caught:  # zip, JSON, unknown-layer and safe-mode errors all mean one thing here
         raise error(refusal(model_path, caught)) from None
+    check_finite_outputs(model, model_path)
     if getattr(model, "compiled", False):
         from kcnn.backends import keras_private
 
@@ -52,3 +70,84 @@ def refusal(model_path, error):
     inner = re.search(r"Exception encountered: (.+)", text)
     message = (inner.group(1) if inner else text.strip().split("\n")[0] if text.strip() else "no details")
     return f"{model_path} cannot be loaded as a Keras model ({type(error).__name__}: {message.strip()})."
+
+
+def check_model_file(model_path, error=KcnnError):
+    """Refuse, with `error`, a path that is not a regular file (a named pipe would block the reading), or a zip
+    that is damaged or unpacks to more than the bounds above; nothing is extracted."""
+    model_path = os.fspath(model_path)
+    try:
+        mode = os.stat(model_path).st_mode
+    except OSError as caught:
+        raise error(f"Cannot read the model file {model_path} ({caught.strerror}); pass an existing .keras file."
+                    ) from None
+    if not stat.S_ISREG(mode):
+        raise error(f"{model_path} is not a regular file (a folder, named pipe or device); pass a .keras file.")
+    size = os.path.getsize(model_path)
+    try:
+        with zipfile.ZipFile(model_path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as caught:
+        raise error(f"{model_path} is not a complete .keras file (a truncated or damaged zip: {caught}); save or "
+                    f"copy the model again.") from None
+    unpacked = sum(member.file_size for member in members)
+    limit_gb = max_model_gb()
+    if len(members) > MAX_MEMBERS:
+        raise error(f"{model_path} holds {len(members):,} files, over the {MAX_MEMBERS:,} a .keras model may hold; "
+                    f"it is not a Keras model file.")
+    if unpacked > limit_gb * 2**30:
+        raise error(f"{model_path} unpacks to {unpacked / 2**30:.1f} GB, over the limit of {limit_gb:g} GB; if you "
+                    f"trust the file, raise the limit with the environment variable KCNN_MAX_MODEL_GB.")
+    if unpacked > RATIO_FLOOR_MB * 2**20 and unpacked > MAX_RATIO * size:
+        raise error(f"{model_path} unpacks to {unpacked / 2**20:,.0f} MB from {size / 2**20:,.1f} MB, over "
+                    f"{MAX_RATIO} times its size (model weights hardly compress): it is not a Keras model file.")
+
+
+def max_model_gb():
+    """MAX_MODEL_GB, or the environment variable KCNN_MAX_MODEL_GB where it holds a number above 0."""
+    text = os.environ.get("KCNN_MAX_MODEL_GB")
+    if text is None:
+        return MAX_MODEL_GB
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise KcnnError(f"KCNN_MAX_MODEL_GB must be a number of gigabytes above 0. Received: {text!r}")
+    return value
+
+
+def check_finite_outputs(model, model_path):
+    """DivergedError where the model's outputs on a probe input (a mid-grey and random 0-255 images) are NaN or
+    infinite. Only models of a fixed input size are probed here; the others are checked on their answers."""
+    shape = tuple(model.inputs[0].shape[1:]) if len(getattr(model, "inputs", None) or ()) == 1 else ()
+    if not shape or None in shape:
+        return
+    if not finite_outputs(model, probe_images(shape, count=2)):
+        raise DivergedError(non_finite_refusal(model_path))
+
+
+def non_finite_refusal(what):
+    return (f"{what} gives NaN or infinite outputs (its weights diverged in training, or the file is damaged); "
+            f"train it again with a lower learning rate.")
+
+
+def finite_outputs(model, inputs):
+    """Whether every output of `model` on `inputs` is a finite number (a dict or list of outputs: all)."""
+    import keras
+    import numpy as np
+
+    outputs = model(inputs, training=False)
+    outputs = list(outputs.values()) if isinstance(outputs, dict) else outputs
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return all(np.all(np.isfinite(keras.ops.convert_to_numpy(o).astype("float32"))) for o in outputs)
+
+
+def probe_images(image_shape, count=4, seed=0):
+    """Inputs to probe a model that takes raw 0-255 pixels: a mid-grey image and random ones."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    images = rng.uniform(0, 255, (count, *image_shape)).astype("float32")
+    images[0] = 127.5
+    return images

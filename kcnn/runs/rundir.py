@@ -88,6 +88,11 @@ class RunLock:
     def acquire(self):
         from filelock import Timeout
 
+        path = self._lock.lock_file
+        # filelock opens the file with O_TRUNC: through a link it would empty the file the link points to
+        if os.path.islink(path) or (os.path.lexists(path) and not os.path.isfile(path)):
+            raise RunLockedError(f"{path} is not kcnn's lock file (it is a link, a folder or a special file), and "
+                                 f"kcnn leaves it alone; remove it, or choose another output directory.")
         try:
             self._lock.acquire()
         except Timeout:
@@ -95,6 +100,9 @@ class RunLock:
                 f"Another kcnn process is writing to {self.run_dir}; wait until it ends (or stop it, then pass "
                 f"--resume), or choose another output directory."
             ) from None
+        except OSError as error:  # (Timeout is one too: first)
+            raise RunLockedError(f"Cannot take the lock file {path} ({error.strerror or error}); make the folder "
+                                 f"writable, or choose another output directory.") from None
         return self
 
     def release(self):
@@ -112,10 +120,11 @@ _WRITE_REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ED
 
 
 @contextlib.contextmanager
-def write_errors_explained(run_dir, resumable=False):
+def write_errors_explained(run_dir, resumable=False, flag="--output-dir", again="run it again with --overwrite"):
     """Turn the operating system's refusals to write into one sentence that
     says what to do; files already in place stay as they were (every write
-    goes to a temporary name first)."""
+    goes to a temporary name first). `flag`: the option that chooses the
+    folder; `again`: how to try again once there is space."""
     try:
         yield
     except OSError as error:
@@ -123,10 +132,9 @@ def write_errors_explained(run_dir, resumable=False):
             raise
         where = error.filename or run_dir
         if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            fix = "free some disk space" + (", then pass --resume to continue the run" if resumable else
-                                            ", then run it again with --overwrite")
+            fix = "free some disk space, then " + ("pass --resume to continue the run" if resumable else again)
         else:
-            fix = "choose an output directory you can write to (--output-dir)"
+            fix = f"choose an output directory you can write to ({flag})"
         raise RunWriteError(f"Could not write {where} ({error.strerror}); {fix}.") from None
 
 
@@ -676,7 +684,7 @@ def load_run(path):
     path = os.fspath(path)
     run_dir = os.path.dirname(path) if path.endswith(".keras") else path
     model_path = path if path.endswith(".keras") else os.path.join(run_dir, "model.keras")
-    if not os.path.isfile(model_path):
+    if not os.path.lexists(model_path):  # (not a regular file: refused by load_model, unopened)
         raise KcnnError(f"{run_dir} holds no model.keras; pass the directory of a finished run.")
     config, class_names = run_config(run_dir)
     model = load_model(model_path, error=KcnnError, accelerate=False)

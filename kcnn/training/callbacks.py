@@ -20,6 +20,7 @@ import numpy as np
 
 from kcnn.backends import keras_private
 from kcnn.runs.atomic import atomic_open, atomic_path
+from kcnn.runs.modelfile import finite_outputs
 from kcnn.runs.rundir import read_backup_metadata, read_history_rows, tracked, write_history_rows
 
 # The state of Keras' callbacks that decides what a run does next: saved in the backup with the weights,
@@ -233,3 +234,61 @@ def load_model_state(model, stem):
     with np.load(f"{stem}.seeds.npz") as seeds:
         _assign_seeds(model, {key: seeds[key] for key in seeds.files})
     return True
+
+
+# A cross-entropy of a million is a model whose logits are of the order of a million: it has diverged, even
+# where float32 still holds the numbers (a loss of 1e29 with finite weights and infinite outputs was saved as
+# a finished model before this check). Ten classes guessed at random: 2.3.
+LOSS_LIMIT = 1e6
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops a run whose loss is NaN, infinite or over LOSS_LIMIT (checked after each batch, as Keras'
+    TerminateOnNaN), or whose validation loss, or outputs on `probe` (a few inputs of the model), are not
+    finite at an epoch's end, with `DivergedError` naming the epoch, the loss and `fix` (the learning rate
+    and its flag). It raises, where TerminateOnNaN only stops: the callbacks after it (the history, the
+    backup) do not record the diverged epoch, so the backup stays at the last sound one, and the run is never
+    saved as finished. First in a fit()'s callbacks."""
+
+    def __init__(self, fix, probe=None, model=None, phase=None, epoch_offset=0, verbose=0):
+        super().__init__()
+        self.verbose = verbose  # a progress bar is on its line: the error starts on the next
+        self.fix, self.probe, self.probed, self.phase, self.epoch_offset = fix, probe, model, phase, epoch_offset
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not _sound(loss):
+            self._diverged(f"the training loss became {_number(loss)} in batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name in ("loss", "val_loss"):
+            value = (logs or {}).get(name)
+            if value is not None and not _sound(value):
+                self._diverged(f"the {'validation' if name == 'val_loss' else 'training'} loss was "
+                               f"{_number(value)} at its end")
+        if self.probe is not None and not finite_outputs(self.probed or self.model, self.probe):
+            self._diverged("the model's outputs on a probe input were NaN or infinite at its end")
+
+    def _diverged(self, what):
+        from kcnn.errors import DivergedError
+
+        phase = f" of phase {self.phase}" if self.phase else ""
+        if self.verbose:
+            print(flush=True)
+        raise DivergedError(f"Training diverged in epoch {self.epoch + 1 + self.epoch_offset}{phase}: {what}, and "
+                            f"nothing was saved as a finished model; {self.fix}.")
+
+
+def _sound(loss):
+    loss = float(loss)
+    return bool(np.isfinite(loss)) and abs(loss) <= LOSS_LIMIT
+
+
+def _number(value):
+    value = float(value)
+    return "NaN" if np.isnan(value) else "infinite" if np.isinf(value) else f"{value:.3g}"
+

@@ -8,7 +8,8 @@
 import numpy as np
 
 from kcnn.data import tta as kcnn_tta  # `tta` is an argument here
-from kcnn.errors import InvalidArgumentError
+from kcnn.errors import DivergedError, InvalidArgumentError
+from kcnn.runs.modelfile import non_finite_refusal
 from kcnn.runs.rundir import load_run
 from kcnn.training import report
 
@@ -30,6 +31,7 @@ def evaluate_model(model, data, image_shape, batch_size, *, tta=None):
         shown = dataset.map(lambda images, labels, view=view: (
             kcnn_tta.apply_view(images, view, tf.experimental.numpy), labels)) if changes else dataset
         view_logits.append(np.asarray(model.predict(shown, verbose=0), "float32"))
+    _refuse_non_finite(model, view_logits)
     metrics = report.evaluation_metrics(data.labels, view_logits, data.class_names, tta)
     metrics.update(images=int(len(data)), predicted=np.argmax(view_logits[0], axis=-1))
     return metrics
@@ -73,6 +75,13 @@ def predict_files(model, paths, class_names, *, top=5, transform=None, tta=None)
             images.append(read_image(path, mode, (height, width)))
     batch = np.stack(images).reshape(len(images), height, width, channels).astype("float32")
     logits = answering.predict(batch, verbose=0)
+    _refuse_non_finite(model, [logits])
     probabilities = keras.ops.convert_to_numpy(keras.ops.softmax(logits, axis=-1))
     order = np.argsort(-probabilities, axis=-1)[:, :top]
     return [[(class_names[i], float(p[i])) for i in best] for p, best in zip(probabilities, order)]
+
+
+def _refuse_non_finite(model, outputs):
+    """A model whose answers are NaN or infinite gives none (they would print as nan% or crash a JSON reader)."""
+    if not all(np.all(np.isfinite(np.asarray(output, "float32"))) for output in outputs):
+        raise DivergedError(non_finite_refusal(f"The model {model.name!r}"))

@@ -211,6 +211,13 @@ class FinetuneJob(job.Job):
         first_epoch = run.resumed_epoch(phase) if config.resume else 0
         offset = sum(row.get("phase") == "head" for row in run.history_rows()) if phase == "finetune" else 0
         decisions = _phase_callbacks(config, finetune=phase == "finetune")
+        rate = "head_learning_rate" if phase == "head" else "finetune_learning_rate"
+        # first: a diverged epoch reaches neither the history nor the backup
+        guard = kcnn_callbacks.DivergenceGuard(
+            f"pass a lower {rate.replace('_', ' ')} (--{rate.replace('_', '-')}, it was {getattr(config, rate):g}) "
+            f"and start again with --overwrite", probe=inputs[frozen.val_rows[:4]], model=model,
+            phase="1 (the head)" if phase == "head" else "2 (fine-tuning)", epoch_offset=offset,
+            verbose=config.verbose)
         backup_dir = run.file("backup", phase)
         # A worker that is not the chief restores the chief's backup and writes nowhere, or, where saving is a
         # collective every worker joins (several JAX processes), into a scratch folder of its own
@@ -236,7 +243,7 @@ class FinetuneJob(job.Job):
             steps_per_epoch=steps, epochs=epochs, shuffle=False,  # _epoch_batches shuffles
             validation_data=(inputs[frozen.val_rows], frozen.one_hot[frozen.val_rows]),
             validation_batch_size=frozen.batch_size,
-            callbacks=plan.callbacks() + decisions + writers + list(callbacks), verbose=config.verbose)
+            callbacks=plan.callbacks() + [guard] + decisions + writers + list(callbacks), verbose=config.verbose)
         plan.unwrap(model)
         if plan.is_chief:
             kcnn_callbacks.save_model_state(model, final, run=run)

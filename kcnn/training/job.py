@@ -47,6 +47,7 @@ class Job:
         """The steps in order; returns the `Run` (on workers other than the chief: without metrics)."""
         with self.distribution_plan():  # closed whatever happens
             self.load_data()  # every check on the data before the run folder is touched
+            self.check_class_names()  # what the export and the server need, before the first epoch
             with self.own_run_folder():  # the chief prepares and locks it; the others wait
                 self.fit()  # self.model
                 self.evaluate()  # self.metrics, self.predicted (on the chief)
@@ -71,6 +72,13 @@ class Job:
         return None
 
     # ---- the steps they share ---------------------------------------------------------------------------
+
+    def check_class_names(self):
+        from kcnn.deploy.export import check_class_names
+        from kcnn.errors import InvalidArgumentError
+
+        check_class_names(list(self.train_data.class_names), InvalidArgumentError,
+                          where=self.config.dataset if self.config.is_folder else "")
 
     @contextlib.contextmanager
     def distribution_plan(self):

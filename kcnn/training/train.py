@@ -22,8 +22,9 @@ from kcnn.backends import torch_fast
 from kcnn.training import job
 from kcnn.config import TrainConfig
 from kcnn.training.evaluate import evaluate_model
-from kcnn.errors import InvalidArgumentError, KcnnError
+from kcnn.errors import InvalidArgumentError
 from kcnn.runs.rundir import RunDir, read_history_rows
+from kcnn.runs.modelfile import probe_images
 from kcnn.training.job import Run
 
 
@@ -129,12 +130,6 @@ class TrainJob(job.Job):
     def _evaluate(self):
         config, model, train_data = self.config, self.model, self.train_data
         rows = self.folder.history_rows()
-        history = self.folder.history()
-        if any(not np.isfinite(value) for value in history.get("loss", [])) or \
-                not all(np.all(np.isfinite(w)) for w in model.get_weights()):
-            raise TrainingDivergedError(
-                f"Training diverged: the loss became NaN or infinite in epoch {len(rows)}; pass a lower learning "
-                f"rate (--learning-rate, it was {config.learning_rate:g}) with --overwrite.")
         metrics = evaluate_model(model, self.eval_data, self.image_shape, config.batch_size, tta=config.tta)
         self.predicted = metrics.pop("predicted")
         if config.extra_eval_name():
@@ -163,10 +158,6 @@ def _check_input_size(info, image_shape, config):
     check_input_size(info, image_shape, hint=f"and {config.dataset_name} images are {image_shape[0]}x"
                      f"{image_shape[1]}; pass image_size={max(info.min_input_size, 32)} (--image-size) to resize "
                      f"them, or pick a model for small images.")
-
-
-class TrainingDivergedError(KcnnError):
-    """The loss became NaN or infinite (Keras' TerminateOnNaN stopped the run)."""
 
 
 def _models(config, info, outputs, num_classes, image_shape, train_images):
@@ -299,20 +290,24 @@ def _callbacks(config, run_dir, model, trainer, first_epoch, plan=None):
     main = next(iter(outputs)) if isinstance(outputs, dict) else None
     accuracy = f"val_{main}_accuracy" if main else "val_accuracy"
     decisions = _decision_callbacks(config, accuracy)
+    # first: a diverged epoch reaches neither the history nor the backup
+    guard = kcnn_callbacks.DivergenceGuard(
+        f"pass a lower learning rate (--learning-rate, it was {config.learning_rate:g}) and start again with "
+        f"--overwrite", probe=probe_images(model.input_shape[1:]), model=model,
+        verbose=config.verbose)
     backup_dir = os.path.join(run_dir, "backup")
     if plan is not None and not plan.is_chief:
         scratch = plan.scratch_dir()
-        callbacks = list(decisions)
+        callbacks = [guard, *decisions]
         if scratch:
             callbacks.append(kcnn_callbacks.AtomicModelCheckpoint(os.path.join(scratch, "best.keras"), model=model,
                                                         monitor=accuracy, save_best_only=True, mode="max"))
         write_dir = os.path.join(scratch, "backup") if scratch else False
-        return callbacks + [kcnn_callbacks.CrashSafeBackup(backup_dir, write_dir=write_dir, callbacks=decisions),
-                            keras.callbacks.TerminateOnNaN()]
+        return callbacks + [kcnn_callbacks.CrashSafeBackup(backup_dir, write_dir=write_dir, callbacks=decisions)]
     # A resumed run's best.keras is replaced only by a model better than the best of the epochs before.
     earlier = [float(row[accuracy]) for row in read_history_rows(os.path.join(run_dir, "history.csv"))
                if int(row["epoch"]) < first_epoch and row.get(accuracy)]
-    return decisions + [
+    return [guard, *decisions,
         # Each epoch's files are written before the backup moves on to the next epoch: a kill between
         # the two repeats that epoch on --resume, and the repeated rows are dropped.
         kcnn_callbacks.HistoryLog(os.path.join(run_dir, "history.csv"), first_epoch, run=run),
@@ -322,7 +317,6 @@ def _callbacks(config, run_dir, model, trainer, first_epoch, plan=None):
         kcnn_callbacks.CrashSafeBackup(backup_dir, callbacks=decisions, run=run),
         keras.callbacks.TensorBoard(os.path.join(run_dir, "logs")),
         kcnn_callbacks.RecordedLogs(run, os.path.join(run_dir, "logs")),  # after TensorBoard: its files of the epoch
-        keras.callbacks.TerminateOnNaN(),
     ]
 
 
