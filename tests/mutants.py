@@ -139,6 +139,12 @@ MUTANTS = (
     Mutant("fresh-head-left-unset", "kcnn/registry.py",
            "        initialize_the_rest(model)  # a fresh head", "        pass",
            ("tests/test_weights.py", "-k", "fresh_head")),
+    Mutant("divergence-check-skipped", "kcnn/training/callbacks.py",
+           "        raise DivergedError(f\"Training diverged", "        return (f\"Training diverged",
+           ("tests/test_divergence.py",)),
+    Mutant("diverged-model-file-loaded", "kcnn/runs/modelfile.py",
+           "    if not finite_outputs(model, probe_images(shape, count=2)):", "    if False:",
+           ("tests/test_bad_input.py", "-k", "NaN and not learning")),
 )
 
 

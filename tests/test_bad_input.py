@@ -34,11 +34,11 @@ from kcnn.runs import rundir
 from kcnn.data.files import ChecksumError, DatasetNotFoundError
 from kcnn.data.folder import CorruptImageError, EmptyDatasetError, ImageSizeError
 from kcnn.config import TrainConfig, read_config_file
-from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
+from kcnn.errors import DivergedError, InvalidArgumentError, KcnnError, UnknownModelError
 from kcnn.deploy.export import ExportError
 from kcnn.deploy.serve import ServeError
 from kcnn.runs.rundir import load_run
-from kcnn.training.evaluate import predict_files
+from kcnn.training.evaluate import evaluate_run, predict_files
 from kcnn.weights import WeightsError
 
 DIGITS = ["--dataset", "digits", "--arch", "lenet5", "--image-size", "32", "--epochs", "1", "--limit", "128",
@@ -184,6 +184,83 @@ def explain_run(tmp, model_file_writer=lambda path: tiny_conv_model().save(path)
     """A run directory with a small model, and an image x.png to explain."""
     _written(tmp / "x.png", png_bytes())
     return run_with_model(tmp, model_file_writer)
+
+
+def nan_model_file(path):
+    """A model whose weights diverged: its bias is NaN."""
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(inputs)))
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([kernel, np.full_like(bias, np.nan)])
+    model.save(path)
+    return path
+
+
+def infinite_model():
+    import keras
+
+    inputs = keras.Input((8, 8, 1))
+    layer = keras.layers.Dense(2, bias_initializer=keras.initializers.Constant(np.inf))
+    return keras.Model(inputs, layer(keras.layers.Flatten()(inputs)), name="infinite")
+
+
+def zip_bomb_file(path):
+    """A zip named .keras whose weights unpack to 300 MB of zeros from a few hundred KB."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", "{}")
+        with archive.open("model.weights.h5", "w") as f:
+            for _ in range(300):
+                f.write(bytes(1 << 20))
+    return path
+
+
+def many_members_file(path):
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for number in range(10_001):
+            archive.writestr(f"assets/{number}", b"")
+    return path
+
+
+def truncated_model_file(path):
+    tiny_model_file(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    return path
+
+
+def _with_image(tmp, result):
+    _written(tmp / "x.png", png_bytes())
+    return result
+
+
+def _users_overlay(tmp):
+    """A run, an image, and a folder holding the user's own x_gradcam.png (no mark of kcnn's)."""
+    run_with_model(tmp, lambda path: tiny_conv_model().save(path))
+    Image.fromarray(np.zeros((8, 8), "uint8")).save(tmp / "x.png")
+    (tmp / "mine").mkdir()
+    Image.fromarray(np.full((8, 8), 200, "uint8")).save(tmp / "mine" / "x_gradcam.png")
+    return tmp / "mine"
+
+
+def _read_only_with_run(tmp, mp):
+    run_with_model(tmp, lambda path: tiny_conv_model().save(path))
+    Image.fromarray(np.zeros((8, 8), "uint8")).save(tmp / "x.png")
+    return read_only(tmp, mp)
+
+
+def _odd_lock(tmp, link):
+    (tmp / "run").mkdir()
+    if link:
+        (tmp / "mine.txt").write_text("the user's notes")
+        os.symlink(tmp / "mine.txt", tmp / "run" / ".kcnn.lock")
+    else:
+        (tmp / "run" / ".kcnn.lock").mkdir()
 
 
 def any_size_model():
@@ -332,11 +409,88 @@ BAD_INPUTS = [
     Row("resume and overwrite together", InvalidArgumentError, r"resume and overwrite contradict",
         lambda t, p: train(t, resume=True, overwrite=True),
         lambda t, p: ["train", *DIGITS, "--resume", "--overwrite"]),
-    Row("learning rate so large the loss becomes NaN", KcnnError, r"diverged.*NaN.*lower learning rate",
+    Row("learning rate so large the loss becomes NaN", DivergedError,
+        r"diverged in epoch 1: the training loss became (NaN|infinite|\S+) in batch \d+, and nothing was saved "
+        r"as a finished model; pass a lower learning rate \(--learning-rate, it was 1e\+12\)",
         lambda t, p: train(t, learning_rate=1e12, optimizer="sgd"),
         lambda t, p: ["train", *DIGITS, "--learning-rate", "1e12", "--optimizer", "sgd",
                       "--output-dir", str(t / "run")], writes=True),
+    Row("fine-tuning head learning rate so large it diverges", DivergedError,
+        r"diverged in epoch 1 of phase 1 \(the head\).*nothing was saved as a finished model; pass a lower head "
+        r"learning rate \(--head-learning-rate, it was 1e\+09\)",
+        lambda t, p: finetune(t, head_learning_rate=1e9),
+        lambda t, p: ["finetune", "--limit", "64", "--head-epochs", "1", "--finetune-epochs", "0", "--no-export",
+                      "--head-learning-rate", "1e9", "--output-dir", str(t / "ft")], writes=True),
+    Row("learning rate that is not a finite number", InvalidArgumentError,
+        r"learning_rate must be a finite number\. Received: learning_rate=inf",
+        lambda t, p: train(t, learning_rate=float("inf")),
+        lambda t, p: ["train", *DIGITS, "--learning-rate", "inf"]),
+    Row("fine-tuning learning rate that is not a number", InvalidArgumentError,
+        r"finetune_learning_rate must be a finite number\. Received: finetune_learning_rate=nan",
+        lambda t, p: finetune(t, finetune_learning_rate=float("nan")),
+        lambda t, p: ["finetune", "--finetune-learning-rate", "nan"]),
+    Row("class folder whose name holds a line break", InvalidArgumentError,
+        r"class name 'a\\nb' \(a sub-folder of .*lines\) holds a line break.*class_names\.txt.*rename it",
+        lambda t, p: train(t, dataset=str(p)),
+        lambda t, p: ["train", "--dataset", str(p), "--arch", "lenet5", "--image-size", "32", "--epochs", "1",
+                      "--output-dir", str(t / "run")],
+        setup=lambda t, mp: image_folder(t / "lines", classes=("a\nb", "c"))),
+    # -- models that diverged, model files that are not what they claim --
+    Row("run whose model's weights are NaN", DivergedError,
+        r"model\.keras gives NaN or infinite outputs.*lower learning rate",
+        lambda t, p: load_run(p), lambda t, p: ["predict", str(p), str(t / "x.png")],
+        setup=lambda t, mp: _with_image(t, run_with_model(t, nan_model_file))),
+    Row("evaluate a run whose model's weights are NaN", DivergedError, r"gives NaN or infinite outputs",
+        lambda t, p: evaluate_run(p), lambda t, p: ["evaluate", str(p)],
+        setup=lambda t, mp: run_with_model(t, nan_model_file)),
+    Row("export a run whose model's weights are NaN", DivergedError, r"gives NaN or infinite outputs",
+        lambda t, p: kcnn.deploy.export.export(p, "keras", str(t / "out")),
+        lambda t, p: ["export", str(p), "--format", "keras", "--output", str(t / "out")],
+        setup=lambda t, mp: run_with_model(t, nan_model_file)),
+    Row("predict with an in-memory model whose outputs are infinite", DivergedError,
+        r"The model 'infinite' gives NaN or infinite outputs",
+        lambda t, p: predict_files(infinite_model(), [p], ["a", "b"]),
+        setup=lambda t, mp: _written(t / "x.png", png_bytes())),
+    Row(".keras file that unpacks to a hundred times its size", KcnnError,
+        r"model\.keras unpacks to 300 MB from 0\.\d MB, over 100 times its size.*not a Keras model file",
+        lambda t, p: load_run(p), lambda t, p: ["predict", str(p), str(t / "x.png")],
+        setup=lambda t, mp: _with_image(t, run_with_model(t, zip_bomb_file))),
+    Row(".keras file with ten thousand members", KcnnError,
+        r"model\.keras holds 10,001 files, over the 10,000 a \.keras model may hold",
+        lambda t, p: load_run(p), lambda t, p: ["export", str(p), "--format", "onnx"],
+        setup=lambda t, mp: run_with_model(t, many_members_file)),
+    Row("truncated .keras file", KcnnError,
+        r"model\.keras is not a complete \.keras file \(a truncated or damaged zip.*save or copy the model again",
+        lambda t, p: load_run(p), lambda t, p: ["evaluate", str(p)],
+        setup=lambda t, mp: run_with_model(t, truncated_model_file)),
+    Row("model.keras that is a named pipe", KcnnError,
+        r"model\.keras is not a regular file \(a folder, named pipe or device\); pass a \.keras file",
+        lambda t, p: load_run(p), lambda t, p: ["predict", str(p), str(t / "x.png")],
+        setup=lambda t, mp: _with_image(t, run_with_model(t, os.mkfifo))),
+    # -- explain and export write only their own files --
+    Row("explain over a file the user wrote", InvalidArgumentError,
+        r"x_gradcam\.png exists and kcnn explain did not write it.*another --output folder",
+        lambda t, p: kcnn.inspect.explain.explain_files(tiny_conv_model(), [t / "x.png"], ["a", "b"], p),
+        lambda t, p: ["explain", str(t / "run"), str(t / "x.png"), "--output", str(p)],
+        setup=lambda t, mp: _users_overlay(t)),
+    Row("explain into a read-only folder", rundir.RunWriteError,
+        r"Could not write .*readonly.*output directory you can write to \(--output\)",
+        lambda t, p: kcnn.inspect.explain.explain_files(tiny_conv_model(), [t / "x.png"], ["a", "b"], p / "out"),
+        lambda t, p: ["explain", str(t / "run"), str(t / "x.png"), "--output", str(p / "out")],
+        setup=lambda t, mp: _read_only_with_run(t, mp)),
+    Row("export into a read-only folder", rundir.RunWriteError,
+        r"Could not write .*readonly.*output directory you can write to \(--output\)",
+        lambda t, p: kcnn.deploy.export.export(t / "run", "keras", str(p / "out")),
+        lambda t, p: ["export", str(t / "run"), "--format", "keras", "--output", str(p / "out")],
+        setup=lambda t, mp: _read_only_with_run(t, mp)),
     # -- output folders --
+    Row("lock file that is a link to the user's file", rundir.RunLockedError,
+        r"\.kcnn\.lock is not kcnn's lock file \(it is a link, a folder or a special file\).*remove it",
+        lambda t, p: train(t), lambda t, p: ["train", *DIGITS, "--output-dir", str(t / "run")],
+        setup=lambda t, mp: _odd_lock(t, link=True)),
+    Row("lock file that is a folder", rundir.RunLockedError, r"\.kcnn\.lock is not kcnn's lock file",
+        lambda t, p: train(t), lambda t, p: ["train", *DIGITS, "--output-dir", str(t / "run")],
+        setup=lambda t, mp: _odd_lock(t, link=False)),
     Row("output folder that already holds a run", KcnnError, r"already holds a run.*--resume.*--overwrite",
         lambda t, p: train(t), lambda t, p: ["train", *DIGITS, "--output-dir", str(t / "run")],
         setup=lambda t, mp: finished_run(t)),

@@ -211,9 +211,26 @@ def test_a_failed_export_leaves_nothing_half_written(model_file, tmp_path, monke
     assert _snapshot(out) == before  # the old export intact, no temporary left beside it
 
 
+def test_what_a_killed_export_left_is_removed_by_the_next_and_nothing_else(model_file, tmp_path):
+    out = tmp_path / "out"
+    (out / ".1.k3x_9abq" / "1" / "variables").mkdir(parents=True)  # a SavedModel's workspace (atomic_path)
+    (out / ".1.k3x_9abq" / "1" / "saved_model.pb").write_bytes(b"half")
+    (out / "model.tmp.keras").write_bytes(b"half")
+    (out / "class_names.tmp.txt").write_text("cat\n")
+    export(model_file, "keras", out, verbose=False)
+    assert sorted(os.listdir(out)) == ["kcnn_export.json", "model.keras"]
+    mine = tmp_path / "mine"  # names that only look like kcnn's temporaries are the user's
+    (mine / ".1.notes").mkdir(parents=True)
+    (mine / "model.tmp.keras.bak").write_bytes(b"the user's")
+    before = _snapshot(mine)
+    with pytest.raises(ExportError, match=r"holds files kcnn did not write \(\.1\.notes, model\.tmp\.keras\.bak\)"):
+        export(model_file, "keras", mine, verbose=False)
+    assert _snapshot(mine) == before and sorted(os.listdir(mine)) == [".1.notes", "model.tmp.keras.bak"]
+
+
 @pytest.mark.parametrize("content, message", [
     (None, "No such file or directory"),
-    (b"not a zip", "cannot be loaded as a Keras model"),
+    (b"not a zip", "is not a complete .keras file \\(a truncated or damaged zip"),
 ])
 def test_a_path_that_is_not_a_keras_model(tmp_path, content, message):
     path = tmp_path / "model.keras"
