@@ -7,7 +7,13 @@ from kcnn.errors import KcnnError
 
 def load_model(model_path, *, error=KcnnError, compile=True, accelerate=False):
     """The model of a .keras file, loaded in Keras' safe mode (no code from the file runs); `error`: the
-    KcnnError type raised with `refusal`'s sentence; `accelerate`: on torch with kcnn.backends.torch_fast's kernels."""
+    KcnnError type raised with `refusal`'s sentence; `accelerate`: on torch with kcnn.backends.torch_fast's kernels.
+    A path that is not a regular file (a named pipe, a device) is refused without being opened."""
+    from kcnn.data.folder import special_file
+
+    kind = special_file(model_path)
+    if kind is not None:  # Keras would open it, and a named pipe blocks until something writes to it
+        raise error(f"{model_path} is {kind}, not a model file; pass a .keras file.")
     import keras
 
     from kcnn.backends.initializers import without_initializer_draws
