@@ -139,6 +139,12 @@ MUTANTS = (
     Mutant("fresh-head-left-unset", "kcnn/registry.py",
            "        initialize_the_rest(model)  # a fresh head", "        pass",
            ("tests/test_weights.py", "-k", "fresh_head")),
+    Mutant("exif-ignored", "kcnn/data/folder.py",
+           "image = ImageOps.exif_transpose(image)", "image = image",
+           ("tests/test_images.py", "-k", "orientation")),
+    Mutant("fifo-opened", "kcnn/data/folder.py",  # the tests fail after their time limit instead of hanging
+           "kind = None if isinstance(file, io.BytesIO) else special_file(file)", "kind = None",
+           ("tests/test_images.py", "-k", "named_pipe_is_not_opened_as_an_image or image_folder_is_skipped")),
 )
 
 
