@@ -64,7 +64,8 @@ class ImageSizeError(KcnnError):
 
 def image_folder(directory, *, image_size=None, validation_split=0.2, subset="both", seed=0, color_mode="rgb",
                  on_error="skip", max_pixels=MAX_PIXELS, verbose=True):
-    """Load a folder of class sub-folders into memory.
+    """Load a folder of class sub-folders into memory, each image as a viewer
+    shows it (`image_array`: EXIF orientation, 16-bit pixels scaled to 8 bits).
 
     Args:
         directory: folder holding one sub-folder per class.
@@ -77,7 +78,8 @@ def image_folder(directory, *, image_size=None, validation_split=0.2, subset="bo
         color_mode: "rgb" (grey, palette and RGBA images are converted) or
             "grayscale".
         on_error: "skip" unreadable files and report how many, or "stop" at
-            the first one with an error naming it.
+            the first one with an error naming it. Files that are not regular
+            files (named pipes, devices) count as unreadable, unopened.
         max_pixels: images with more pixels are treated as unreadable.
     """
     directory = os.fspath(directory)
