@@ -349,9 +349,9 @@ def read_config_file(path, kind):
 
     from kcnn.data.folder import special_file
 
-    kind = special_file(path)
-    if kind is not None:  # open() would block on a named pipe
-        raise InvalidArgumentError(f"The config file {path} is {kind}, not a regular file; pass a YAML or JSON "
+    special = special_file(path)
+    if special is not None:  # open() would block on a named pipe
+        raise InvalidArgumentError(f"The config file {path} is {special}, not a regular file; pass a YAML or JSON "
                                    f"file, or a run's config.json.")
     try:
         with open(path) as f:
