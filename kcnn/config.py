@@ -351,6 +351,12 @@ def read_config_file(path, kind):
     own config.json (its marker, versions and the settings a run does not pass on are left out)."""
     import yaml  # YAML 1.2 reads JSON too; safe_load builds plain values only
 
+    from kcnn.data.folder import special_file
+
+    special = special_file(path)
+    if special is not None:  # open() would block on a named pipe
+        raise InvalidArgumentError(f"The config file {path} is {special}, not a regular file; pass a YAML or JSON "
+                                   f"file, or a run's config.json.")
     try:
         with open(path) as f:
             values = json.load(f) if str(path).endswith(".json") else yaml.safe_load(f)

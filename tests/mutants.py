@@ -145,6 +145,12 @@ MUTANTS = (
     Mutant("diverged-model-file-loaded", "kcnn/runs/modelfile.py",
            "    if not finite_outputs(model, probe_images(shape, count=2)):", "    if False:",
            ("tests/test_bad_input.py", "-k", "NaN and not learning")),
+    Mutant("exif-ignored", "kcnn/data/folder.py",
+           "image = ImageOps.exif_transpose(image)", "image = image",
+           ("tests/test_images.py", "-k", "orientation")),
+    Mutant("fifo-opened", "kcnn/data/folder.py",  # the tests fail after their time limit instead of hanging
+           "kind = None if isinstance(file, io.BytesIO) else special_file(file)", "kind = None",
+           ("tests/test_images.py", "-k", "named_pipe_is_not_opened_as_an_image or image_folder_is_skipped")),
 )
 
 

@@ -464,7 +464,7 @@ BAD_INPUTS = [
         lambda t, p: load_run(p), lambda t, p: ["evaluate", str(p)],
         setup=lambda t, mp: run_with_model(t, truncated_model_file)),
     Row("model.keras that is a named pipe", KcnnError,
-        r"model\.keras is not a regular file \(a folder, named pipe or device\); pass a \.keras file",
+        r"model\.keras is a named pipe \(FIFO\), not a model file; pass the directory of a finished run",
         lambda t, p: load_run(p), lambda t, p: ["predict", str(p), str(t / "x.png")],
         setup=lambda t, mp: _with_image(t, run_with_model(t, os.mkfifo))),
     # -- explain and export write only their own files --

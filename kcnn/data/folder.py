@@ -10,11 +10,18 @@ tf.data pipeline treat them alike). Keras' loader is not used for decoding
 because it stops at the first unreadable file, converts modes silently and
 has no pixel-count limit; here each file is decoded with Pillow (Keras' own
 image library) so that a bad file can be skipped and counted, or named.
+
+Every image is read as a viewer shows it (`image_array`): turned upright by its EXIF orientation, 16-bit and
+float pixels scaled to 8 bits rather than clipped. Only regular files are opened: a named pipe would block the
+read forever, a device file never end. `kcnn predict`, `kcnn explain` and `kcnn serve` decode with
+`read_image` too (serve imports this module without Keras: it needs only NumPy and Pillow).
 """
 
 import concurrent.futures
+import io
 import os
 import re
+import stat
 import warnings
 
 import numpy as np
@@ -43,13 +50,22 @@ class CorruptImageError(KcnnError):
         self.reason = reason or message
 
 
+class ImageTooLargeError(CorruptImageError):
+    """An image over the pixel limit; `size` is its (width, height), read from its header."""
+
+    def __init__(self, message, reason, size):
+        super().__init__(message, reason=reason)
+        self.size = size
+
+
 class ImageSizeError(KcnnError):
     """Images of different sizes without an `image_size` to resize them to."""
 
 
 def image_folder(directory, *, image_size=None, validation_split=0.2, subset="both", seed=0, color_mode="rgb",
                  on_error="skip", max_pixels=MAX_PIXELS, verbose=True):
-    """Load a folder of class sub-folders into memory.
+    """Load a folder of class sub-folders into memory, each image as a viewer
+    shows it (`image_array`: EXIF orientation, 16-bit pixels scaled to 8 bits).
 
     Args:
         directory: folder holding one sub-folder per class.
@@ -62,7 +78,8 @@ def image_folder(directory, *, image_size=None, validation_split=0.2, subset="bo
         color_mode: "rgb" (grey, palette and RGBA images are converted) or
             "grayscale".
         on_error: "skip" unreadable files and report how many, or "stop" at
-            the first one with an error naming it.
+            the first one with an error naming it. Files that are not regular
+            files (named pipes, devices) count as unreadable, unopened.
         max_pixels: images with more pixels are treated as unreadable.
     """
     directory = os.fspath(directory)
@@ -137,10 +154,14 @@ def _check_arguments(directory, image_size, validation_split, subset, color_mode
 
 
 def _list_files(directory):
-    """Sorted class names and (path, label) pairs. Links to folders are not
-    followed (a link loop cannot hang the walk), as in Keras' default."""
+    """Sorted class names and (path, label) pairs. A class folder that is a link is followed when it points
+    inside `directory` (to a folder no other class holds); inside class folders, links to folders are not
+    followed (a link loop cannot hang the walk), as in Keras' default. Files that are not regular (named
+    pipes, devices) are listed: `read_image` refuses them without opening them, so they are counted as
+    unreadable."""
     class_names = tuple(sorted(entry.name for entry in os.scandir(directory)
-                               if entry.is_dir(follow_symlinks=False) and not entry.name.startswith(".")))
+                               if entry.is_dir() and not entry.name.startswith(".")))
+    _check_linked_classes(directory, class_names)
     files = []
     for label, class_name in enumerate(class_names):
         for root, folders, names in os.walk(os.path.join(directory, class_name)):
@@ -150,33 +171,118 @@ def _list_files(directory):
     return class_names, files
 
 
-def read_image(path, mode="RGB", size=None, max_pixels=MAX_PIXELS):
-    """One image file as uint8 (H, W) or (H, W, C): Pillow `mode` ("RGB" or
-    "L"), resized to `size` (height, width) when given. Files over
-    `max_pixels` are refused before their pixels are decoded. Whatever is
-    wrong with the file, the error is a `CorruptImageError`."""
+def _check_linked_classes(directory, class_names):
+    """Refuse a class folder that is a link to outside `directory`, or to (a folder of) another class: its
+    images would be read from elsewhere, or counted in two classes."""
+    root = os.path.realpath(directory)
+    real = {name: os.path.realpath(os.path.join(directory, name)) for name in class_names}
+    for name in class_names:
+        link = os.path.join(directory, name)
+        if not os.path.islink(link):
+            continue
+        target = real[name]
+        if target == root or os.path.commonpath([root, target]) != root:
+            raise EmptyDatasetError(
+                f"The class folder {link} is a link to {target}, outside {directory}; copy that folder into "
+                f"{directory}, or point the link at a folder inside it."
+            )
+        other = next((o for o in class_names if o != name
+                      and os.path.commonpath([real[o], target]) in (real[o], target)), None)
+        if other is not None:
+            raise EmptyDatasetError(
+                f"The class folder {link} is a link to {target}, which shares images with the class folder "
+                f"{os.path.join(directory, other)}; point the link at a folder of its own class."
+            )
+
+
+def read_image(source, mode="RGB", size=None, max_pixels=MAX_PIXELS):
+    """One image as uint8 (H, W) or (H, W, C), as a viewer shows it (`image_array`): `source` is a file's path
+    or its bytes; converted to Pillow `mode` ("RGB" or "L") and resized to `size` (height, width; a None in
+    it keeps the image's own) when given. Only a regular file is opened (`special_file`), and images over
+    `max_pixels` are refused before their pixels are decoded (an `ImageTooLargeError`). Whatever is wrong
+    with the image, the error is a `CorruptImageError`."""
+    in_memory = isinstance(source, (bytes, bytearray, memoryview))
+    name = "the image bytes" if in_memory else os.fspath(source)
     try:
-        return _decode(path, mode, size, max_pixels)
+        return _decode(io.BytesIO(source) if in_memory else name, name, mode, size, max_pixels)
     except CorruptImageError:
         raise
     except Exception as error:  # Pillow and the OS raise many kinds: unknown format, truncated, unreadable
         reason = _reason(error, max_pixels)
-        raise CorruptImageError(_unreadable(path, reason), reason=reason) from None
+        raise CorruptImageError(_unreadable(name, reason), reason=reason) from None
 
 
-def _decode(path, mode, size, max_pixels):
+def special_file(path):
+    """What `path` is when it exists and is not a regular file, after links ("a named pipe", "a folder"...),
+    else None (a missing path is left to the open that follows). Found with os.stat, never by opening it:
+    opening a named pipe blocks until something writes to it, and a device file may never end."""
+    try:
+        kind = stat.S_IFMT(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return None
+    if kind == stat.S_IFREG:
+        return None
+    return {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket",
+            stat.S_IFCHR: "a device file", stat.S_IFBLK: "a device file"}.get(kind, "a special file")
+
+
+def _decode(file, name, mode, size, max_pixels):
     from PIL import Image
 
-    with Image.open(path, formats=FORMATS) as image:
+    kind = None if isinstance(file, io.BytesIO) else special_file(file)
+    if kind is not None:  # refused before open(): a named pipe would block this thread forever
+        reason = f"{kind}, not a regular file"
+        raise CorruptImageError(_unreadable(name, reason), reason=reason)
+    with Image.open(file, formats=FORMATS) as image:
         if image.width * image.height > max_pixels:
             reason = f"{image.width}x{image.height} pixels is over the limit of {max_pixels:,}"
-            raise CorruptImageError(_unreadable(path, reason), reason=reason)
-        if image.mode in ("P", "LA", "PA") or "transparency" in image.info:
-            image = image.convert("RGBA")  # palette and transparency: composite via RGBA first
-        image = image.convert(mode)
-        if size is not None and image.size != (size[1], size[0]):
-            image = image.resize((size[1], size[0]), Image.BILINEAR)
-        return np.asarray(image, dtype=np.uint8)
+            raise ImageTooLargeError(_unreadable(name, reason), reason, image.size)
+        return image_array(image, mode, size)
+
+
+def image_array(image, mode="RGB", size=None):
+    """A Pillow image as uint8 (H, W) or (H, W, C), as an image viewer shows it, in Pillow `mode` ("RGB" or
+    "L"), resized (bilinear) to `size` (height, width; a None in it keeps the image's own) when given:
+
+    - turned upright by its EXIF orientation (phones store pictures sideways with a tag that says so);
+    - 16-bit grey ("I;16", "I;16B", "I;16L") scaled to 8 bits, value / 257 rounded (65535 -> 255), where
+      Pillow's own conversion clips everything over 255 to white. "I" (32-bit integers) is how Pillow reads
+      16-bit PNGs in some versions, so it is taken as 16-bit when its values fit (its largest at most 65535:
+      a dark 16-bit image stays dark, as in a viewer), else as 32-bit, scaled from 0-2**31-1; negatives are 0;
+    - float ("F", from no allowed format but made in memory) as image libraries write it: values all in
+      [0, 1] scaled by 255, others taken as 0-255 and clipped (NaN is 0);
+    - palette, grey with alpha and transparency through RGBA, then the colours kept and the alpha dropped
+      (as Keras' loader does); CMYK and bilevel ("1") by Pillow's conversions.
+    """
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image)  # the orientation a viewer applies; a copy when there is none
+    image = _eight_bit(image)
+    if image.mode in ("P", "LA", "PA") or "transparency" in image.info:
+        image = image.convert("RGBA")  # palette and transparency: composite via RGBA first
+    image = image.convert(mode)
+    if size is not None:
+        wanted = (image.width if size[1] is None else size[1], image.height if size[0] is None else size[0])
+        if image.size != wanted:
+            image = image.resize(wanted, Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _eight_bit(image):
+    """An "L" image of a 16-bit, 32-bit or float grey one (as `image_array` says); any other unchanged."""
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image).astype(np.float64)
+        top = 65535 if image.mode != "I" or values.max(initial=0) <= 65535 else 2 ** 31 - 1
+        pixels = np.rint(np.clip(values, 0, None) * 255 / top)
+    elif image.mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0)
+        in_unit_range = values.size and values.min() >= 0 and values.max() <= 1
+        pixels = np.clip(np.rint(values * 255 if in_unit_range else values), 0, 255)
+    else:
+        return image
+    return Image.fromarray(pixels.astype(np.uint8))  # 2-D uint8: mode "L"
 
 
 def _unreadable(path, reason):

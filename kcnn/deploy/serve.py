@@ -42,7 +42,6 @@ import binascii
 import collections
 import contextlib
 import errno
-import io
 import json
 import os
 import re
@@ -55,6 +54,7 @@ import threading
 
 import numpy as np
 
+from kcnn.data.folder import CorruptImageError, ImageTooLargeError, read_image
 from kcnn.errors import KcnnError
 
 MODEL_NAME = "model"  # TensorFlow Serving's docker image serves MODEL_NAME=model unless told otherwise
@@ -394,9 +394,9 @@ def _image(item, where, shape):
 
 
 def _decode(text, where, shape):
-    """A b64 PNG or JPEG (or BMP, GIF, WebP) as float32 (H, W, C), converted and resized to the model's input."""
-    from PIL import Image
-
+    """A b64 PNG or JPEG (or BMP, GIF, WebP) as float32 (H, W, C), decoded as `kcnn predict` decodes a file
+    (kcnn.data.folder.read_image: upright by its EXIF orientation, 16-bit pixels scaled to 8 bits), converted
+    and resized to the model's input."""
     height, width, channels = shape
     if channels not in (1, 3):
         raise RequestError(f"{where}: the model takes {channels} channels, which no image file has; send nested "
@@ -406,22 +406,14 @@ def _decode(text, where, shape):
     except (binascii.Error, ValueError):
         raise RequestError(f"{where}: Unable to base64 decode; send the file's bytes in standard base64") from None
     try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise RequestError(f"{where}: the image has {image.width}x{image.height} pixels, over this server's "
-                                   f"limit of {MAX_PIXELS:,}; send a smaller image")
-            if image.mode in ("P", "LA", "PA") or "transparency" in image.info:
-                image = image.convert("RGBA")  # palette and transparency: composite via RGBA first
-            image = image.convert("L" if channels == 1 else "RGB")
-            size = (width or image.width, height or image.height)
-            if image.size != size:
-                image = image.resize(size, Image.BILINEAR)
-            return np.asarray(image, dtype=np.float32).reshape(size[1], size[0], channels)
-    except RequestError:
-        raise
-    except Exception:  # Pillow raises many kinds: unknown format, truncated, decompression bomb
+        image = read_image(data, "L" if channels == 1 else "RGB", (height, width), MAX_PIXELS)
+    except ImageTooLargeError as error:
+        raise RequestError(f"{where}: the image has {error.size[0]}x{error.size[1]} pixels, over this server's "
+                           f"limit of {MAX_PIXELS:,}; send a smaller image") from None
+    except CorruptImageError:  # unknown format, truncated, decompression bomb
         raise RequestError(f"{where}: its b64 bytes are not an image Pillow can read; send a PNG, JPEG, BMP, GIF or "
                            f"WebP file") from None
+    return image.astype(np.float32).reshape(*image.shape[:2], channels)
 
 
 def _stack(images):

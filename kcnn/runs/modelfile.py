@@ -10,7 +10,6 @@ is refused too: it diverged in training, and every answer it gives would be `nan
 
 import os
 import re
-import stat
 import zipfile
 
 from kcnn.errors import DivergedError, KcnnError
@@ -23,7 +22,13 @@ RATIO_FLOOR_MB = 256
 
 def load_model(model_path, *, error=KcnnError, compile=True, accelerate=False):
     """The model of a .keras file, loaded in Keras' safe mode (no code from the file runs); `error`: the
-    KcnnError type raised with `refusal`'s sentence; `accelerate`: on torch with kcnn.backends.torch_fast's kernels."""
+    KcnnError type raised with `refusal`'s sentence; `accelerate`: on torch with kcnn.backends.torch_fast's kernels.
+    A path that is not a regular file (a named pipe, a device) is refused without being opened."""
+    from kcnn.data.folder import special_file
+
+    kind = special_file(model_path)
+    if kind is not None:  # Keras would open it, and a named pipe blocks until something writes to it
+        raise error(f"{model_path} is {kind}, not a model file; pass a .keras file.")
     import keras
 
     from kcnn.backends.initializers import without_initializer_draws
@@ -73,17 +78,14 @@ def refusal(model_path, error):
 
 
 def check_model_file(model_path, error=KcnnError):
-    """Refuse, with `error`, a path that is not a regular file (a named pipe would block the reading), or a zip
-    that is damaged or unpacks to more than the bounds above; nothing is extracted."""
+    """Refuse, with `error`, a zip that is damaged or unpacks to more than the bounds above (a regular file:
+    load_model checks that first); nothing is extracted."""
     model_path = os.fspath(model_path)
     try:
-        mode = os.stat(model_path).st_mode
+        size = os.path.getsize(model_path)
     except OSError as caught:
         raise error(f"Cannot read the model file {model_path} ({caught.strerror}); pass an existing .keras file."
                     ) from None
-    if not stat.S_ISREG(mode):
-        raise error(f"{model_path} is not a regular file (a folder, named pipe or device); pass a .keras file.")
-    size = os.path.getsize(model_path)
     try:
         with zipfile.ZipFile(model_path) as archive:
             members = archive.infolist()

@@ -571,6 +571,11 @@ class RunDir:
             json.dump(value, f, indent=1)
 
     def read_json(self, name):
+        from kcnn.data.folder import special_file
+
+        kind = special_file(self.file(name))
+        if kind is not None:  # open() would block on a named pipe
+            raise OSError(errno.EINVAL, f"{kind}, not a regular file", self.file(name))
         with open(self.file(name)) as f:
             return json.load(f)
 
@@ -676,7 +681,9 @@ class FinishedRun:
 
 def load_run(path):
     """The `FinishedRun` of a finished run directory, or of a model.keras file inside one (a FinishedRun is
-    returned as it is). Its model is loaded in Keras' safe mode: a file that would run code is refused."""
+    returned as it is). Its model is loaded in Keras' safe mode: a file that would run code is refused; a
+    model.keras, config.json or metrics.json that is not a regular file (a named pipe) is refused unopened."""
+    from kcnn.data.folder import special_file
     from kcnn.runs.modelfile import load_model
 
     if isinstance(path, FinishedRun):
@@ -684,7 +691,10 @@ def load_run(path):
     path = os.fspath(path)
     run_dir = os.path.dirname(path) if path.endswith(".keras") else path
     model_path = path if path.endswith(".keras") else os.path.join(run_dir, "model.keras")
-    if not os.path.lexists(model_path):  # (not a regular file: refused by load_model, unopened)
+    kind = special_file(model_path)
+    if kind is not None and kind != "a folder":
+        raise KcnnError(f"{model_path} is {kind}, not a model file; pass the directory of a finished run.")
+    if not os.path.isfile(model_path):
         raise KcnnError(f"{run_dir} holds no model.keras; pass the directory of a finished run.")
     config, class_names = run_config(run_dir)
     model = load_model(model_path, error=KcnnError, accelerate=False)
