@@ -36,6 +36,9 @@ def setting(default, help, **cli):
     return dataclasses.field(default=default, metadata=dict(help=help, **cli))
 
 
+MAX_IMAGE_SIZE = 4096  # pixels a side: a batch of 32 float32 RGB images is 6 GiB there, ImageNet models use 224-600
+
+
 def _bad(argument, value, valid):
     raise InvalidArgumentError(f"{argument} must be {valid}. Received: {argument}={value!r}")
 
@@ -231,6 +234,9 @@ class TrainConfig(RunConfig):
         if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
                                             or self.image_size < 1):
             _bad("image_size", self.image_size, "a whole number of pixels")
+        if isinstance(self.image_size, int) and self.image_size > MAX_IMAGE_SIZE:
+            _bad("image_size", self.image_size, f"at most {MAX_IMAGE_SIZE} pixels (a batch of larger images does "
+                                                f"not fit in memory)")
         _check_count("epochs", self.epochs, 1)
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             _bad("learning_rate", self.learning_rate, "a number above 0")
@@ -321,6 +327,9 @@ class FinetuneConfig(RunConfig):
     def check(self):
         super().check()
         _check_count("image_size", self.image_size, 1)  # the backbone's input: no default from the data
+        if self.image_size > MAX_IMAGE_SIZE:
+            _bad("image_size", self.image_size, f"at most {MAX_IMAGE_SIZE} pixels (a batch of larger images does "
+                                                f"not fit in memory)")
         for name in ("head_epochs", "finetune_epochs", "extra_views"):
             _check_count(name, getattr(self, name), 0)
         for name in ("head_learning_rate", "finetune_learning_rate"):

@@ -254,6 +254,20 @@ def _read_only_with_run(tmp, mp):
     return read_only(tmp, mp)
 
 
+def _disk_full_at_copy(tmp, mp):
+    """A run, and a disk that fills up while its model is copied into an export (a mock at the copy)."""
+    import shutil
+
+    run_with_model(tmp, tiny_model_file)
+
+    def full(source, temporary):
+        with open(temporary, "wb") as f:
+            f.write(b"PK")  # part of the file, as a full disk leaves it
+        raise OSError(errno.ENOSPC, "No space left on device", str(temporary))
+
+    mp.setattr(shutil, "copyfile", full)
+
+
 def _odd_lock(tmp, link):
     (tmp / "run").mkdir()
     if link:
@@ -421,6 +435,12 @@ BAD_INPUTS = [
         lambda t, p: finetune(t, head_learning_rate=1e9),
         lambda t, p: ["finetune", "--limit", "64", "--head-epochs", "1", "--finetune-epochs", "0", "--no-export",
                       "--head-learning-rate", "1e9", "--output-dir", str(t / "ft")], writes=True),
+    Row("limit of zero images", InvalidArgumentError, r"limit must be a whole number of at least 1\. Received: limit=0",
+        lambda t, p: train(t, limit=0), lambda t, p: ["train", *DIGITS, "--limit", "0"]),
+    Row("negative limit", InvalidArgumentError, r"limit must be a whole number of at least 1\. Received: limit=-5",
+        lambda t, p: finetune(t, limit=-5), lambda t, p: ["finetune", "--limit", "-5"]),
+    Row("image size beyond any memory", InvalidArgumentError, r"image_size must be at most 4096 pixels",
+        lambda t, p: finetune(t, image_size=100_000), lambda t, p: ["finetune", "--image-size", "100000"]),
     Row("learning rate that is not a finite number", InvalidArgumentError,
         r"learning_rate must be a finite number\. Received: learning_rate=inf",
         lambda t, p: train(t, learning_rate=float("inf")),
@@ -431,9 +451,9 @@ BAD_INPUTS = [
         lambda t, p: ["finetune", "--finetune-learning-rate", "nan"]),
     Row("class folder whose name holds a line break", InvalidArgumentError,
         r"class name 'a\\nb' \(a sub-folder of .*lines\) holds a line break.*class_names\.txt.*rename it",
-        lambda t, p: train(t, dataset=str(p)),
+        lambda t, p: train(t, dataset=str(p), batch_size=2),
         lambda t, p: ["train", "--dataset", str(p), "--arch", "lenet5", "--image-size", "32", "--epochs", "1",
-                      "--output-dir", str(t / "run")],
+                      "--batch-size", "2", "--output-dir", str(t / "run")],
         setup=lambda t, mp: image_folder(t / "lines", classes=("a\nb", "c"))),
     # -- models that diverged, model files that are not what they claim --
     Row("run whose model's weights are NaN", DivergedError,
@@ -483,6 +503,11 @@ BAD_INPUTS = [
         lambda t, p: kcnn.deploy.export.export(t / "run", "keras", str(p / "out")),
         lambda t, p: ["export", str(t / "run"), "--format", "keras", "--output", str(p / "out")],
         setup=lambda t, mp: _read_only_with_run(t, mp)),
+    Row("disk full during an export", rundir.RunWriteError,
+        r"No space left on device.*free some disk space, then export again",
+        lambda t, p: kcnn.deploy.export.export(t / "run", "keras", str(t / "out")),
+        lambda t, p: ["export", str(t / "run"), "--format", "keras", "--output", str(t / "out")],
+        setup=lambda t, mp: _disk_full_at_copy(t, mp)),
     # -- output folders --
     Row("lock file that is a link to the user's file", rundir.RunLockedError,
         r"\.kcnn\.lock is not kcnn's lock file \(it is a link, a folder or a special file\).*remove it",
