@@ -139,6 +139,12 @@ MUTANTS = (
     Mutant("fresh-head-left-unset", "kcnn/registry.py",
            "        initialize_the_rest(model)  # a fresh head", "        pass",
            ("tests/test_weights.py", "-k", "fresh_head")),
+    Mutant("pixel-budget-off", "kcnn/deploy/serve.py",
+           "    if pixels > MAX_REQUEST_PIXELS:", "    if False:",
+           ("tests/test_serve.py", "-k", "budget")),
+    Mutant("non-finite-pixels-accepted", "kcnn/deploy/serve.py",
+           "    if image.size and not np.isfinite(image).all():", "    if False:",
+           ("tests/test_serve.py", "-k", "pixel and not budget")),
 )
 
 
