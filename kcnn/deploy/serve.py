@@ -24,12 +24,13 @@ Limits, so that no client can hold the server open or make it run out of memory:
 
     413  a body over --max-body-mb (32 MB): refused from its Content-Length before a byte of it is read, or as it
          arrives when chunked; the connection is then closed
-    413  over MAX_INSTANCES (1,024) images in one request, or over MAX_REQUEST_PIXELS (128 Mi) pixels together,
+    413  over MAX_INSTANCES (256) images in one request, or over MAX_REQUEST_PIXELS (128 Mi) pixels together,
          counted from nested lists' lengths and b64 files' headers before any image is decoded (and MAX_PIXELS,
          64 Mi, for one image)
     408  a body not all arrived within --body-timeout-s (30 s) of its request's headers; the connection is closed
     a connection with no request in progress (idle after a response, or whose request's headers have not all
     arrived) is closed after KEEP_ALIVE_S (5 s)
+    PARSING_AT_ONCE (2) requests are parsed and decoded at a time: the largest take about 0.55 GB each
 
 The model runs on at most --max-batch images at a time, however many a request holds. A client that goes away
 before its body is complete is one line in the log. At start the model is run on a black and a grey image: one
@@ -88,12 +89,15 @@ MAX_BODY_MB_LIMIT = 4096  # the most --max-body-mb takes: a body is held in memo
 MAX_BATCH = 32  # most images in one session.run
 MAX_PIXELS = 64 * 1024 * 1024  # a b64 image larger than this is refused before decoding (as kcnn.data.folder)
 MAX_REQUEST_PIXELS = 128 * 1024 * 1024  # the pixels of one request's images together (decoding them is the CPU time)
-MAX_INSTANCES = 1024  # images in one request (each becomes the model's input size, float32, however small its file)
+MAX_INSTANCES = 256  # images in one request: each becomes the model's input, float32, however small its file
+# (256 1x1 PNGs, a 30 kB body, make 154 MB for a 224x224 model; 32 MB of them would make 180 GB)
 BODY_TIMEOUT_S = 30  # a request's whole body must arrive within this of its headers (408 after)
 KEEP_ALIVE_S = 5  # a connection with no request in progress is closed after this (uvicorn's keep-alive default)
 SHUTDOWN_S = 10  # after SIGTERM, a body still arriving has this long at most (408 after)
 SHUTDOWN_RUN_S = 5  # ... and the model runs then under way this much more, after which uvicorn cancels them
 MAX_TIMEOUT_S = 3600  # the most --body-timeout-s and --shutdown-timeout-s take
+PARSING_AT_ONCE = 2  # requests parsed and decoded at once: up to 0.55 GB each (bench/serve_limits.py), and JSON
+# parsing holds the GIL, so more at once would take more memory, not less time
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 SIGNATURE = "serving_default"
 VERSION = 1
@@ -665,6 +669,7 @@ def make_app(model, *, max_body_mb=MAX_BODY_MB, max_batch=MAX_BATCH, body_timeou
     from starlette.routing import Route
 
     batcher = Batcher(model, max_batch)
+    parsing = asyncio.Semaphore(PARSING_AT_ONCE)
     limit = int(max_body_mb * 1024 * 1024)
     receiving = set()  # the deadlines (asyncio.Timeout) of the bodies arriving now
     stop_by = math.inf  # the loop's time by which every body must be in: set by stopping()
@@ -738,7 +743,8 @@ def make_app(model, *, max_body_mb=MAX_BODY_MB, max_batch=MAX_BATCH, body_timeou
         except ClientDisconnect:  # one line, not the traceback of an exception nobody can act on
             print("kcnn serve: a client disconnected before its request was complete", file=sys.stderr, flush=True)
             return Response(status_code=400)  # to no one: uvicorn drops what is sent on a closed connection
-        images, format = await run_in_threadpool(parse_predict, body, model.shape)
+        async with parsing:
+            images, format = await run_in_threadpool(parse_predict, body, model.shape)
         probabilities, indices, batch = await batcher.predict(images)
         if not np.isfinite(probabilities).all():
             raise RequestError("Internal error: the model gave NaN or infinite probabilities for these images, "
