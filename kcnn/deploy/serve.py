@@ -110,8 +110,8 @@ class ServeError(KcnnError):
 
 
 class RequestError(Exception):
-    """A request answered with TensorFlow Serving's {"error": message} and a 4xx status; `close`: then the
-    connection is closed (a body left unread)."""
+    """A request answered with TensorFlow Serving's {"error": message} and a 4xx status (500: a model giving NaN);
+    `close`: then the connection is closed (a body left unread)."""
 
     def __init__(self, message, status=400, close=False):
         super().__init__(message)
