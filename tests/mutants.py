@@ -151,6 +151,12 @@ MUTANTS = (
     Mutant("fifo-opened", "kcnn/data/folder.py",  # the tests fail after their time limit instead of hanging
            "kind = None if isinstance(file, io.BytesIO) else special_file(file)", "kind = None",
            ("tests/test_images.py", "-k", "named_pipe_is_not_opened_as_an_image or image_folder_is_skipped")),
+    Mutant("pixel-budget-off", "kcnn/deploy/serve.py",
+           "    if pixels > MAX_REQUEST_PIXELS:", "    if False:",
+           ("tests/test_serve.py", "-k", "budget")),
+    Mutant("non-finite-pixels-accepted", "kcnn/deploy/serve.py",
+           "    if image.size and not np.isfinite(image).all():", "    if False:",
+           ("tests/test_serve.py", "-k", "pixel and not budget")),
 )
 
 

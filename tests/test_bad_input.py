@@ -743,6 +743,14 @@ BAD_INPUTS = [
     Row("serve with a body limit of zero", ServeError, r"max_body_mb must be a number of megabytes above 0",
         lambda t, p: kcnn.deploy.serve.check_settings("model", 8501, 0, 32),
         lambda t, p: ["serve", str(t), "--max-body-mb", "0"]),
+    Row("serve with an infinite body limit", ServeError,
+        r"max_body_mb must be a number of megabytes above 0 and at most 4096\. Received: max_body_mb=inf",
+        lambda t, p: kcnn.deploy.serve.check_settings("model", 8501, float("inf"), 32),
+        lambda t, p: ["serve", str(t), "--max-body-mb", "inf"]),
+    Row("serve with a body timeout of NaN", ServeError,
+        r"body_timeout_s must be a number of seconds above 0 and at most 3600\. Received: body_timeout_s=nan",
+        lambda t, p: kcnn.deploy.serve.check_settings("model", 8501, 32, 32, body_timeout_s=float("nan")),
+        lambda t, p: ["serve", str(t), "--body-timeout-s", "nan"]),
     Row("serve under a model name with a slash", ServeError, r"model name goes into the URL.*model_name='pets/v2'",
         lambda t, p: kcnn.deploy.serve.check_settings("pets/v2", 8501, 32, 32),
         lambda t, p: ["serve", str(t), "--model-name", "pets/v2"]),
@@ -868,7 +876,7 @@ def test_cli(row, tmp_path, monkeypatch, capsys):
 
 
 def test_the_table_is_large_and_mostly_through_both_doors():
-    assert len(BAD_INPUTS) >= 30 and len(CLI_ROWS) >= 30  # 77 and 63 (README)
+    assert len(BAD_INPUTS) >= 30 and len(CLI_ROWS) >= 30  # 86 and 72 (README)
     assert len({row.name for row in BAD_INPUTS}) == len(BAD_INPUTS)
 
 

@@ -7,7 +7,9 @@ structure, answers equal to onnxruntime's own on the ONNX file it serves and to 
 client code written for TF Serving, b64 PNG and JPEG, every bad request (the error, then a good request served),
 16 concurrent clients. The other servers start the serving process directly (`kcnn.deploy.serve.server_command()`: no
 Keras import, a second each): an ONNX export folder stopped by SIGTERM with requests in flight, a model.onnx file
-without batching, and the refusals of the command line.
+without batching, and the refusals of the command line. The limits (a body too large, too slow or cut off, idle and
+half-sent connections, SIGTERM with slow clients, a model giving NaN) are tried on a tiny ONNX model written with
+onnx's helper, by raw sockets where the client must misbehave.
 """
 
 import base64
@@ -19,10 +21,12 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -235,6 +239,26 @@ def _with_text(image):
     return nested
 
 
+def _with_token(image, token):
+    """A request body of one image with `token` (JSON text, such as NaN, which Python's json reads) for one value."""
+    nested = image.tolist()
+    nested[3][4][1] = "PIXEL"
+    return json.dumps({"instances": [nested]}).replace('"PIXEL"', token).encode()
+
+
+def png_header(width, height):
+    """A PNG file's signature, IHDR and IEND: Pillow's open reads its size; its pixels cannot be decoded."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")).decode()
+
+
+NON_FINITE = r"^Failed to process element: 0 of 'instances' list: it holds NaN or infinite values .*; pixel values " \
+    r"must be finite numbers 0-255$"
+
+
 # (name, method, path, body, status, what the error says)
 BAD_REQUESTS = [
     ("malformed JSON", "POST", PREDICT, b'{"instances": [[1, 2', 400, r"^JSON Parse error: .+ at offset: \d+$"),
@@ -266,6 +290,19 @@ BAD_REQUESTS = [
      r'^Serving signature name: "serving_uint8" not found in signature def; this model has "serving_default" only$'),
     ("body over the size limit", "POST", PREDICT, b" " * (33 * 2**20), 413,
      r"^The request body has 33\.0 MB, over this server's limit of 32 MB \(--max-body-mb\)"),
+    ("a NaN pixel", "POST", PREDICT, _with_token(IMAGES[0], "NaN"), 400, NON_FINITE),
+    ("an infinite pixel", "POST", PREDICT, _with_token(IMAGES[0], "Infinity"), 400, NON_FINITE),
+    ("a minus-infinite pixel", "POST", PREDICT, _with_token(IMAGES[0], "-Infinity"), 400, NON_FINITE),
+    ("a pixel of 1e400, infinite as a float", "POST", PREDICT, _with_token(IMAGES[0], "1e400"), 400, NON_FINITE),
+    ("a pixel over 255", "POST", PREDICT, _with_token(IMAGES[0], "300.5"), 400,
+     r"element: 0 of 'instances' list: it holds values from 0 to 300\.5; pixel values must be finite numbers 0-255"),
+    ("a negative pixel", "POST", PREDICT, {"inputs": [np.full((32, 32, 3), -1).tolist()]}, 400,
+     r"element: 0 of 'inputs': it holds values from -1 to -1; pixel values must be finite numbers 0-255"),
+    ("images over the pixel budget of a request, refused from their headers", "POST", PREDICT,
+     {"instances": [{"b64": png_header(8000, 6000)}] * 3}, 413,
+     r"^The request's images hold 144,000,000 pixels together, over this server's limit of 134,217,728 a request; "),
+    ("more images than a request may hold", "POST", PREDICT, {"instances": [{"b64": png(IMAGES[0, :1, :1])}] * 257},
+     413, r"^The request holds 257 images, over this server's limit of 256 a request; send them in several"),
     ("unknown model name", "POST", "/v1/models/resnet:predict", GOOD, 404,
      r"^Servable not found for request: Latest\(resnet\)$"),
     ("unknown version", "POST", "/v1/models/model/versions/2:predict", GOOD, 404,
@@ -443,14 +480,37 @@ def test_a_model_onnx_file_under_another_name_without_batching(server, tmp_path)
 
 
 def test_refusals_of_the_serving_process_are_one_line_and_exit_2(tmp_path):
-    """An .onnx file onnxruntime cannot load, a bad flag, a missing file: `kcnn: error: ...` and 2, no traceback."""
+    """An .onnx file onnxruntime cannot load, a model that diverged (NaN on a plain image), flags out of range (NaN
+    and infinity included), a missing file: `kcnn: error: ...` and 2, no traceback."""
     (tmp_path / "model.onnx").write_bytes(b"not an ONNX model")
+    diverged = tiny_onnx(tmp_path / "diverged" / "model.onnx", -1)  # NaN for every image
     for args, message in [((tmp_path / "model.onnx", "--port", 0), r"model\.onnx cannot be loaded by onnxruntime"),
+                          ((diverged, "--port", 0), r"model\.onnx gives NaN or infinite outputs on a plain grey image: "
+                           r"the model diverged in training; retrain it with a lower learning rate\."),
                           ((tmp_path / "model.onnx", "--max-batch", 0), r"max_batch must be a whole number"),
+                          ((tmp_path / "model.onnx", "--max-body-mb", "inf"),
+                           r"max_body_mb must be a number of megabytes above 0 and at most 4096\. .*=inf"),
+                          ((tmp_path / "model.onnx", "--max-body-mb", "nan"), r"max_body_mb must be .*=nan"),
+                          ((tmp_path / "model.onnx", "--max-body-mb", "1e9"), r"max_body_mb must be .*=1000000000\.0"),
+                          ((tmp_path / "model.onnx", "--body-timeout-s", "nan"),
+                           r"body_timeout_s must be a number of seconds above 0 and at most 3600\. .*=nan"),
+                          ((tmp_path / "model.onnx", "--shutdown-timeout-s", "inf"),
+                           r"shutdown_timeout_s must be .*=inf"),
                           ((tmp_path / "nothing", "--port", 0), r"No such file or directory")]:
         done = subprocess.run(serving_process(*args), capture_output=True, text=True, timeout=60)
         assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
         assert re.fullmatch(rf"kcnn: error: [^\n]*{message}[^\n]*\n", done.stderr), done.stderr
+
+
+def test_the_serving_process_imports_this_kcnn_not_an_installed_one():
+    """server_command's bare `kcnn` package has kcnn's folder as its path: with a folder beside it, an editable
+    install's finder (or nothing, in a wheel) would give `kcnn.deploy` from elsewhere."""
+    executable, flag, bootstrap = kcnn_serve.server_command()
+    probe = bootstrap.replace("from kcnn.deploy.serve import main; sys.exit(main())",
+                              "import kcnn.deploy.serve; print(kcnn.deploy.serve.__file__)")
+    assert probe != bootstrap
+    done = subprocess.run([executable, flag, probe], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == os.path.abspath(kcnn_serve.__file__), done.stdout + done.stderr
 
 
 def test_a_port_in_use_is_refused(server, tmp_path):
@@ -480,3 +540,206 @@ def test_which_model_a_source_names(tmp_path):
     assert kcnn_serve.find_source(str(run / "model.keras")) == (None, str(run / "model.keras"))
     with pytest.raises(kcnn_serve.ServeError, match=r"holds no model\.onnx, export/model\.onnx or model\.keras"):
         kcnn_serve.find_source(tmp_path)
+
+
+# ---- the limits: bodies too large, too slow or cut off, idle connections, SIGTERM with slow clients, NaN ---------
+
+
+def tiny_onnx(path, constant):
+    """A kcnn-like ONNX model of 32x32x3 images and 3 classes, in milliseconds: probabilities = sqrt(constant - the
+    mean of each channel), NaN where a channel's mean is over `constant`; class_names.txt beside it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["image"], ["mean"], axes=[1, 2], keepdims=0),
+             helper.make_node("Sub", ["constant", "mean"], ["difference"]),
+             helper.make_node("Sqrt", ["difference"], ["probabilities"]),
+             helper.make_node("ArgMax", ["probabilities"], ["class_index"], axis=1, keepdims=0)]
+    graph = helper.make_graph(
+        nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", *SHAPE])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 3]),
+         helper.make_tensor_value_info("class_index", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor("constant", TensorProto.FLOAT, [], [constant])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8  # what onnxruntime 1.18, the oldest pyproject.toml allows, reads
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, path)
+    (path.parent / "class_names.txt").write_text("red\ngreen\nblue\n")
+    return path
+
+
+def tiny_answer(images, constant=200.0):
+    return np.sqrt(constant - images.astype(np.float32).mean(axis=(1, 2)))
+
+
+def _connect(server):
+    return socket.create_connection(("127.0.0.1", server.port), timeout=30)
+
+
+def _head(length):
+    return (f"POST {PREDICT} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n").encode()
+
+
+def _kept_alive(server):
+    """A connection that has had one answer in full, and is kept alive."""
+    connection = _connect(server)
+    connection.sendall(b"GET /v1/models/model HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    reply = b""
+    while b"\r\n\r\n" not in reply or len(reply.partition(b"\r\n\r\n")[2]) < len(json.dumps(STATUS)):
+        reply += connection.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in reply.lower(), reply
+    return connection
+
+
+def _read_to_close(connection):
+    """Everything the server sends until it closes the connection, and how long that took."""
+    started, reply = time.monotonic(), b""
+    while chunk := connection.recv(65536):
+        reply += chunk
+    connection.close()
+    return reply, time.monotonic() - started
+
+
+def _answer(reply):
+    head, _, content = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), head.decode().lower(), json.loads(content)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A serving process of the tiny model (NaN for images brighter than 200 on average) with a body limit of 1 MB,
+    a body timeout of 1.5 s and batches of 2 images; SIGTERM must end it with 0 and no traceback."""
+    path = tiny_onnx(tmp_path_factory.mktemp("tiny") / "model.onnx", 200)
+    served = Server(serving_process(path, "--port", 0, "--max-body-mb", 1, "--body-timeout-s", 1.5, "--max-batch", 2),
+                    timeout=60)
+    yield served
+    assert served.stop() == 0, served.output
+    assert "kcnn serve: stopped" in served.output and "Traceback" not in served.output, served.output
+
+
+def test_a_model_giving_nan_answers_500_with_strict_json_and_requests_run_in_parts_of_max_batch(tiny):
+    """NaN is not JSON: the request whose image makes the model give NaN gets 500 and TF Serving's error; the
+    others, 5 images in runs of at most --max-batch 2, their answers."""
+    def strict(text):
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} in the body: not JSON"))
+
+    white = np.full((1, *SHAPE), 255, np.uint8)
+    response = requests.post(tiny.url + PREDICT, data=json.dumps({"instances": white.tolist()}), timeout=30)
+    assert response.status_code == 500, response.text
+    assert re.fullmatch(r"Internal error: the model gave NaN or infinite probabilities for these images, which JSON "
+                        r"cannot hold; .*lower learning rate\)", strict(response.text)["error"]), response.text
+
+    images = IMAGES[:5] // 2  # means under 200: finite
+    response = requests.post(tiny.url + PREDICT, data=json.dumps({"instances": images.tolist()}), timeout=30)
+    assert response.status_code == 200, response.text
+    rows = strict(response.text)["predictions"]
+    np.testing.assert_allclose(np.array([row["probabilities"] for row in rows]), tiny_answer(images), rtol=1e-6)
+    assert [row["class_name"] for row in rows] == [["red", "green", "blue"][i] for i in
+                                                    tiny_answer(images).argmax(-1)]
+
+
+def test_a_declared_body_over_the_limit_gets_413_before_it_is_sent_and_the_connection_closed(tiny):
+    """Content-Length of a terabyte and 10 bytes sent: the 413 comes at once (not after the 1.5 s body timeout,
+    and without reading the rest), then the server closes the connection."""
+    connection = _connect(tiny)
+    connection.sendall(_head(10**12) + b'{"instance')
+    reply, elapsed = _read_to_close(connection)
+    status, head, answer = _answer(reply)
+    assert status == 413 and "connection: close" in head, reply
+    assert re.fullmatch(r"The request body has 953674\.3 MB, over this server's limit of 1 MB \(--max-body-mb\); .*",
+                        answer["error"]), answer
+    assert elapsed < 1.0, f"the 413 and the close took {elapsed:.2f} s"
+
+
+def test_a_chunked_body_over_the_limit_gets_413_as_it_arrives(tiny):
+    sent = []
+
+    def chunks():  # 4 MB in 64 KB chunks; the server stops reading after 1 MB
+        for _ in range(64):
+            sent.append(1)
+            yield b" " * 65536
+
+    response = requests.post(tiny.url + PREDICT, data=chunks(), timeout=30)
+    assert response.status_code == 413 and response.headers["connection"] == "close", response.text
+    assert re.match(r"^The request body is over this server's limit of 1 MB \(--max-body-mb\)",
+                    response.json()["error"])
+
+
+def test_a_body_that_does_not_arrive_gets_408_and_the_connection_closed(tiny):
+    """Half a body, then nothing: 408 after --body-timeout-s (1.5 s); a body sent a byte at a time is no better."""
+    connection = _connect(tiny)
+    body = json.dumps({"instances": IMAGES[:1].tolist()}).encode()
+    connection.sendall(_head(len(body)) + body[:len(body) // 2])
+    reply, elapsed = _read_to_close(connection)
+    status, head, answer = _answer(reply)
+    assert status == 408 and "connection: close" in head, reply
+    assert re.fullmatch(r"The request body did not all arrive within 1\.5 s of its headers \(--body-timeout-s\), .*",
+                        answer["error"]), answer
+    assert 1.0 < elapsed < 4, elapsed
+
+    connection = _connect(tiny)
+    connection.sendall(_head(len(body)))
+    started, status = time.monotonic(), None
+    for byte in body:  # a byte every 0.1 s: it would take minutes
+        try:
+            connection.sendall(bytes([byte]))
+        except OSError:  # closed by the server
+            break
+        time.sleep(0.1)
+        assert time.monotonic() - started < 10, "still reading the trickle after 10 s"
+    reply, _ = _read_to_close(connection)
+    assert _answer(reply)[0] == 408, reply
+
+
+def test_idle_and_half_sent_connections_are_closed_after_keep_alive_s(tiny):
+    """A keep-alive connection after its answer, one that sent nothing and one that sent half a request line: all
+    closed after KEEP_ALIVE_S (uvicorn alone would keep the last two for ever)."""
+    idle = _kept_alive(tiny)
+    silent, half = _connect(tiny), _connect(tiny)
+    half.sendall(b"POST /v1/models/mo")
+    for connection in (idle, silent, half):
+        reply, elapsed = _read_to_close(connection)
+        assert reply == b"" and elapsed < kcnn_serve.KEEP_ALIVE_S + 3, (reply, elapsed)
+
+
+def test_a_client_gone_mid_body_is_one_line_in_the_log(tiny):
+    connection = _connect(tiny)
+    connection.sendall(_head(1000) + b'{"instances": [[[1, 2, 3]')
+    time.sleep(0.3)
+    connection.close()
+    line = "kcnn serve: a client disconnected before its request was complete\n"
+    deadline = time.monotonic() + 10
+    while line not in tiny.lines:
+        assert time.monotonic() < deadline, tiny.output
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert tiny.lines.count(line) == 1 and "Traceback" not in tiny.output, tiny.output
+    assert predict(tiny, {"instances": IMAGES[:1].tolist()})["predictions"][0]["class_name"] in ("red", "green", "blue")
+
+
+def test_sigterm_exits_0_within_the_shutdown_timeout_whatever_slow_and_idle_clients_do(tmp_path):
+    """--shutdown-timeout-s 2 (the body timeout left at 30 s): an idle keep-alive connection, one that sent half a
+    request line and one that sent half a body when SIGTERM comes; the first two are closed at once, the third
+    gets 408 after 2 s, and the process exits with 0."""
+    path = tiny_onnx(tmp_path / "model.onnx", 200)
+    served = Server(serving_process(path, "--port", 0, "--shutdown-timeout-s", 2), timeout=60)
+    idle = _kept_alive(served)
+    half = _connect(served)
+    half.sendall(b"POST /v1/models/mo")
+    slow = _connect(served)
+    slow.sendall(_head(1000) + b'{"instances": [[[1, 2, 3]')
+    time.sleep(0.3)  # the slow request in flight
+    started = time.monotonic()
+    served.process.send_signal(signal.SIGTERM)
+    for connection in (idle, half):
+        reply, elapsed = _read_to_close(connection)
+        assert reply == b"" and elapsed < 1.5, (reply, elapsed)
+    reply, elapsed = _read_to_close(slow)
+    assert _answer(reply)[0] == 408 and 1.5 < elapsed < 4, (reply, elapsed)
+    assert served.process.wait(timeout=30) == 0, served.output
+    elapsed = time.monotonic() - started
+    served.reader.join(5)
+    assert elapsed < 2 + 2, f"exited {elapsed:.1f} s after SIGTERM"
+    assert "kcnn serve: stopped" in served.output and "Traceback" not in served.output, served.output

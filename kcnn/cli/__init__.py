@@ -264,7 +264,8 @@ def main(argv=None):
             from kcnn.deploy.serve import start
 
             return start(args.source, model_name=args.model_name, host=args.host, port=args.port,
-                         max_body_mb=args.max_body_mb, max_batch=args.max_batch)  # returns only on Windows
+                         max_body_mb=args.max_body_mb, max_batch=args.max_batch, body_timeout_s=args.body_timeout_s,
+                         shutdown_timeout_s=args.shutdown_timeout_s)  # returns only on Windows
         elif args.command == "doctor":
             from kcnn.cli.doctor import doctor, format_report
 

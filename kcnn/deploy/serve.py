@@ -16,7 +16,30 @@ TF Serving's docker image; the one version is 1):
 
 An image is nested lists (height, width, channels) of raw 0-255 pixels, `{"image": <that>}`, or `{"b64": "..."}`
 holding PNG or JPEG bytes, which the server decodes and resizes to the model's input (Pillow, bilinear, as kcnn
-predict does). Errors are TF Serving's: `{"error": "<one sentence>"}` with a 4xx status.
+predict does). Pixel values must be finite numbers 0-255 (JSON's NaN, Infinity and 1e400, which Python reads, are
+refused). Errors are TF Serving's: `{"error": "<one sentence>"}` with a 4xx status (500 where the model gives
+NaN or infinite probabilities, which JSON cannot hold; every body is strict JSON).
+
+Limits, so that no client can hold the server open or make it run out of memory:
+
+    413  a body over --max-body-mb (32 MB): refused from its Content-Length before a byte of it is read, or as it
+         arrives when chunked; the connection is then closed
+    413  over MAX_INSTANCES (256) images in one request, or over MAX_REQUEST_PIXELS (128 Mi) pixels together,
+         counted from nested lists' lengths and b64 files' headers before any image is decoded (and MAX_PIXELS,
+         64 Mi, for one image)
+    408  a body not all arrived within --body-timeout-s (30 s) of its request's headers; the connection is closed
+    a connection with no request in progress (idle after a response, or whose request's headers have not all
+    arrived) is closed after KEEP_ALIVE_S (5 s)
+    PARSING_AT_ONCE (2) requests are parsed and decoded at a time: the largest take about 0.55 GB each
+
+The model runs on at most --max-batch images at a time, however many a request holds. A client that goes away
+before its body is complete is one line in the log. At start the model is run on a black and a grey image: one
+that gives NaN or infinite outputs (training diverged) is refused.
+
+SIGTERM (or Ctrl-C): the server stops accepting connections, closes the idle ones, answers the requests in flight
+and exits with 0. A body still arriving then has --shutdown-timeout-s (10 s) at most before its 408, so the
+process exits within that (and SHUTDOWN_RUN_S more for the model runs then under way, after which uvicorn cancels
+them), whatever idle or slow clients do.
 
 Library: Starlette on uvicorn. Both are small, pure Python, widely used and maintained by the same people
 (Kludex, encode); Starlette gives routing, requests and responses and nothing else, and uvicorn's handling of
@@ -43,6 +66,7 @@ import collections
 import contextlib
 import errno
 import json
+import math
 import os
 import re
 import shutil
@@ -61,8 +85,19 @@ MODEL_NAME = "model"  # TensorFlow Serving's docker image serves MODEL_NAME=mode
 HOST = "127.0.0.1"  # this machine only; --host 0.0.0.0 for every interface
 PORT = 8501  # TensorFlow Serving's REST port
 MAX_BODY_MB = 32  # largest request body, MiB (413 above)
+MAX_BODY_MB_LIMIT = 4096  # the most --max-body-mb takes: a body is held in memory whole, then parsed
 MAX_BATCH = 32  # most images in one session.run
 MAX_PIXELS = 64 * 1024 * 1024  # a b64 image larger than this is refused before decoding (as kcnn.data.folder)
+MAX_REQUEST_PIXELS = 128 * 1024 * 1024  # the pixels of one request's images together (decoding them is the CPU time)
+MAX_INSTANCES = 256  # images in one request: each becomes the model's input, float32, however small its file
+# (256 1x1 PNGs, a 30 kB body, make 154 MB for a 224x224 model; 32 MB of them would make 180 GB)
+BODY_TIMEOUT_S = 30  # a request's whole body must arrive within this of its headers (408 after)
+KEEP_ALIVE_S = 5  # a connection with no request in progress is closed after this (uvicorn's keep-alive default)
+SHUTDOWN_S = 10  # after SIGTERM, a body still arriving has this long at most (408 after)
+SHUTDOWN_RUN_S = 5  # ... and the model runs then under way this much more, after which uvicorn cancels them
+MAX_TIMEOUT_S = 3600  # the most --body-timeout-s and --shutdown-timeout-s take
+PARSING_AT_ONCE = 2  # requests parsed and decoded at once: up to 0.55 GB each (bench/serve_limits.py), and JSON
+# parsing holds the GIL, so more at once would take more memory, not less time
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 SIGNATURE = "serving_default"
 VERSION = 1
@@ -75,11 +110,12 @@ class ServeError(KcnnError):
 
 
 class RequestError(Exception):
-    """A request answered with TensorFlow Serving's {"error": message} and a 4xx status."""
+    """A request answered with TensorFlow Serving's {"error": message} and a 4xx status (500: a model giving NaN);
+    `close`: then the connection is closed (a body left unread)."""
 
-    def __init__(self, message, status=400):
+    def __init__(self, message, status=400, close=False):
         super().__init__(message)
-        self.status = status
+        self.status, self.close = status, close
 
 
 # ---- the command: settings, SOURCE, conversion, the serving process --------------------------------------------
@@ -94,21 +130,31 @@ def add_arguments(parser):
     parser.add_argument("--port", type=int, default=PORT, help=f"default {PORT}, TensorFlow Serving's REST port; "
                         f"0: any free port (printed)")
     parser.add_argument("--max-body-mb", type=float, default=MAX_BODY_MB,
-                        help=f"largest request body in MB; larger ones get 413 (default {MAX_BODY_MB})")
+                        help=f"largest request body in MB; larger ones get 413 (default {MAX_BODY_MB}, at most "
+                        f"{MAX_BODY_MB_LIMIT})")
+    parser.add_argument("--body-timeout-s", type=float, default=BODY_TIMEOUT_S,
+                        help=f"seconds a request's body may take to arrive; then 408 and the connection closed "
+                        f"(default {BODY_TIMEOUT_S}; raise it for large bodies over slow links)")
+    parser.add_argument("--shutdown-timeout-s", type=float, default=SHUTDOWN_S,
+                        help=f"seconds the requests in flight have to finish after SIGTERM or Ctrl-C (default "
+                        f"{SHUTDOWN_S})")
     parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help=f"most images in one inference run: "
                         f"concurrent requests are batched up to it (default {MAX_BATCH}; 1: no batching)")
 
 
-def start(source, *, model_name=MODEL_NAME, host=HOST, port=PORT, max_body_mb=MAX_BODY_MB, max_batch=MAX_BATCH):
+def start(source, *, model_name=MODEL_NAME, host=HOST, port=PORT, max_body_mb=MAX_BODY_MB, max_batch=MAX_BATCH,
+          body_timeout_s=BODY_TIMEOUT_S, shutdown_timeout_s=SHUTDOWN_S):
     """`kcnn serve`: check the settings and SOURCE, convert a Keras model to ONNX if SOURCE has no ONNX file,
     then become the serving process (exec; on other systems than POSIX, serve here). Returns the exit code."""
-    check_settings(model_name, port, max_body_mb, max_batch)
+    check_settings(model_name, port, max_body_mb, max_batch, body_timeout_s=body_timeout_s,
+                   shutdown_timeout_s=shutdown_timeout_s)
     onnx_path, keras_path = find_source(source)
     temporary = None
     if onnx_path is None:
         onnx_path, temporary = convert(keras_path)
     argv = [onnx_path, "--model-name", model_name, "--host", host, "--port", str(port),
-            "--max-body-mb", str(max_body_mb), "--max-batch", str(max_batch)]
+            "--max-body-mb", str(max_body_mb), "--max-batch", str(max_batch),
+            "--body-timeout-s", str(body_timeout_s), "--shutdown-timeout-s", str(shutdown_timeout_s)]
     argv += ["--remove-at-exit", temporary] if temporary else []
     if os.name != "posix":
         return main(argv)
@@ -120,7 +166,7 @@ def start(source, *, model_name=MODEL_NAME, host=HOST, port=PORT, max_body_mb=MA
 def server_command():
     """The command line of a serving process, to which SOURCE and the flags are added: this module alone, without
     running kcnn's package __init__ (which imports Keras): a bare `kcnn` package whose path is kcnn's folder."""
-    folder = os.path.dirname(os.path.abspath(__file__))
+    folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # kcnn/, above kcnn/deploy/
     bootstrap = ("import sys, types; kcnn = types.ModuleType('kcnn'); kcnn.__path__ = [%r]; sys.modules['kcnn'] = "
                  "kcnn; from kcnn.deploy.serve import main; sys.exit(main())" % folder)
     return [sys.executable, "-c", bootstrap]
@@ -133,13 +179,14 @@ def main(argv=None):
     parser.add_argument("--remove-at-exit", help=argparse.SUPPRESS)  # the temporary folder of a conversion
     args = parser.parse_args(argv)
     try:
-        check_settings(args.model_name, args.port, args.max_body_mb, args.max_batch)
+        settings = {"max_body_mb": args.max_body_mb, "max_batch": args.max_batch,
+                    "body_timeout_s": args.body_timeout_s, "shutdown_timeout_s": args.shutdown_timeout_s}
+        check_settings(args.model_name, args.port, **settings)
         onnx_path, keras_path = find_source(args.source)
         if onnx_path is None:
             raise ServeError(f"{args.source} holds a Keras model and no ONNX one: serve it with `kcnn serve`, which "
                              f"converts it, or convert it with `kcnn export {args.source} --format onnx`.")
-        serve(onnx_path, model_name=args.model_name, host=args.host, port=args.port,
-              max_body_mb=args.max_body_mb, max_batch=args.max_batch)
+        serve(onnx_path, model_name=args.model_name, host=args.host, port=args.port, **settings)
     except KcnnError as error:
         print(f"kcnn: error: {error}", file=sys.stderr)
         return 2
@@ -151,17 +198,29 @@ def main(argv=None):
     return 0
 
 
-def check_settings(model_name, port, max_body_mb, max_batch):
+def check_settings(model_name, port, max_body_mb, max_batch, *, body_timeout_s=BODY_TIMEOUT_S,
+                   shutdown_timeout_s=SHUTDOWN_S):
     if not isinstance(model_name, str) or not re.fullmatch(r"[^/:\s]+", model_name):
         raise ServeError(f"The model name goes into the URL /v1/models/NAME: it needs at least one character and "
                          f"no '/', ':' or spaces. Received: model_name={model_name!r}")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ServeError(f"port must be a whole number from 0 (any free port) to 65535. Received: port={port!r}")
-    if isinstance(max_body_mb, bool) or not isinstance(max_body_mb, (int, float)) or not max_body_mb > 0:
-        raise ServeError(f"max_body_mb must be a number of megabytes above 0. Received: max_body_mb={max_body_mb!r}")
+    if not _number_in(max_body_mb, MAX_BODY_MB_LIMIT):
+        raise ServeError(f"max_body_mb must be a number of megabytes above 0 and at most {MAX_BODY_MB_LIMIT}. "
+                         f"Received: max_body_mb={max_body_mb!r}")
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
         raise ServeError(f"max_batch must be a whole number of at least 1 (1: no batching). "
                          f"Received: max_batch={max_batch!r}")
+    for name, value in (("body_timeout_s", body_timeout_s), ("shutdown_timeout_s", shutdown_timeout_s)):
+        if not _number_in(value, MAX_TIMEOUT_S):
+            raise ServeError(f"{name} must be a number of seconds above 0 and at most {MAX_TIMEOUT_S}. "
+                             f"Received: {name}={value!r}")
+
+
+def _number_in(value, most):
+    """A number above 0 and at most `most`: not NaN, not infinite (argparse's float() reads "nan" and "inf")."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            and 0 < value <= most)
 
 
 def find_source(source):
@@ -200,14 +259,17 @@ def convert(keras_path):
         raise
 
 
-def serve(onnx_path, *, model_name=MODEL_NAME, host=HOST, port=PORT, max_body_mb=MAX_BODY_MB, max_batch=MAX_BATCH):
-    """Serve `onnx_path` in this process until SIGTERM or Ctrl-C; the requests in flight finish first."""
+def serve(onnx_path, *, model_name=MODEL_NAME, host=HOST, port=PORT, max_body_mb=MAX_BODY_MB, max_batch=MAX_BATCH,
+          body_timeout_s=BODY_TIMEOUT_S, shutdown_timeout_s=SHUTDOWN_S):
+    """Serve `onnx_path` in this process until SIGTERM or Ctrl-C; the requests in flight finish first (bodies still
+    arriving within `shutdown_timeout_s`)."""
     import uvicorn
 
-    check_settings(model_name, port, max_body_mb, max_batch)
+    check_settings(model_name, port, max_body_mb, max_batch, body_timeout_s=body_timeout_s,
+                   shutdown_timeout_s=shutdown_timeout_s)
     model = Model(onnx_path, model_name)
     listener = _listen(host, port)
-    app = make_app(model, max_body_mb=max_body_mb, max_batch=max_batch)
+    app = make_app(model, max_body_mb=max_body_mb, max_batch=max_batch, body_timeout_s=body_timeout_s)
     address = f"[{host}]" if ":" in host else host
     url = f"http://{address}:{listener.getsockname()[1]}"
     print(f"kcnn serve: {onnx_path} as model {model_name!r}: images {_shape_text(model.shape, batch=True)}, "
@@ -218,9 +280,44 @@ def serve(onnx_path, *, model_name=MODEL_NAME, host=HOST, port=PORT, max_body_mb
     # the handlers found before it: these, so that the process then ends normally, with exit code 0.
     for number in (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ():
         signal.signal(number, lambda *_: None)
-    config = uvicorn.Config(app, lifespan="on", ws="none", log_level="warning", access_log=False)
-    uvicorn.Server(config).run(sockets=[listener])
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            app.state.stopping(shutdown_timeout_s)  # bodies still arriving: shutdown_timeout_s at most, then 408
+            await super().shutdown(sockets)
+
+    config = uvicorn.Config(app, http=_connection_class(), lifespan="on", ws="none", log_level="warning",
+                            access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
+                            timeout_graceful_shutdown=shutdown_timeout_s + SHUTDOWN_RUN_S)
+    Server(config).run(sockets=[listener])
     print("kcnn serve: stopped", flush=True)
+
+
+def _connection_class():
+    """uvicorn's HTTP/1.1 connection (h11), which no client can hold open without a request in progress. uvicorn
+    starts its keep-alive timer only after a response and stops it on any byte received: a client that connects
+    and sends nothing, or a request's headers a byte at a time, would hold the connection (and delay the exit
+    after SIGTERM) for ever. Here the timer runs from the connection's start and from each response until the
+    headers of a request are all in; the body has its own deadline (make_app)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class Connection(H11Protocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                self.timeout_keep_alive_handler)
+
+        def data_received(self, data):
+            timer, self.timeout_keep_alive_task = self.timeout_keep_alive_task, None  # what uvicorn would stop
+            cycle = self.cycle
+            super().data_received(data)
+            if timer is not None:
+                if self.cycle is cycle and self.timeout_keep_alive_task is None:  # no new request yet
+                    self.timeout_keep_alive_task = timer
+                else:
+                    timer.cancel()
+
+    return Connection
 
 
 def _listen(host, port):
@@ -277,6 +374,22 @@ class Model:
         self.path, self.name = path, name
         self.shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape[1:])  # None: any size
         self.class_names = _class_names(path, self.session, outputs["probabilities"].shape[-1])
+        self._probe()
+
+    def _probe(self):
+        """Refuse a model that gives NaN or infinity on plain images (a black one and a grey one): training
+        diverged, and every answer would be NaN, which JSON cannot hold."""
+        size = (self.shape[0] or 224, self.shape[1] or 224, self.shape[2] or 3)  # any size: a usual one
+        images = np.stack([np.zeros(size, np.float32), np.full(size, 128, np.float32)])
+        try:
+            probabilities, _ = self.run(images)
+        except Exception as error:
+            reason = (str(error).strip().splitlines() or ["no details"])[0][:200]
+            raise ServeError(f"{self.path} fails on a plain grey image of shape {size} ({reason}); pass a "
+                             f"model.onnx written by `kcnn export RUN --format onnx`.") from None
+        if not np.isfinite(probabilities).all():
+            raise ServeError(f"{self.path} gives NaN or infinite outputs on a plain grey image: the model diverged "
+                             f"in training; retrain it with a lower learning rate.")
 
     def run(self, images):
         """(probabilities, class indices) of a float32 batch."""
@@ -354,6 +467,7 @@ def parse_predict(body, shape):
             raise RequestError("Expecting 'instances' to be an list/array")
         if not instances:
             raise RequestError("No values in 'instances' array")
+        _check_request_size(instances)
         where = "Failed to process element: {} of 'instances' list"
         return _stack([_image(item, where.format(i), shape) for i, item in enumerate(instances)]), "row"
     if "inputs" in request:
@@ -365,6 +479,7 @@ def parse_predict(body, shape):
         if not isinstance(inputs, list) or not inputs:
             raise RequestError(f"Expecting 'inputs' to be a batch: a list of images, shape "
                                f"{_shape_text(shape, batch=True)}")
+        _check_request_size(inputs)
         where = "Failed to process element: {} of 'inputs'"
         return _stack([_image(item, where.format(i), shape) for i, item in enumerate(inputs)]), "columnar"
     raise RequestError("Missing 'inputs' or 'instances' key")
@@ -390,7 +505,44 @@ def _image(item, where, shape):
         raise RequestError(f"{where}: an image of shape {tuple(image.shape)}, but the model takes images of shape "
                            f"{_shape_text(shape)} (height, width, channels: raw 0-255 pixels); resize it, or "
                            f"send its PNG or JPEG bytes as {{\"b64\": \"...\"}}")
+    if image.size and not np.isfinite(image).all():
+        raise RequestError(f"{where}: it holds NaN or infinite values (NaN, Infinity or a number like 1e400); "
+                           f"pixel values must be finite numbers 0-255")
+    if image.size and not 0 <= image.min() <= image.max() <= 255:
+        raise RequestError(f"{where}: it holds values from {image.min():g} to {image.max():g}; pixel values must be "
+                           f"finite numbers 0-255 (raw pixels: the model scales them itself)")
     return image.astype(np.float32)
+
+
+def _check_request_size(images):
+    """413 for a request of over MAX_INSTANCES images or MAX_REQUEST_PIXELS pixels together, counted before any
+    image is decoded: from nested lists' lengths, and from b64 files' headers (Pillow's open reads only those)."""
+    if len(images) > MAX_INSTANCES:
+        raise RequestError(f"The request holds {len(images):,} images, over this server's limit of {MAX_INSTANCES:,} "
+                           f"a request; send them in several requests", 413)
+    pixels = sum(_pixel_count(image) for image in images)
+    if pixels > MAX_REQUEST_PIXELS:
+        raise RequestError(f"The request's images hold {pixels:,} pixels together, over this server's limit of "
+                           f"{MAX_REQUEST_PIXELS:,} a request; send fewer or smaller images per request", 413)
+
+
+def _pixel_count(item):
+    """Height x width of an image of a request, without decoding it; 0 for one that _image will refuse."""
+    from PIL import Image
+
+    if isinstance(item, dict) and set(item) == {"image"}:
+        item = item["image"]
+    if isinstance(item, dict):
+        if set(item) != {"b64"} or not isinstance(item["b64"], str):
+            return 0
+        try:
+            with Image.open(io.BytesIO(base64.b64decode(item["b64"])), formats=IMAGE_FORMATS) as image:
+                return image.width * image.height
+        except Exception:  # not an image, or one over Pillow's bomb limit: _decode says so
+            return 0
+    if isinstance(item, list) and item and isinstance(item[0], list):
+        return len(item) * len(item[0])
+    return 0
 
 
 def _decode(text, where, shape):
@@ -473,7 +625,7 @@ class Batcher:
                     size += len(batch[-1][0])
                 images = np.concatenate([images for images, _ in batch]) if len(batch) > 1 else batch[0][0]
                 try:
-                    probabilities, indices = await loop.run_in_executor(None, self.model.run, images)
+                    probabilities, indices = await loop.run_in_executor(None, self._run, images)
                 except Exception as error:
                     for _, future in batch:
                         if not future.done():
@@ -486,27 +638,77 @@ class Batcher:
                                            indices[start:start + len(part)], size))
                     start += len(part)
 
+    def _run(self, images):
+        """The model on at most max_batch images at a time: a request of many large images would otherwise need
+        the activations of all of them at once."""
+        if len(images) <= self.max_batch:
+            return self.model.run(images)
+        parts = [self.model.run(images[i:i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
+        return [np.concatenate(outputs) for outputs in zip(*parts)]
+
 
 # ---- the application ---------------------------------------------------------------------------------------------
 
 
-def make_app(model, *, max_body_mb=MAX_BODY_MB, max_batch=MAX_BATCH):
-    """The Starlette application serving `model` (a Model)."""
+def make_app(model, *, max_body_mb=MAX_BODY_MB, max_batch=MAX_BATCH, body_timeout_s=BODY_TIMEOUT_S):
+    """The Starlette application serving `model` (a Model). `app.state.stopping(seconds)`: the server is stopping,
+    and the bodies still arriving have `seconds` at most."""
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
     from starlette.responses import HTMLResponse, Response
     from starlette.routing import Route
 
     batcher = Batcher(model, max_batch)
+    parsing = asyncio.Semaphore(PARSING_AT_ONCE)
     limit = int(max_body_mb * 1024 * 1024)
+    receiving = set()  # the deadlines (asyncio.Timeout) of the bodies arriving now
+    stop_by = math.inf  # the loop's time by which every body must be in: set by stopping()
     with open(PAGE, encoding="utf-8") as f:
         settings = {"model": model.name, "height": model.shape[0], "width": model.shape[1],
                     "channels": model.shape[2], "class_names": model.class_names}
         page = f.read().replace("__KCNN_SETTINGS__", json.dumps(settings).replace("<", "\\u003c"))
 
     def reply(content, status=200, headers=None):
-        return Response(json.dumps(content), status, headers, media_type="application/json")
+        # allow_nan=False: NaN and Infinity are not JSON, and clients' parsers refuse them
+        return Response(json.dumps(content, allow_nan=False), status, headers, media_type="application/json")
+
+    def stopping(seconds):
+        nonlocal stop_by
+        stop_by = asyncio.get_running_loop().time() + seconds
+        for deadline in receiving:
+            deadline.reschedule(min(deadline.when(), stop_by))
+
+    def too_large(size):
+        return RequestError(f"The request body {size} this server's limit of {max_body_mb:g} MB "
+                            f"(--max-body-mb); send fewer images per request, or PNG or JPEG bytes as "
+                            f"{{\"b64\": \"...\"}}", 413, close=True)
+
+    async def receive_body(request):
+        """The body of a predict request, refused (413) from its Content-Length before reading it, or as it
+        arrives when chunked; 408 when it is not all in within body_timeout_s (or by stop_by)."""
+        declared = request.headers.get("content-length")  # digits only: h11 refuses other values
+        if declared is not None and int(declared) > limit:
+            raise too_large(f"has {int(declared) / 2**20:.1f} MB, over")
+        body, size = [], 0
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(min(loop.time() + body_timeout_s, stop_by)) as deadline:
+                receiving.add(deadline)
+                try:
+                    async for chunk in request.stream():
+                        size += len(chunk)
+                        if size > limit:
+                            raise too_large("is over")
+                        body.append(chunk)
+                finally:
+                    receiving.discard(deadline)
+        except TimeoutError:
+            raise RequestError(f"The request body did not all arrive within {body_timeout_s:g} s of its headers "
+                               f"(--body-timeout-s), or before the server stopped; send it at once", 408,
+                               close=True) from None
+        return b"".join(body)
 
     def servable(request):
         name, version = request.path_params["name"], request.path_params.get("version")
@@ -528,17 +730,18 @@ def make_app(model, *, max_body_mb=MAX_BODY_MB, max_batch=MAX_BATCH):
 
     async def predict(request):
         servable(request)
-        body, size = [], 0
-        async for chunk in request.stream():  # read to the end even when too large: the client then reads the 413
-            size += len(chunk)
-            if size <= limit:
-                body.append(chunk)
-        if size > limit:
-            raise RequestError(f"The request body has {size / 2**20:.1f} MB, over this server's limit of "
-                               f"{max_body_mb:g} MB (--max-body-mb); send fewer images per request, or PNG or JPEG "
-                               f"bytes as {{\"b64\": \"...\"}}", 413)
-        images, format = await run_in_threadpool(parse_predict, b"".join(body), model.shape)
+        try:
+            body = await receive_body(request)
+        except ClientDisconnect:  # one line, not the traceback of an exception nobody can act on
+            print("kcnn serve: a client disconnected before its request was complete", file=sys.stderr, flush=True)
+            return Response(status_code=400)  # to no one: uvicorn drops what is sent on a closed connection
+        async with parsing:
+            images, format = await run_in_threadpool(parse_predict, body, model.shape)
         probabilities, indices, batch = await batcher.predict(images)
+        if not np.isfinite(probabilities).all():
+            raise RequestError("Internal error: the model gave NaN or infinite probabilities for these images, "
+                               "which JSON cannot hold; it is numerically unstable on them (retrain it with a lower "
+                               "learning rate)", 500)
         content = answer(probabilities, indices, model.class_names, format)
         return reply(content, headers={"X-Kcnn-Batch": str(batch)})  # images in the run: batching at work
 
@@ -546,7 +749,7 @@ def make_app(model, *, max_body_mb=MAX_BODY_MB, max_batch=MAX_BATCH):
         return HTMLResponse(page)
 
     async def refused(request, error):
-        return reply({"error": str(error)}, error.status)
+        return reply({"error": str(error)}, error.status, {"Connection": "close"} if error.close else None)
 
     async def unknown(request, error):
         where = f"{request.method} {request.url.path}"
@@ -574,8 +777,10 @@ def make_app(model, *, max_body_mb=MAX_BODY_MB, max_batch=MAX_BATCH):
     for prefix in prefixes:
         routes += [Route(prefix, status, methods=["GET"]), Route(prefix + "/metadata", metadata, methods=["GET"]),
                    Route(prefix + ":predict", predict, methods=["POST"])]
-    return Starlette(routes=routes, lifespan=lifespan,
-                     exception_handlers={RequestError: refused, HTTPException: unknown, Exception: failed})
+    app = Starlette(routes=routes, lifespan=lifespan,
+                    exception_handlers={RequestError: refused, HTTPException: unknown, Exception: failed})
+    app.state.stopping = stopping
+    return app
 
 
 def _register_convertors():
