@@ -65,6 +65,7 @@ import binascii
 import collections
 import contextlib
 import errno
+import io
 import json
 import math
 import os
