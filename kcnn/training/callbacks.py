@@ -291,4 +291,3 @@ def _sound(loss):
 def _number(value):
     value = float(value)
     return "NaN" if np.isnan(value) else "infinite" if np.isinf(value) else f"{value:.3g}"
-
