@@ -446,12 +446,11 @@ def _erfc(ctx, node, name, args):
 
 def check_class_names(class_names, error=ExportError, where=""):
     """Refuse, with `error`, class names an export or `kcnn serve` cannot hold: class_names.txt has one name a
-    line in UTF-8, and a JSON answer names the class. Called by both workflows before their first epoch too
-    (`where`: the folder the names come from)."""
+    line in UTF-8, and a JSON answer names the class. Names may repeat (ImageNet's "crane" and "maillot" do:
+    answers name classes by index too). Called by both workflows before their first epoch too (`where`: the
+    folder the names come from)."""
     for name in class_names:
-        if not isinstance(name, str) or not name.strip():
-            problem = "is empty or only spaces"
-        elif len(name.splitlines()) != 1 or name.splitlines()[0] != name:  # \n, \r, \x0b, \x1c, \u2028, ...
+        if len(name.splitlines()) > 1 or name.splitlines() not in ([], [name]):  # \n, \r, \x0b, \x1c, \u2028...
             problem = "holds a line break"
         else:
             try:
@@ -462,9 +461,6 @@ def check_class_names(class_names, error=ExportError, where=""):
         source = f" (a sub-folder of {where})" if where else ""
         raise error(f"The class name {name!r}{source} {problem}, which an export's class_names.txt and the "
                     f"server's answers cannot hold; rename it.")
-    if len(set(class_names)) != len(class_names):
-        raise error(f"The class names repeat ({', '.join(sorted({n for n in class_names if class_names.count(n) > 1}))}"
-                    f"); pass one distinct name per class.")
 
 
 def _write_lines(path, lines):
