@@ -153,6 +153,9 @@ class RunConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 _bad(field.name, value, "a finite number")
         _check_count("batch_size", self.batch_size, 1)
+        if isinstance(self.image_size, int) and self.image_size > MAX_IMAGE_SIZE:  # both workflows' one bound
+            _bad("image_size", self.image_size, f"at most {MAX_IMAGE_SIZE} pixels (a batch of larger images does "
+                                                f"not fit in memory)")
         if self.limit is not None:
             _check_count("limit", self.limit, 1)
         _check_count("seed", self.seed, 0)
@@ -234,9 +237,6 @@ class TrainConfig(RunConfig):
         if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
                                             or self.image_size < 1):
             _bad("image_size", self.image_size, "a whole number of pixels")
-        if isinstance(self.image_size, int) and self.image_size > MAX_IMAGE_SIZE:
-            _bad("image_size", self.image_size, f"at most {MAX_IMAGE_SIZE} pixels (a batch of larger images does "
-                                                f"not fit in memory)")
         _check_count("epochs", self.epochs, 1)
         if not (isinstance(self.learning_rate, (int, float)) and self.learning_rate > 0):
             _bad("learning_rate", self.learning_rate, "a number above 0")
@@ -327,9 +327,6 @@ class FinetuneConfig(RunConfig):
     def check(self):
         super().check()
         _check_count("image_size", self.image_size, 1)  # the backbone's input: no default from the data
-        if self.image_size > MAX_IMAGE_SIZE:
-            _bad("image_size", self.image_size, f"at most {MAX_IMAGE_SIZE} pixels (a batch of larger images does "
-                                                f"not fit in memory)")
         for name in ("head_epochs", "finetune_epochs", "extra_views"):
             _check_count(name, getattr(self, name), 0)
         for name in ("head_learning_rate", "finetune_learning_rate"):
