@@ -15,13 +15,11 @@ import functools
 import inspect
 import os
 import re
-from typing import Callable
-
-import keras
+from typing import Any, Callable, Optional, Union
 
 from kcnn import weights as named_weights
+from kcnn.backends.lazy import keras  # imported when a model is built: the registry itself is plain data
 from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
-from kcnn.backends.initializers import initialize_the_rest, initializers_deferred
 
 # How a reference parameter count was counted.
 KERAS_COUNT = "keras"  # every weight, batch-norm moving statistics included
@@ -175,6 +173,8 @@ def register_model(
             _check_head(include_top, pooling, classifier_activation)
             _check_name_and_dropout(name, kwargs)
             weights = _check_weights(weights, model_name)
+            from kcnn.backends.initializers import initialize_the_rest, initializers_deferred
+
             arguments = dict(num_classes=num_classes, input_shape=input_shape, include_top=include_top,
                              pooling=pooling, classifier_activation=classifier_activation, name=name or model_name,
                              **kwargs)
@@ -249,7 +249,31 @@ def get_model_info(name) -> ModelInfo:
     )
 
 
-def build(model_name, /, **kwargs) -> keras.Model:
+class _ModelDefault:
+    """`build`'s `pooling` default: None (the feature map, as keras.applications) for kcnn's architectures, "avg" for
+    keras-hub presets, whose own default it is; distinct from an explicit None, which asks for the feature map."""
+
+    def __repr__(self):
+        return "DEFAULT"
+
+
+DEFAULT: Any = _ModelDefault()
+
+
+def build(
+    model_name: str,
+    /,
+    *,
+    num_classes: Optional[int] = None,
+    input_shape: Optional[tuple] = None,
+    weights: Union[str, os.PathLike, None] = None,
+    include_top: bool = True,
+    pooling: Optional[str] = DEFAULT,
+    classifier_activation: Union[str, Callable, None] = None,
+    name: Optional[str] = None,
+    include_preprocessing: bool = True,
+    **family_options: Any,
+) -> "keras.Model":
     """Build a registered architecture as a functional `keras.Model`.
 
     Every architecture takes the same keyword-only arguments:
@@ -275,7 +299,8 @@ def build(model_name, /, **kwargs) -> keras.Model:
             one input channel sums the first layer's colour kernels.
         include_top: whether to include the classification head.
         pooling: `None`, `"avg"` or `"max"`: global pooling of the features
-            when `include_top=False`.
+            when `include_top=False`. The default is `None` (the feature map)
+            for kcnn's architectures and `"avg"` for `hub:` presets.
         classifier_activation: activation of the last layer. The default,
             `None`, returns **logits** (as torchvision, timm and keras-hub
             do); pass `"softmax"` for probabilities.
@@ -283,16 +308,23 @@ def build(model_name, /, **kwargs) -> keras.Model:
         include_preprocessing: with named weights, put their preprocessing
             (mean and std) inside the model, so that it takes raw 0-255 RGB
             images, as will every export of it. Default True.
-        **kwargs: family-specific options, e.g. `aux_logits=True` for
+        **family_options: family-specific options, e.g. `aux_logits=True` for
             `googlenet` or `dropout=0.5`; `kcnn.get_model_info(name).builder`
             documents them.
     """
     from kcnn.backends import torch_fast
 
+    arguments = dict(num_classes=num_classes, input_shape=input_shape, include_top=include_top,
+                     classifier_activation=classifier_activation, name=name,
+                     include_preprocessing=include_preprocessing, **family_options)
+    if pooling is not DEFAULT:
+        arguments["pooling"] = pooling
     if isinstance(model_name, str) and ":" in model_name and model_name.split(":", 1)[0] in _PREFIXES:
         prefix, rest = model_name.split(":", 1)  # "hub:resnet_50_imagenet": kcnn.models.hub's presets
-        return torch_fast.accelerate(_PREFIXES[prefix](rest, **kwargs))
-    return torch_fast.accelerate(get_model_info(model_name).builder(**kwargs))
+        if weights is not None:
+            arguments["weights"] = weights  # refused there, with the reason
+        return torch_fast.accelerate(_PREFIXES[prefix](rest, **arguments))
+    return torch_fast.accelerate(get_model_info(model_name).builder(weights=weights, **arguments))
 
 
 # "prefix:rest" names built by something the registry does not import: {"hub": kcnn.models.hub.build_from_preset}
@@ -437,6 +469,7 @@ def _build_pretrained(fn, source, arguments, include_preprocessing):
     exactly as they were trained (their head, RGB, their input size), then
     copy them into the model asked for (fresh head for other classes, summed
     first-layer kernels for one channel) and add their preprocessing."""
+    from kcnn.backends.initializers import initialize_the_rest, initializers_deferred
     from kcnn.weights import loading
 
     path = source.path()  # fetched and verified before anything is built
