@@ -3,6 +3,7 @@
     python bench/startup.py                      # median of 5 runs per command, warm then cold page cache
     python bench/startup.py --root /tmp/before   # the same commands against another checkout (the code before)
     python bench/startup.py --runs 3 --only cli  # the command line alone
+    python bench/startup.py --match 'list,import kcnn (torch)' --cache warm
 
 Each command runs as its own process (`python -m kcnn ...` is what the `kcnn` script runs), with PYTHONPATH set to
 --root and the working directory there. Cold: the page cache is dropped before every run (`sync; echo 3 >
@@ -82,10 +83,14 @@ def main():
     parser.add_argument("--runs", type=int, default=5, help="runs per command (default 5)")
     parser.add_argument("--only", choices=("cli", "imports"), help="time only the command line or the imports")
     parser.add_argument("--cache", choices=("warm", "cold", "both"), default="both")
+    parser.add_argument("--match", help="time only the commands whose label contains one of these comma-separated "
+                        "texts (e.g. 'list,info,import kcnn')")
     args = parser.parse_args()
 
     commands = [(label, arguments, None) for label, arguments in CLI] if args.only != "imports" else []
     commands += IMPORTS if args.only != "cli" else []
+    if args.match:
+        commands = [c for c in commands if any(text in c[0] for text in args.match.split(","))]
     caches = ("warm", "cold") if args.cache == "both" else (args.cache,)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=args.root, text=True,
                             capture_output=True).stdout.strip()
