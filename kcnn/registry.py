@@ -74,7 +74,7 @@ class ModelInfo:
         return (f"ModelInfo({self.name!r}, input_shape={self.default_input_shape}, "
                 f"params={self.reference_params:,} ({self.params_counted} count))")
 
-    def count_params(self, model):
+    def count_params(self, model: "keras.Model") -> int:
         """The count of `model` that is comparable with `reference_params`."""
         if self.params_counted == TORCH_COUNT:
             return sum(_size(w) for w in model.trainable_weights)
@@ -115,18 +115,18 @@ class TrainingHooks:
 
 def register_model(
     *,
-    input_shape,
-    params,
-    source,
-    min_size,
-    counted=KERAS_COUNT,
-    num_classes=1000,
-    test_input_shape=None,
-    training=None,
-    checkpoint=None,
-    pretrained=(),
-    recipes=None,
-):
+    input_shape: tuple,
+    params: int,
+    source: str,
+    min_size: int,
+    counted: str = KERAS_COUNT,
+    num_classes: int = 1000,
+    test_input_shape: Optional[tuple] = None,
+    training: Optional["TrainingHooks"] = None,
+    checkpoint: Optional[named_weights.CheckpointLayout] = None,
+    pretrained: tuple = (),
+    recipes: Optional[dict] = None,
+) -> Callable[[Callable], Callable]:
     """Register a builder `fn(*, num_classes, input_shape, include_top, pooling,
     classifier_activation, name, **family_kwargs)` under its function name.
 
@@ -233,7 +233,7 @@ _COMMON_ARGS = [
 ]
 
 
-def get_model_info(name) -> ModelInfo:
+def get_model_info(name: str) -> ModelInfo:
     """The `ModelInfo` of a registered name; unknown names raise with close matches."""
     if not isinstance(name, str):
         raise UnknownModelError(
@@ -331,12 +331,12 @@ def build(
 _PREFIXES = {}
 
 
-def register_prefix(prefix, builder):
+def register_prefix(prefix: str, builder: Callable) -> None:
     """`build("PREFIX:REST", **kwargs)` calls `builder(REST, **kwargs)` (kcnn.models.hub registers "hub")."""
     _PREFIXES[prefix] = builder
 
 
-def list_models(pattern="*", *, pretrained=False) -> list:
+def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[ModelInfo]:
     """`ModelInfo` of every registered model whose name matches the wildcard
     `pattern` (fnmatch: `"resnet*"`, `"*net*"`, `"vgg1?"`), sorted by name;
     `pretrained=True`: only those with named pretrained weights."""
@@ -363,7 +363,7 @@ def _check_num_classes(info, num_classes):
     return num_classes
 
 
-def to_data_format(shape_hwc):
+def to_data_format(shape_hwc: tuple) -> tuple:
     """`(H, W, C)` in the active image data format."""
     h, w, c = shape_hwc
     if keras.config.image_data_format() == "channels_first":
@@ -390,7 +390,7 @@ def _check_input_shape(info, input_shape):
     return input_shape
 
 
-def check_input_size(info, image_shape, *, hint):
+def check_input_size(info: ModelInfo, image_shape: tuple, *, hint: str) -> None:
     """The one check of an input's height and width (image_shape[:2]) against the model's smallest;
     `hint` ends the sentence: why, and what to do."""
     if min(image_shape[:2]) < info.min_input_size:
@@ -493,12 +493,12 @@ def _build_pretrained(fn, source, arguments, include_preprocessing):
     return model
 
 
-def torch_checkpoint_archs():
+def torch_checkpoint_archs() -> list[str]:
     """Architectures whose PyTorch checkpoints kcnn converts (those that declare a CheckpointLayout)."""
     return sorted(name for name, info in _REGISTRY.items() if info.checkpoint)
 
 
-def check_torch_checkpoint_arch(arch):
+def check_torch_checkpoint_arch(arch: str) -> None:
     """Raise (before anything is built) for architectures kcnn cannot convert PyTorch checkpoints into."""
     if get_model_info(arch).checkpoint is None:
         hint = (f" (torchvision's {arch} has another layout than kcnn's: build '{arch}_torchvision')"
