@@ -4,25 +4,62 @@
     model = kcnn.build("resnet50", num_classes=10)   # outputs logits by default
     kcnn.summary("lenet5")                           # torchsummary-style table with MACs
     [m.name for m in kcnn.list_models("resnet*")]
+
+`import kcnn` imports no Keras and no backend: the registry (names, reference counts, recipes, weight sources) is
+plain data, and Keras is imported by the first model built (kcnn.backends.lazy), so `kcnn list` answers at once and
+KERAS_BACKEND may still be set after `import kcnn`.
 """
 
-import os
+import importlib
 
-# TensorFlow (imported by Keras on every backend) logs several lines of C++
-# start-up noise per process; keep it quiet unless the user set a level.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from kcnn.backends.quiet import quiet
 
-from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
-from kcnn.registry import ModelInfo, build, get_model_info, list_models, register_model
-from kcnn.inspect.summary import ModelSummary, summary
+quiet()  # before anything imports TensorFlow: no C++ start-up lines on stderr
+
+from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError  # noqa: E402
+from kcnn.registry import ModelInfo, build, get_model_info, list_models, register_model  # noqa: E402
 
 # The families register themselves (and their weights) on import, as timm's model files do; the registry
 # imports none of them. kcnn.models.hub registers the "hub:" names (keras-hub itself is imported only to build one).
+# None of them imports Keras until a builder runs.
 import kcnn.models  # noqa: E402, F401
 import kcnn.models.hub  # noqa: E402, F401
-import kcnn.training.optim  # noqa: E402, F401 (registers the recipes' schedules and optimizer: saved runs load anywhere)
+from kcnn.backends.lazy import on_keras_import  # noqa: E402
+
+# The recipes' schedules and optimizer are registered with Keras once Keras is imported (saved runs load anywhere);
+# kcnn.runs.modelfile.load_model registers them too.
+on_keras_import(lambda: importlib.import_module("kcnn.training.optim"))
+on_keras_import(quiet)  # absl's logging, now that TensorFlow may have imported it
 
 __version__ = "0.1.0"
+
+# Names whose modules import Keras: imported on first access (PEP 562), not by `import kcnn`.
+_LAZY = {
+    "summary": "kcnn.inspect.summary",
+    "ModelSummary": "kcnn.inspect.summary",
+    # kcnn.api (the workflows: train, finetune, evaluate, predict, explain, export, load_run) imports nothing heavy
+    # at module level; an eager `from kcnn.api import ...` line may replace these entries.
+    **{name: "kcnn.api" for name in ("train", "finetune", "evaluate", "predict", "explain", "export", "load_run")},
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        try:
+            module = importlib.import_module(_LAZY[name])
+        except ModuleNotFoundError as error:
+            if error.name != _LAZY[name]:
+                raise
+            raise AttributeError(f"module 'kcnn' has no attribute {name!r}") from None
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'kcnn' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "build",

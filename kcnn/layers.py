@@ -5,8 +5,7 @@ derived from `name`. Only built-in Keras layers are used, so a saved `.keras`
 file loads with plain `keras.saving.load_model` in a process without kcnn.
 """
 
-import keras
-from keras import layers
+from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 
 def channel_axis():

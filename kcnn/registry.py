@@ -15,13 +15,11 @@ import functools
 import inspect
 import os
 import re
-from typing import Callable
-
-import keras
+from typing import Any, Callable, Optional, Union
 
 from kcnn import weights as named_weights
+from kcnn.backends.lazy import keras  # imported when a model is built: the registry itself is plain data
 from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
-from kcnn.backends.initializers import initialize_the_rest, initializers_deferred
 
 # How a reference parameter count was counted.
 KERAS_COUNT = "keras"  # every weight, batch-norm moving statistics included
@@ -76,7 +74,7 @@ class ModelInfo:
         return (f"ModelInfo({self.name!r}, input_shape={self.default_input_shape}, "
                 f"params={self.reference_params:,} ({self.params_counted} count))")
 
-    def count_params(self, model):
+    def count_params(self, model: "keras.Model") -> int:
         """The count of `model` that is comparable with `reference_params`."""
         if self.params_counted == TORCH_COUNT:
             return sum(_size(w) for w in model.trainable_weights)
@@ -117,18 +115,18 @@ class TrainingHooks:
 
 def register_model(
     *,
-    input_shape,
-    params,
-    source,
-    min_size,
-    counted=KERAS_COUNT,
-    num_classes=1000,
-    test_input_shape=None,
-    training=None,
-    checkpoint=None,
-    pretrained=(),
-    recipes=None,
-):
+    input_shape: tuple,
+    params: int,
+    source: str,
+    min_size: int,
+    counted: str = KERAS_COUNT,
+    num_classes: int = 1000,
+    test_input_shape: Optional[tuple] = None,
+    training: Optional["TrainingHooks"] = None,
+    checkpoint: Optional[named_weights.CheckpointLayout] = None,
+    pretrained: tuple = (),
+    recipes: Optional[dict] = None,
+) -> Callable[[Callable], Callable]:
     """Register a builder `fn(*, num_classes, input_shape, include_top, pooling,
     classifier_activation, name, **family_kwargs)` under its function name.
 
@@ -175,6 +173,8 @@ def register_model(
             _check_head(include_top, pooling, classifier_activation)
             _check_name_and_dropout(name, kwargs)
             weights = _check_weights(weights, model_name)
+            from kcnn.backends.initializers import initialize_the_rest, initializers_deferred
+
             arguments = dict(num_classes=num_classes, input_shape=input_shape, include_top=include_top,
                              pooling=pooling, classifier_activation=classifier_activation, name=name or model_name,
                              **kwargs)
@@ -233,7 +233,7 @@ _COMMON_ARGS = [
 ]
 
 
-def get_model_info(name) -> ModelInfo:
+def get_model_info(name: str) -> ModelInfo:
     """The `ModelInfo` of a registered name; unknown names raise with close matches."""
     if not isinstance(name, str):
         raise UnknownModelError(
@@ -249,7 +249,31 @@ def get_model_info(name) -> ModelInfo:
     )
 
 
-def build(model_name, /, **kwargs) -> keras.Model:
+class _ModelDefault:
+    """`build`'s `pooling` default: None (the feature map, as keras.applications) for kcnn's architectures, "avg" for
+    keras-hub presets, whose own default it is; distinct from an explicit None, which asks for the feature map."""
+
+    def __repr__(self):
+        return "DEFAULT"
+
+
+DEFAULT: Any = _ModelDefault()
+
+
+def build(
+    model_name: str,
+    /,
+    *,
+    num_classes: Optional[int] = None,
+    input_shape: Optional[tuple] = None,
+    weights: Union[str, os.PathLike, None] = None,
+    include_top: bool = True,
+    pooling: Optional[str] = DEFAULT,
+    classifier_activation: Union[str, Callable, None] = None,
+    name: Optional[str] = None,
+    include_preprocessing: bool = True,
+    **family_options: Any,
+) -> "keras.Model":
     """Build a registered architecture as a functional `keras.Model`.
 
     Every architecture takes the same keyword-only arguments:
@@ -275,7 +299,8 @@ def build(model_name, /, **kwargs) -> keras.Model:
             one input channel sums the first layer's colour kernels.
         include_top: whether to include the classification head.
         pooling: `None`, `"avg"` or `"max"`: global pooling of the features
-            when `include_top=False`.
+            when `include_top=False`. The default is `None` (the feature map)
+            for kcnn's architectures and `"avg"` for `hub:` presets.
         classifier_activation: activation of the last layer. The default,
             `None`, returns **logits** (as torchvision, timm and keras-hub
             do); pass `"softmax"` for probabilities.
@@ -283,28 +308,35 @@ def build(model_name, /, **kwargs) -> keras.Model:
         include_preprocessing: with named weights, put their preprocessing
             (mean and std) inside the model, so that it takes raw 0-255 RGB
             images, as will every export of it. Default True.
-        **kwargs: family-specific options, e.g. `aux_logits=True` for
+        **family_options: family-specific options, e.g. `aux_logits=True` for
             `googlenet` or `dropout=0.5`; `kcnn.get_model_info(name).builder`
             documents them.
     """
     from kcnn.backends import torch_fast
 
+    arguments = dict(num_classes=num_classes, input_shape=input_shape, include_top=include_top,
+                     classifier_activation=classifier_activation, name=name,
+                     include_preprocessing=include_preprocessing, **family_options)
+    if pooling is not DEFAULT:
+        arguments["pooling"] = pooling
     if isinstance(model_name, str) and ":" in model_name and model_name.split(":", 1)[0] in _PREFIXES:
         prefix, rest = model_name.split(":", 1)  # "hub:resnet_50_imagenet": kcnn.models.hub's presets
-        return torch_fast.accelerate(_PREFIXES[prefix](rest, **kwargs))
-    return torch_fast.accelerate(get_model_info(model_name).builder(**kwargs))
+        if weights is not None:
+            arguments["weights"] = weights  # refused there, with the reason
+        return torch_fast.accelerate(_PREFIXES[prefix](rest, **arguments))
+    return torch_fast.accelerate(get_model_info(model_name).builder(weights=weights, **arguments))
 
 
 # "prefix:rest" names built by something the registry does not import: {"hub": kcnn.models.hub.build_from_preset}
 _PREFIXES = {}
 
 
-def register_prefix(prefix, builder):
+def register_prefix(prefix: str, builder: Callable) -> None:
     """`build("PREFIX:REST", **kwargs)` calls `builder(REST, **kwargs)` (kcnn.models.hub registers "hub")."""
     _PREFIXES[prefix] = builder
 
 
-def list_models(pattern="*", *, pretrained=False) -> list:
+def list_models(pattern: str = "*", *, pretrained: bool = False) -> list[ModelInfo]:
     """`ModelInfo` of every registered model whose name matches the wildcard
     `pattern` (fnmatch: `"resnet*"`, `"*net*"`, `"vgg1?"`), sorted by name;
     `pretrained=True`: only those with named pretrained weights."""
@@ -331,7 +363,7 @@ def _check_num_classes(info, num_classes):
     return num_classes
 
 
-def to_data_format(shape_hwc):
+def to_data_format(shape_hwc: tuple) -> tuple:
     """`(H, W, C)` in the active image data format."""
     h, w, c = shape_hwc
     if keras.config.image_data_format() == "channels_first":
@@ -358,7 +390,7 @@ def _check_input_shape(info, input_shape):
     return input_shape
 
 
-def check_input_size(info, image_shape, *, hint):
+def check_input_size(info: ModelInfo, image_shape: tuple, *, hint: str) -> None:
     """The one check of an input's height and width (image_shape[:2]) against the model's smallest;
     `hint` ends the sentence: why, and what to do."""
     if min(image_shape[:2]) < info.min_input_size:
@@ -437,6 +469,7 @@ def _build_pretrained(fn, source, arguments, include_preprocessing):
     exactly as they were trained (their head, RGB, their input size), then
     copy them into the model asked for (fresh head for other classes, summed
     first-layer kernels for one channel) and add their preprocessing."""
+    from kcnn.backends.initializers import initialize_the_rest, initializers_deferred
     from kcnn.weights import loading
 
     path = source.path()  # fetched and verified before anything is built
@@ -460,12 +493,12 @@ def _build_pretrained(fn, source, arguments, include_preprocessing):
     return model
 
 
-def torch_checkpoint_archs():
+def torch_checkpoint_archs() -> list[str]:
     """Architectures whose PyTorch checkpoints kcnn converts (those that declare a CheckpointLayout)."""
     return sorted(name for name, info in _REGISTRY.items() if info.checkpoint)
 
 
-def check_torch_checkpoint_arch(arch):
+def check_torch_checkpoint_arch(arch: str) -> None:
     """Raise (before anything is built) for architectures kcnn cannot convert PyTorch checkpoints into."""
     if get_model_info(arch).checkpoint is None:
         hint = (f" (torchvision's {arch} has another layout than kcnn's: build '{arch}_torchvision')"

@@ -13,13 +13,20 @@
     kcnn export RUN_DIR [--format onnx]       SavedModel (TF Serving layout), ONNX, LiteRT or .keras for serving
     kcnn serve RUN_DIR [--port 8501]          TensorFlow Serving's REST API and a page, on onnxruntime (kcnn/deploy/serve.py)
     kcnn doctor [--data-dir DIR]              backends, GPUs, data and weights found, checksums (exit 1: a mismatch)
+    kcnn --version                            kcnn 0.1.0
+    kcnn --backend torch COMMAND ...          the Keras backend for this command (over KERAS_BACKEND)
 
-Bad input exits with code 2 and one line on stderr, never a traceback.
+Bad input exits with code 2 and one line on stderr, never a traceback. Parsing the command line, `--help`, `list`
+and `info` import no Keras and no backend (kcnn's registry is plain data): they answer in a fraction of a second.
 """
 
 import argparse
 import contextlib
+import os
 import sys
+from typing import Optional, Sequence
+
+BACKENDS = ("tensorflow", "torch", "jax")
 
 
 def _parse_shape(text):
@@ -29,12 +36,19 @@ def _parse_shape(text):
         raise argparse.ArgumentTypeError(f"expected H,W,C such as 32,32,3; received {text!r}") from None
 
 
-def _parser():
+def _parser() -> argparse.ArgumentParser:
+    import kcnn
     from kcnn.cli.arguments import add_config_arguments
     from kcnn.config import FinetuneConfig, TrainConfig
     from kcnn.data.tta import TTA_MODES
 
-    parser = argparse.ArgumentParser(prog="kcnn", description="Convolutional networks for Keras 3.")
+    parser = argparse.ArgumentParser(prog="kcnn", description="Convolutional networks for Keras 3.",
+                                     epilog="Bad input exits with code 2 and one line on stderr. The backends' "
+                                     "start-up logging is kept off stderr (TF_CPP_MIN_LOG_LEVEL=0 shows it).")
+    parser.add_argument("--version", action="version", version=f"kcnn {kcnn.__version__}")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="the Keras backend for this command; it wins over the KERAS_BACKEND environment "
+                             "variable (default: KERAS_BACKEND, else Keras' own configuration)")
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="list registered models")
     listing.add_argument("pattern", nargs="?", default="*", help="wildcard, e.g. 'resnet*'")
@@ -234,11 +248,30 @@ def exits_on_bad_input():
         sys.exit(2)
 
 
-def main(argv=None):
+def use_backend(backend: str) -> None:
+    """Make `backend` Keras' backend for this process: KERAS_BACKEND, set before Keras is imported. Once Keras is
+    imported with another backend (possible when `main` is called from Python), that is bad input."""
+    if "keras" in sys.modules:
+        import keras
+
+        if keras.backend.backend() != backend:
+            from kcnn.errors import InvalidArgumentError
+
+            raise InvalidArgumentError(
+                f"Keras is already imported with the {keras.backend.backend()} backend in this process, so the "
+                f"backend cannot change; run kcnn --backend {backend} in a new process. Received: --backend {backend}")
+    os.environ["KERAS_BACKEND"] = backend
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The `kcnn` command: parse `argv` (default: sys.argv[1:]), run the command, return the exit code (0; 1 when
+    `doctor` finds a checksum mismatch; 2 on bad input, with one line on stderr)."""
     args = _parser().parse_args(argv)
-    import kcnn  # after argument parsing: `kcnn --help` stays fast
+    import kcnn
 
     try:
+        if args.backend:
+            use_backend(args.backend)
         if args.command == "list":
             _list(args.pattern, args.pretrained)
         elif args.command == "info":

@@ -9,10 +9,7 @@ Dense layer whose logits are scaled by 1/9. It is the speed recipe behind
 `bench/cifar10.py`; `widths` makes narrower variants for slow machines.
 """
 
-import keras
-import numpy as np
-from keras import layers
-
+from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 from kcnn.layers import channel_axis, image_input
 from kcnn.recipes import Recipe
 from kcnn.registry import TORCH_COUNT, TrainingHooks, register_model
@@ -80,6 +77,8 @@ def init_whitening(model, images, epsilon=5e-4):
     from uint8/float images (N, H, W, C) in the 0-255 range the model sees
     after its own normalisation; `images` should already be normalised the
     same way. No library computes patch-whitening filters, hence NumPy."""
+    import numpy as np
+
     layer = _find_layer(model, WHITEN_NAME)
     kernel, bias = layer.get_weights()
     size, _, channels, _ = kernel.shape

@@ -7,8 +7,7 @@ its padding gives the 110 -> 55 -> 26 -> 13 -> 6 maps of the paper.
 Variants are data: each row is (filters, kernel, stride, padding, pool after).
 """
 
-import keras
-from keras import layers
+from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import feature_pooling, flatten_head, image_input, torch_conv
 from kcnn.registry import register_model

@@ -5,8 +5,7 @@ has 1.5 billion weights (5.645 GiB of float32), against 1.4 million for the
 four-layer `simple_cnn` on the same images.
 """
 
-import keras
-from keras import layers
+from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.errors import InvalidArgumentError
 from kcnn.layers import feature_pooling, image_input

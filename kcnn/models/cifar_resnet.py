@@ -9,8 +9,7 @@ parameter-free "option A" shortcut (subsample, then zero-pad the channels);
 The paper's table: 0.27M (20 layers), 0.85M (56), 1.7M (110).
 """
 
-import keras
-from keras import layers
+from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.errors import InvalidArgumentError
 from kcnn.layers import channel_axis, classifier_head, image_input, pad_channels, torch_conv

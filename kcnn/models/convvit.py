@@ -10,8 +10,7 @@ tokens are averaged into the classifier. Everything is a built-in Keras
 layer. Two sizes: `convvit_cifar` for 32x32 and `convvit_small` for 224x224.
 """
 
-import keras
-from keras import layers
+from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import conv_bn_act, image_input
 from kcnn.registry import register_model

@@ -7,8 +7,7 @@ files load unchanged. Growth rate 32, bottleneck 4x, compression 0.5.
 
 import re
 
-import keras
-from keras import layers
+from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import channel_axis, classifier_head, image_input
 from kcnn.registry import register_model

@@ -10,8 +10,7 @@ Its convolutions use TensorFlow's "same" padding and BN epsilon 1e-3, which
 Keras layers have natively.
 """
 
-import keras
-from keras import layers
+from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import channel_axis, classifier_head, image_input
 from kcnn.registry import TORCH_COUNT, register_model

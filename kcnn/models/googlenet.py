@@ -10,8 +10,7 @@ max pooling uses `ceil_mode`. With `aux_logits=True` the model returns
 losses (0.3 for each auxiliary head) and predict with the first.
 """
 
-import keras
-from keras import layers
+from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.errors import InvalidArgumentError
 from kcnn.layers import channel_axis, classifier_head, conv_bn_act, image_input, max_pool_ceil

@@ -16,8 +16,7 @@ import difflib
 import os
 import re
 
-import keras
-
+from kcnn.backends.lazy import keras  # imported when a preset is built
 from kcnn.errors import InvalidArgumentError
 from kcnn.registry import _POOLING, _check_head, register_prefix, to_data_format
 from kcnn.weights import WeightsError
@@ -38,7 +37,7 @@ def build_from_preset(
     include_preprocessing=True,
     name=None,
     **kwargs,
-) -> keras.Model:
+) -> "keras.Model":
     """Build a functional model on the backbone of a keras-hub preset.
 
     Example:

@@ -8,8 +8,7 @@ files load unchanged. Other `alpha` values build the thinner networks.
 
 import functools
 
-import keras
-from keras import layers
+from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import channel_axis, feature_pooling, image_input
 from kcnn.registry import TORCH_COUNT, register_model

@@ -13,8 +13,7 @@ Two layouts, because two families of published weights exist:
   files load unchanged.
 """
 
-import keras
-from keras import layers
+from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import channel_axis, classifier_head, image_input, torch_conv
 from kcnn.registry import TORCH_COUNT, register_model

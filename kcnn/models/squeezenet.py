@@ -6,8 +6,7 @@ torchvision's `ceil_mode=True`. The head is torchvision's: dropout, a 1x1
 convolution to the classes, ReLU, global average pooling.
 """
 
-import keras
-from keras import layers
+from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import channel_axis, feature_pooling, image_input, max_pool_ceil
 from kcnn.registry import register_model

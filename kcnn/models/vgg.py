@@ -6,8 +6,7 @@ The `_bn` variants put BatchNormalization after every convolution, as
 torchvision's `vgg*_bn` do (their counts exclude the BN running statistics).
 """
 
-import keras
-from keras import layers
+from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import channel_axis, flatten_head, image_input
 from kcnn.registry import TORCH_COUNT, register_model

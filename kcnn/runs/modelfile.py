@@ -31,6 +31,7 @@ def load_model(model_path, *, error=KcnnError, compile=True, accelerate=False):
         raise error(f"{model_path} is {kind}, not a model file; pass a .keras file.")
     import keras
 
+    import kcnn.training.optim  # noqa: F401 (the recipes' schedules and optimizer, registered with Keras)
     from kcnn.backends.initializers import without_initializer_draws
 
     check_model_file(model_path, error)

@@ -37,6 +37,7 @@ from typing import Optional
 import numpy as np
 
 from kcnn.backends import keras_private
+from kcnn.backends.quiet import progress_verbosity
 from kcnn.training import report
 from kcnn.training import callbacks as kcnn_callbacks
 from kcnn.data import tta
@@ -243,7 +244,8 @@ class FinetuneJob(job.Job):
             steps_per_epoch=steps, epochs=epochs, shuffle=False,  # _epoch_batches shuffles
             validation_data=(inputs[frozen.val_rows], frozen.one_hot[frozen.val_rows]),
             validation_batch_size=frozen.batch_size,
-            callbacks=plan.callbacks() + [guard] + decisions + writers + list(callbacks), verbose=config.verbose)
+            callbacks=plan.callbacks() + [guard] + decisions + writers + list(callbacks),
+            verbose=progress_verbosity(config.verbose))  # a line per epoch into a pipe
         plan.unwrap(model)
         if plan.is_chief:
             kcnn_callbacks.save_model_state(model, final, run=run)
@@ -369,7 +371,7 @@ class ImageProgress:
     def __init__(self, total):
         import keras
 
-        self.bar = keras.utils.Progbar(total, unit_name="image")
+        self.bar = keras.utils.Progbar(total, unit_name="image", verbose=progress_verbosity(1))
         self.done = 0
 
     def callback(self, count, batch_size):

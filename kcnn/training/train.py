@@ -19,6 +19,7 @@ from kcnn.backends import keras_private
 from kcnn.training import report
 from kcnn.training import callbacks as kcnn_callbacks
 from kcnn.backends import torch_fast
+from kcnn.backends.quiet import progress_verbosity
 from kcnn.training import job
 from kcnn.config import TrainConfig
 from kcnn.training.evaluate import evaluate_model
@@ -118,7 +119,7 @@ class TrainJob(job.Job):
                             class_weight=report.class_weights(train_data.labels, num_classes, config.class_weight),
                             callbacks=plan.callbacks() + extra + _callbacks(config, self.folder, model, trainer,
                                                                             self.first_epoch, plan) + self.callbacks,
-                            verbose=config.verbose)
+                            verbose=progress_verbosity(config.verbose))  # a line per epoch into a pipe
             if config.whiten_bias_epochs:
                 _whitening_layer(model, config).trainable = False  # saved as built: frozen
             self.model = plan.single_device(model)

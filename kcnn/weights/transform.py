@@ -8,8 +8,6 @@ The mean and std are not applied here: pretrained kcnn models hold them inside (
 
 import dataclasses
 
-import numpy as np
-
 from kcnn.errors import InvalidArgumentError
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
@@ -34,6 +32,7 @@ class EvalTransform:
                                        f"shorter side ({self.resize_size}).")
 
     def __call__(self, image):
+        import numpy as np  # here: kcnn.weights is read by `kcnn list`, which needs no NumPy
         from PIL import Image
 
         if not isinstance(image, Image.Image):
