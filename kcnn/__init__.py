@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError
 from kcnn.registry import ModelInfo, build, get_model_info, list_models, register_model
 from kcnn.inspect.summary import ModelSummary, summary
+from kcnn.api import evaluate, explain, export, finetune, load_run, predict, train
 
 # The families register themselves (and their weights) on import, as timm's model files do; the registry
 # imports none of them. kcnn.models.hub registers the "hub:" names (keras-hub itself is imported only to build one).
@@ -35,4 +36,11 @@ __all__ = [
     "KcnnError",
     "UnknownModelError",
     "InvalidArgumentError",
+    "train",
+    "finetune",
+    "evaluate",
+    "predict",
+    "explain",
+    "export",
+    "load_run",
 ]

@@ -82,7 +82,8 @@ def spatial_layers(model):
 
 def explain_files(model, paths, class_names, output_dir, *, transform=None, class_name=None, layer=None,
                   run=None):
-    """Grad-CAM overlays of image files, one PNG each in `output_dir` (NAME_gradcam.png): returns
+    """Grad-CAM overlays of images (files, or Pillow images and arrays, named imageN), one PNG each in
+    `output_dir` (NAME_gradcam.png): returns
     [(path, predicted class name, probability, the file written)]. The images are read as `kcnn predict`
     reads them (`transform`: a pretrained source's `eval_transform`); the map is of `class_name` (default:
     the predicted class). Everything is checked before the first file is written. `run`: the
@@ -140,8 +141,9 @@ PNG_SOFTWARE = "kcnn explain"  # the text chunk of every overlay kcnn writes
 def _targets(paths, output_dir):
     """The overlay file of each image: NAME_gradcam.png, numbered where two images share a name."""
     targets, names = [], set()
-    for path in paths:
-        stem = os.path.splitext(os.path.basename(path))[0]
+    for index, path in enumerate(paths, 1):  # an image in memory (a Pillow image, an array): image1, image2, ...
+        stem = (os.path.splitext(os.path.basename(path))[0] if isinstance(path, (str, os.PathLike))
+                else f"image{index}")
         name, number = f"{stem}_gradcam.png", 2
         while name in names:  # two files of the same name from different folders
             name, number = f"{stem}_{number}_gradcam.png", number + 1
@@ -187,7 +189,7 @@ def fit_to_model(model, images):
 
 
 def read_images(model, paths, transform=None):
-    """Image files as `model` takes them, (N, H, W, C) float32: `transform` (a pretrained source's
+    """Images (files, Pillow images or arrays: kcnn.data.folder.read_image) as `model` takes them, (N, H, W, C) float32: `transform` (a pretrained source's
     `eval_transform`: resize and centre crop) or, by default, resized to the model's input as in training
     (as `kcnn predict` reads them)."""
     from kcnn.data.folder import read_image

@@ -4,7 +4,7 @@
     lock = run.prepare(config, "train")          # refuse, resume or overwrite; lock; config.json
     run.write_json("metrics.json", metrics); run.save_model(model)
     with run.track(path): write(path)            # any other writer of a file of the run
-    run = load_run("saved_models/lenet5_mnist")      # run.model, run.config, run.class_names, run.folder
+    run = load_run("saved_models/lenet5_mnist")      # a Run: .model, .metrics, .history, .class_names, .path
 
 A run directory is recognised by a marker only kcnn writes (the `kcnn` key of its config.json, with a run
 id and the kind of run), never by file names. kcnn writes a run only into a new or empty folder, or into a
@@ -47,6 +47,7 @@ import os
 import re
 import stat
 import uuid
+from typing import Optional
 
 from kcnn.config import KINDS, NOT_SETTINGS
 from kcnn.errors import KcnnError
@@ -660,34 +661,58 @@ def write_history_rows(path, rows):
         writer.writerows(rows)
 
 
-@dataclasses.dataclass
-class FinishedRun:
-    """A finished run as evaluate, predict, explain and export take it (`load_run`): its folder, settings
-    (a TrainConfig or a FinetuneConfig), class names and model; only this object knows where its files are."""
+@dataclasses.dataclass(eq=False)
+class Run:
+    """A run of `kcnn.train` or `kcnn.finetune`: what they return, and what `kcnn.load_run(path)` gives of a finished
+    run folder. Evaluate, predict, explain and export take it; only this object knows where its files are.
+
+    path:        the run folder (`directory` is its older name)
+    model:       the trained Keras model (raw 0-255 images in, logits out)
+    class_names: the class of each output, in order
+    metrics:     metrics.json: accuracy, per_class_accuracy, tta_accuracy, epochs_run, train_seconds, ... (None
+                 on a data-parallel worker other than the chief, which writes no metrics)
+    history:     {metric: [value per epoch]} from history.csv (loss, accuracy, val_loss, val_accuracy)
+    config:      the run's settings, a `kcnn.config.TrainConfig` or `FinetuneConfig`
+    folder:      the `RunDir` that reads and writes its files; model_path: its model.keras
+    """
 
     folder: RunDir
     config: object
     class_names: tuple
     model: object
     model_path: str
+    metrics: Optional[dict] = None
+    history: Optional[dict] = None
 
     @property
-    def path(self):
+    def path(self) -> str:
         return self.folder.path
 
-    def metrics(self):
-        return self.folder.read_json("metrics.json")
+    @property
+    def directory(self) -> str:
+        """The run folder (the older name of `path`)."""
+        return self.folder.path
+
+    def __repr__(self):
+        accuracy = f", accuracy={self.metrics['accuracy']:.4f}" if self.metrics and "accuracy" in self.metrics else ""
+        return f"Run({self.path!r}, {type(self.config).__name__}, {len(self.class_names)} classes{accuracy})"
 
 
-def load_run(path):
-    """The `FinishedRun` of a finished run directory, or of a model.keras file inside one (a FinishedRun is
-    returned as it is). Its model is loaded in Keras' safe mode: a file that would run code is refused; a
-    model.keras, config.json or metrics.json that is not a regular file (a named pipe) is refused unopened."""
+FinishedRun = Run  # the name evaluate, export and earlier scripts know it by
+
+
+def load_run(path: "str | os.PathLike | Run") -> Run:
+    """The `Run` of a finished run directory, or of a model.keras file inside one (a Run is returned as it is).
+    Its model is loaded in Keras' safe mode: a file that would run code is refused; a model.keras, config.json
+    or metrics.json that is not a regular file (a named pipe) is refused unopened."""
     from kcnn.data.folder import special_file
     from kcnn.runs.modelfile import load_model
 
-    if isinstance(path, FinishedRun):
+    if isinstance(path, Run):
         return path
+    if not isinstance(path, (str, os.PathLike)):
+        raise KcnnError(f"load_run takes the path of a run folder (or of a model.keras in one). "
+                        f"Received: path={path!r}")
     path = os.fspath(path)
     run_dir = os.path.dirname(path) if path.endswith(".keras") else path
     model_path = path if path.endswith(".keras") else os.path.join(run_dir, "model.keras")
@@ -698,7 +723,9 @@ def load_run(path):
         raise KcnnError(f"{run_dir} holds no model.keras; pass the directory of a finished run.")
     config, class_names = run_config(run_dir)
     model = load_model(model_path, error=KcnnError, accelerate=False)
-    return FinishedRun(RunDir(run_dir), config, class_names, model, model_path)
+    folder = RunDir(run_dir)
+    return Run(folder, config, class_names, model, model_path, metrics=folder.read_json("metrics.json"),
+               history=folder.history())
 
 
 def run_config(run_dir):

@@ -47,15 +47,17 @@ def evaluate_run(run, *, tta=None):
     data = config.load(config.eval_split_name())
     metrics = evaluate_model(run.model, data, tuple(run.model.input_shape[1:]), config.batch_size, tta=tta)
     if tta:
-        recorded = run.metrics()
+        recorded = run.folder.read_json("metrics.json")  # (as it is now: not as it was when the run loaded)
         recorded.setdefault("tta_accuracy", {}).update(metrics["tta_accuracy"])
         run.folder.write_json("metrics.json", recorded)
+        run.metrics = recorded
     metrics["eval_split"] = config.eval_split_name()
     return metrics
 
 
 def predict_files(model, paths, class_names, *, top=5, transform=None, tta=None):
-    """For each image file, the `top` (class name, probability) pairs. `transform`: a pretrained source's
+    """For each image (a file's path, a Pillow image or an array of 0-255 pixels: kcnn.data.folder.read_image), the
+    `top` (class name, probability) pairs. `transform`: a pretrained source's
     `eval_transform` (resize the shorter side, centre crop); by default images are resized to the model's
     input as in training. `tta`: probabilities averaged over test-time views (kcnn.data.tta)."""
     import keras

@@ -16,18 +16,8 @@ import time
 import numpy as np
 
 from kcnn.training import distribute
-from kcnn.runs.rundir import RunDir, write_errors_explained
+from kcnn.runs.rundir import Run, RunDir, write_errors_explained  # noqa: F401 (Run: what a job returns)
 from kcnn.backends.precision import mixed_precision_policy, precision_decision
-
-
-@dataclasses.dataclass
-class Run:
-    """What a workflow returns: its directory, model, history ({metric: per-epoch values}) and metrics."""
-
-    directory: str
-    model: object
-    history: dict
-    metrics: dict
 
 
 class Job:
@@ -51,7 +41,7 @@ class Job:
             with self.own_run_folder():  # the chief prepares and locks it; the others wait
                 self.fit()  # self.model
                 self.evaluate()  # self.metrics, self.predicted (on the chief)
-                return self.plan.on_chief(self.save) or Run(self.folder.path, self.model, None, None)
+                return self.plan.on_chief(self.save) or self.result(metrics=None, history=None)
 
     # ---- the steps each workflow defines (TrainJob, FinetuneJob): a Job without them is a bug, raised as one ----
 
@@ -126,7 +116,12 @@ class Job:
         folder.finish()
         if config.verbose:
             print(summary_table(config, metrics))
-        return Run(folder.path, self.model, folder.history(), metrics)
+        return self.result(metrics=metrics, history=folder.history())
+
+    def result(self, metrics, history):
+        """The `Run` the workflow returns (a worker other than the chief: without metrics and history)."""
+        return Run(self.folder, self.config, tuple(self.train_data.class_names), self.model,
+                   self.folder.file("model.keras"), metrics=metrics, history=history)
 
     def export(self):
         """A SavedModel for serving in export/1 (overwrite: a resumed run replaces the export its killed

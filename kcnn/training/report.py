@@ -98,3 +98,14 @@ def evaluation_metrics(labels, view_logits, class_names, tta_mode=None):
         metrics["tta_accuracy"] = {tta_mode: float(np.mean(np.argmax(probabilities, axis=-1) == labels))}
     return metrics
 
+
+
+def tta_note(mode: str, accuracy: float, plain: float) -> str:
+    """What a test-time augmentation accuracy below the plain one means, as a clause to print after it ("" when
+    it is not below)."""
+    if accuracy >= plain:
+        return ""
+    lowered = "flip" if mode == "flip" else "flip and shifted crops"
+    flag = "--tta" if mode == "flip" else f"--tta {mode}"
+    return (f" (below the plain {plain:.4f}: {lowered} lowered accuracy here, so the model may have learned "
+            f"orientation or position; leave out {flag})")
