@@ -388,6 +388,11 @@ BAD_INPUTS = [
     Row("zero classes", InvalidArgumentError, r"num_classes", lambda t, p: kcnn.build("lenet5", num_classes=0)),
     Row("unknown dataset", InvalidArgumentError, r"Unknown dataset 'imagenet'.*folder",
         lambda t, p: train(t, dataset="imagenet"), lambda t, p: ["train", "--dataset", "imagenet"]),
+    Row("dataset folder misspelt", InvalidArgumentError, r"There is no folder 'pet/'; did you mean 'pets/'\?",
+        lambda t, p: train(t, dataset="pet/"), lambda t, p: ["train", "--dataset", "pet/"],
+        setup=lambda t, mp: os.makedirs(t / "pets")),
+    Row("unknown keyword of kcnn.train", InvalidArgumentError, r"kcnn.train has no setting 'epoch' \(did you mean "
+        r"epochs\?\)", lambda t, p: kcnn.train(dataset="digits", epoch=1, output_dir=str(t / "run"))),
     # -- training settings --
     Row("learning rate of zero", InvalidArgumentError, r"learning_rate must be a number above 0",
         lambda t, p: train(t, learning_rate=0.0), lambda t, p: ["train", *DIGITS, "--learning-rate", "0"]),
