@@ -1,6 +1,7 @@
 """Fine-tuning a pretrained ImageNet backbone on your own classes.
 
     from kcnn.config import FinetuneConfig
+from kcnn.runs.rundir import Run
     from kcnn.training.finetune import finetune
     run = finetune(FinetuneConfig(dataset="path/to/folder"))   # or "cifar10_sample", "cifar10"
 
@@ -19,7 +20,8 @@ bottom of the backbone a single time, and both phases train on those
 activations. The answer is the one a frozen backbone in `fit()` gives, at a
 fraction of the cost on a CPU. The run directory holds what `kcnn train`
 writes (config, model.keras taking raw 0-255 RGB images, history with a
-phase column, curves, confusion matrix, sample predictions, metrics).
+phase column, curves, confusion matrix, sample predictions, metrics, and
+TensorBoard logs: logs/head and logs/finetune, one run per phase).
 
 A killed run resumes (`resume=True`, `--resume`) to the weights an
 uninterrupted one reaches: the frozen activations are cached in the run's
@@ -32,7 +34,7 @@ phase its final weights. The steps, in order: `extract_features`,
 import dataclasses
 import math
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -42,6 +44,7 @@ from kcnn.training import callbacks as kcnn_callbacks
 from kcnn.data import tta
 from kcnn.training import job
 from kcnn.config import FinetuneConfig
+from kcnn.runs.rundir import Run
 from kcnn.errors import KcnnError
 from kcnn.training.report import class_weights
 from kcnn.runs.atomic import atomic_path
@@ -51,9 +54,10 @@ from kcnn.models.surgery import cut_layer, cut_points, split, top_has_weights
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")  # history.csv's metrics, in both phases
 
 
-def finetune(config: FinetuneConfig, callbacks=()):
+def finetune(config: FinetuneConfig, callbacks: Sequence = ()) -> Run:
     """Fine-tune `config.backbone` with `config.weights` on `config.dataset`;
-    returns a `kcnn.training.train.Run` (directory, model, history, metrics)."""
+    returns the `kcnn.runs.rundir.Run` (path, model, history, metrics, class names). `kcnn.finetune` takes the
+    settings as keywords."""
     return FinetuneJob(config, callbacks).run()
 
 
@@ -97,6 +101,7 @@ class FinetuneJob(job.Job):
         self.metrics.update(  # workflow_seconds: backbone, frozen pass, both phases and the evaluation
             train_seconds=round(self.train_seconds, 2), feature_seconds=round(self.frozen.seconds, 2),
             workflow_seconds=round(self.clock.seconds, 2), train_images=int(len(self.train_data)),
+            validation_images=int(self.validation_images),
             image_size=self.config.image_size, unfrozen_from=self.backbone.cut or "all",
             parameters=int(self.model.count_params()), backend=keras.backend.backend(),
             class_names=list(self.class_names), skipped_files=int(getattr(self.train_data, "skipped", 0)),
@@ -121,6 +126,7 @@ class FinetuneJob(job.Job):
         train_images, train_labels, copies = training_views(train_data, flip=config.flip,
                                                             extra_views=config.extra_views, seed=config.seed)
         fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed, copies=copies)
+        self.validation_images = len(val_index) // copies  # the training images the epochs' val_accuracy is on
         # Data-parallel: each worker computes and trains on its own part of the images (kcnn.training.distribute).
         fit_index, val_index = plan.worker_rows(fit_index), plan.worker_rows(val_index)
         batch_size = plan.worker_batch(config.batch_size)
@@ -138,9 +144,10 @@ class FinetuneJob(job.Job):
         total = len(mine) + len(eval_data) * len(eval_views)
         if config.verbose:
             views = f", {len(eval_views)} views of each held-out image" if len(eval_views) > 1 else ""
-            print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: {len(train_images):,} training and "
-                  f"{len(eval_data):,} held-out images at {config.image_size}x{config.image_size} go through the frozen "
-                  f"layers once (up to {backbone.cut or 'the input'}{views}):", flush=True)
+            print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: "
+                  f"{training_images(len(train_data), config.flip, config.extra_views)} and {len(eval_data):,} "
+                  f"held-out images at {config.image_size}x{config.image_size} go through the frozen layers once (up "
+                  f"to {backbone.cut or 'the input'}{views}):", flush=True)
         progress = ImageProgress(total) if config.verbose else None
         size = config.image_size
         activations = _predict(backbone.fast_bottom, train_images[mine], size, batch_size, plan.batch_multiple,
@@ -226,7 +233,11 @@ class FinetuneJob(job.Job):
         if plan.is_chief:
             writers = [kcnn_callbacks.HistoryLog(run.file("history.csv"), first_epoch, phase=phase, epoch_offset=offset,
                                        keys=HISTORY_KEYS, run=run),
-                       kcnn_callbacks.CrashSafeBackup(backup_dir, callbacks=decisions, run=run)]
+                       kcnn_callbacks.CrashSafeBackup(backup_dir, callbacks=decisions, run=run),
+                       # TensorBoard, as `kcnn train` writes it: one logs/ folder, a run per phase (logs/head/train,
+                       # logs/finetune/validation: each phase counts its epochs from 0)
+                       keras.callbacks.TensorBoard(run.file("logs", phase)),
+                       kcnn_callbacks.RecordedLogs(run, run.file("logs"))]  # after TensorBoard: its files of the epoch
         else:
             write_dir = os.path.join(scratch, "backup", phase) if scratch else False
             writers = [kcnn_callbacks.CrashSafeBackup(backup_dir, write_dir=write_dir, callbacks=decisions)]
@@ -353,6 +364,17 @@ def _backbone(config):
     cut = cut_layer(model, config.unfreeze)
     bottom, top = (torch_fast.accelerate(part) for part in split(model, cut))  # predict(): torch
     return Backbone(model, cut, bottom, top, jax_cpu.with_fast_depthwise(bottom), jax_cpu.with_fast_depthwise(top))
+
+
+def training_images(count: int, flip: bool, extra_views: int) -> str:
+    """What the fine-tuning trains on, in words: "72 training images and their 72 mirrored views"."""
+    views = ([f"their {count:,} mirrored views"] if flip else []) + \
+        ([f"{extra_views} shifted cop{'y' if extra_views == 1 else 'ies'} of each"] if extra_views else [])
+    if not views:
+        return f"{count:,} training images"
+    total = count * (1 + flip + extra_views)
+    listed = " and ".join(views) if len(views) == 1 else f"{views[0]} and {views[1]}"
+    return f"{count:,} training images and {listed}" + (f" ({total:,} in all)" if extra_views else "")
 
 
 def eval_view_list(tta_mode):

@@ -212,6 +212,8 @@ def save_figure(run, figure, path):
 
 def summary_table(config, metrics):
     """The table a run prints at its end (both workflows; the rows a run has no figure for are left out)."""
+    from kcnn.training.report import tta_note
+
     width = 26
     weights = f" ({config.weights})" if getattr(config, "weights", None) else ""
     what = "backbone / dataset" if weights else "model / dataset"
@@ -219,10 +221,21 @@ def summary_table(config, metrics):
         f"{'run':{width}s} {config.output_dir}",
         f"{what:{width}s} {config.arch}{weights} / {config.dataset_name} ({metrics['backend']})",
         *([f"{'recipe':{width}s} {metrics['recipe']} (kcnn info {config.arch})"] if metrics.get("recipe") else []),
-        f"{metrics['eval_split'] + ' accuracy':{width}s} {metrics['accuracy']:.4f}",
     ]
+    if "validation_images" in metrics:  # fine-tuning: the epochs watched part of the training images, not these
+        lines.append(f"{'held-out accuracy':{width}s} {metrics['accuracy']:.4f} on the {metrics['eval_split']} split, "
+                     f"never trained on")
+    else:
+        lines.append(f"{metrics['eval_split'] + ' accuracy':{width}s} {metrics['accuracy']:.4f}")
     for mode, accuracy in metrics.get("tta_accuracy", {}).items():
-        lines.append(f"{'with test-time ' + mode:{width}s} {accuracy:.4f}")
+        lines.append(f"{'with test-time ' + mode:{width}s} {accuracy:.4f}{tta_note(mode, accuracy, metrics['accuracy'])}")
+    if "validation_images" in metrics:
+        from kcnn.training.finetune import training_images
+
+        lines.append(f"{'trained on':{width}s} {training_images(metrics['train_images'], config.flip, config.extra_views)}")
+        lines.append(f"{'epochs' + chr(39) + ' val_accuracy':{width}s} on {metrics['validation_images']:,} of those "
+                     f"training images (validation_split {config.validation_split:g}){' and their views' if config.flip or config.extra_views else ''}, not on the "
+                     f"held-out ones")
     for key, value in metrics.items():
         if key.endswith("_accuracy") and key != "per_class_accuracy" and isinstance(value, float):
             lines.append(f"{key:{width}s} {value:.4f}")
