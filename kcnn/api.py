@@ -380,7 +380,8 @@ def _config(kind, verb, config, named, settings):
         if name not in fields:
             raise InvalidArgumentError(_unknown_setting(verb, key, value, sorted(set(fields) | set(aliases))))
         values[name] = value
-    return kind(**values)
+    # a pathlib.Path is as good as its text (config.json records text)
+    return kind(**{name: os.fspath(value) if isinstance(value, os.PathLike) else value for name, value in values.items()})
 
 
 def _unknown_setting(verb, key, value, names):

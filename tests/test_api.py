@@ -316,8 +316,8 @@ def test_an_unknown_setting_names_the_closest_one(tmp_path):
 
 
 def test_finetune_takes_the_dataset_first(tmp_path):
-    run = kcnn.finetune("cifar10_sample", limit=64, head_epochs=1, finetune_epochs=0, export=False, image_size=32, tta=None,
-                        verbose=0, output_dir=str(tmp_path / "run"))
+    run = kcnn.finetune("cifar10_sample", limit=64, head_epochs=1, finetune_epochs=0, export=False, image_size=32,
+                        tta=None, verbose=0, output_dir=str(tmp_path / "run"))
     assert isinstance(run, kcnn.api.Run) and run.config.backbone == "efficientnet_lite0"
     assert len(run.class_names) == 10 and run.metrics["train_images"] == 64 and len(run.history["loss"]) == 1
     assert run.metrics["validation_images"] == 6  # the epochs' val_accuracy: 10% of the training images
