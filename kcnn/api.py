@@ -71,7 +71,7 @@ class Evaluation:
     per_class_accuracy: dict
     per_class: dict
     tta_accuracy: dict
-    predicted: "np.ndarray"
+    predicted: np.ndarray
 
     def __str__(self) -> str:
         from kcnn.training.report import tta_note
@@ -143,7 +143,7 @@ def __getattr__(name):  # kcnn.api.Run without importing the run folder's module
 
 def train(dataset: Optional[str] = None, arch: Optional[str] = None, *,
           config: Union[str, os.PathLike, "TrainConfig", None] = None, callbacks: Sequence = (),
-          **settings: Any) -> "Run":
+          **settings: Any) -> Run:
     """Train `arch` from scratch on `dataset` (`kcnn train`); returns the finished `Run`.
 
     dataset:   mnist, cifar10, cifar10_sample, digits, or a folder with one sub-folder of images per class
@@ -162,7 +162,7 @@ def train(dataset: Optional[str] = None, arch: Optional[str] = None, *,
 
 
 def finetune(dataset: Optional[str] = None, *, config: Union[str, os.PathLike, "FinetuneConfig", None] = None,
-             callbacks: Sequence = (), **settings: Any) -> "Run":
+             callbacks: Sequence = (), **settings: Any) -> Run:
     """Fine-tune a pretrained ImageNet backbone on `dataset` (`kcnn finetune`); returns the finished `Run`.
 
     dataset:   a folder with one sub-folder of images per class, or cifar10_sample, cifar10, mnist, digits
@@ -179,7 +179,7 @@ def finetune(dataset: Optional[str] = None, *, config: Union[str, os.PathLike, "
     return finetune_job(_config(FinetuneConfig, "finetune", config, dict(dataset=dataset), settings), callbacks)
 
 
-def load_run(path: Union[str, os.PathLike, "Run"]) -> "Run":
+def load_run(path: Union[str, os.PathLike, "Run"]) -> Run:
     """The `Run` of a finished run folder (or of a model.keras inside one): its model, metrics, history,
     class names, settings and path, as `kcnn.train` returned them. The model loads in Keras' safe mode."""
     from kcnn.runs.rundir import load_run as load
@@ -270,7 +270,7 @@ def export(run: Union[RunSource, str], format: str = "saved_model", output: Unio
 
 # ---- where a model comes from -------------------------------------------------------------------------
 
-def resolve_model(source: ModelSource, weights: str = "imagenet", class_names: Optional[Sequence[str]] = None):
+def resolve_model(source: ModelSource, weights: str = "imagenet", class_names: Optional[Sequence[str]] = None) -> tuple:
     """(model, class names, image transform, Run or None) of what predict and explain take: a run (a Run, its
     folder, a model.keras in one), the name of a model with pretrained weights (its publisher's evaluation
     transform; a run's is None: images are resized to the model's input as in training), or a Keras model with
@@ -381,7 +381,8 @@ def _config(kind, verb, config, named, settings):
             raise InvalidArgumentError(_unknown_setting(verb, key, value, sorted(set(fields) | set(aliases))))
         values[name] = value
     # a pathlib.Path is as good as its text (config.json records text)
-    return kind(**{name: os.fspath(value) if isinstance(value, os.PathLike) else value for name, value in values.items()})
+    return kind(**{name: os.fspath(value) if isinstance(value, os.PathLike) else value
+                    for name, value in values.items()})
 
 
 def _unknown_setting(verb, key, value, names):

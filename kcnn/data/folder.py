@@ -17,18 +17,23 @@ read forever, a device file never end. `kcnn predict`, `kcnn explain` and `kcnn 
 `read_image` too (serve imports this module without Keras: it needs only NumPy and Pillow).
 """
 
+from __future__ import annotations
+
 import concurrent.futures
 import io
 import os
 import re
 import stat
 import warnings
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
 from kcnn.data.datasets import ImageData
 from kcnn.errors import InvalidArgumentError, KcnnError
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import PIL.Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # Keras' list, and WebP
 # The only decoders Pillow may use, whatever a file's name: Pillow picks one from the content, and some
@@ -65,8 +70,10 @@ class ImageSizeError(KcnnError):
     """Images of different sizes without an `image_size` to resize them to."""
 
 
-def image_folder(directory, *, image_size=None, validation_split=0.2, subset="both", seed=0, color_mode="rgb",
-                 on_error="skip", max_pixels=MAX_PIXELS, verbose=True):
+def image_folder(directory: str | os.PathLike, *, image_size: int | tuple[int, int] | None = None,
+                 validation_split: float = 0.2, subset: str = "both", seed: int = 0, color_mode: str = "rgb",
+                 on_error: str = "skip", max_pixels: int = MAX_PIXELS,
+                 verbose: bool = True) -> ImageData | tuple[ImageData, ImageData]:
     """Load a folder of class sub-folders into memory, each image as a viewer
     shows it (`image_array`: EXIF orientation, 16-bit pixels scaled to 8 bits).
 
@@ -198,7 +205,7 @@ def _check_linked_classes(directory, class_names):
             )
 
 
-def read_image(source: "ImageInput", mode: str = "RGB", size: Optional[tuple] = None,
+def read_image(source: ImageInput, mode: str = "RGB", size: Optional[tuple] = None,
                max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """One image as uint8 (H, W) or (H, W, C), as a viewer shows it (`image_array`): `source` is a file's path,
     its bytes, a Pillow image or an array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) of 0-255 values (floats all
@@ -244,7 +251,7 @@ def _pillow_image(source):
     return Image.fromarray(pixels)
 
 
-def special_file(path):
+def special_file(path: str | os.PathLike) -> Optional[str]:
     """What `path` is when it exists and is not a regular file, after links ("a named pipe", "a folder"...),
     else None (a missing path is left to the open that follows). Found with os.stat, never by opening it:
     opening a named pipe blocks until something writes to it, and a device file may never end."""
@@ -272,7 +279,7 @@ def _decode(file, name, mode, size, max_pixels):
         return image_array(image, mode, size)
 
 
-def image_array(image, mode="RGB", size=None):
+def image_array(image: PIL.Image.Image, mode: str = "RGB", size: Optional[tuple] = None) -> np.ndarray:
     """A Pillow image as uint8 (H, W) or (H, W, C), as an image viewer shows it, in Pillow `mode` ("RGB" or
     "L"), resized (bilinear) to `size` (height, width; a None in it keeps the image's own) when given:
 

@@ -1,10 +1,17 @@
 """Training views made once, as arrays: mirror images and randomly shifted copies (fine-tuning computes the
 frozen layers' answer to each view a single time; kcnn.data.tta holds the test-time views)."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import numpy as np
 
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from kcnn.data.datasets import ImageData
 
-def training_views(data, *, flip, extra_views, seed):
+
+def training_views(data: ImageData, *, flip: bool, extra_views: int, seed: int) -> tuple[np.ndarray, np.ndarray, int]:
     """(images, labels, copies): the training images, then their mirror images (`flip`), then `extra_views`
     copies each shifted by up to 1/8 of its side (reflected at the edges) and mirrored at random (drawn from
     `seed`): view v of image i is row v * N + i."""

@@ -31,10 +31,12 @@ phase its final weights. The steps, in order: `extract_features`,
 `fit_head`, `fit_top`, `assemble`, `evaluate`.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
 import os
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
@@ -50,6 +52,10 @@ from kcnn.training.report import class_weights
 from kcnn.runs.atomic import atomic_path
 from kcnn.data.views import training_views
 from kcnn.models.surgery import cut_layer, cut_points, split, top_has_weights
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
+    from kcnn.data.datasets import ImageData
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")  # history.csv's metrics, in both phases
 
@@ -68,12 +74,12 @@ class FinetuneJob(job.Job):
 
     kind = "finetune"
 
-    def load_data(self):
+    def load_data(self) -> None:
         """The backbone's registry entry and both splits, every argument checked before any work."""
         self.info, self.train_data, self.eval_data = _checked_inputs(self.config)
         self.class_names = self.train_data.class_names
 
-    def fit(self):
+    def fit(self) -> None:
         """The frozen pass, then both phases, on the engine's devices; self.model: the whole model."""
         import keras
 
@@ -92,7 +98,7 @@ class FinetuneJob(job.Job):
         with self.plan.scope():
             self.model = self.assemble()
 
-    def evaluate(self):
+    def evaluate(self) -> None:
         """Every worker evaluates (under TensorFlow's multi-worker strategy predict() is a collective)."""
         import keras
 
@@ -108,14 +114,14 @@ class FinetuneJob(job.Job):
             epochs_run=len(self.folder.history_rows()))  # (the chief's rows: the other workers write none)
         self.model = self.plan.single_device(self.model)
 
-    def eval_data_for_plots(self):
+    def eval_data_for_plots(self) -> ImageData:
         return dataclasses.replace(self.eval_data, class_names=self.class_names)
 
-    def phase_starts(self):
+    def phase_starts(self) -> dict | None:
         head_epochs = sum(row.get("phase") == "head" for row in self.folder.history_rows())
         return {"fine-tuning": head_epochs + 1} if self.fine_tuned and head_epochs else None
 
-    def extract_features(self):
+    def extract_features(self) -> None:
         """Step 1: the training images (their mirrors and shifted copies) and the held-out images (in each
         test-time augmentation view) through the frozen layers, once; cached in the run's backup (atomically),
         so that a resumed run does not compute them again."""
@@ -165,7 +171,7 @@ class FinetuneJob(job.Job):
             print(f"... {seconds:.0f} s.", flush=True)
         self.frozen = Frozen(activations, eval_activations, features, one_hot, fit_rows, val_rows, batch_size, seconds)
 
-    def fit_head(self):
+    def fit_head(self) -> keras.Model:
         """Step 2 (phase 1): a new head (dropout, dense) on the pooled features."""
         import keras
 
@@ -181,7 +187,7 @@ class FinetuneJob(job.Job):
             self.fit_phase("head", head, frozen.features, config.head_epochs)
         return head
 
-    def fit_top(self):
+    def fit_top(self) -> bool:
         """Step 3 (phase 2): the top of the backbone and the head at a lower learning rate; False where there
         is nothing to fine-tune."""
         import keras
@@ -206,7 +212,7 @@ class FinetuneJob(job.Job):
         jax_cpu.copy_weights(backbone.fast_top, backbone.top)
         return True
 
-    def fit_phase(self, phase, model, inputs, epochs):
+    def fit_phase(self, phase: str, model: keras.Model, inputs: np.ndarray, epochs: int) -> None:
         """One phase's fit(), resumable: its backup in backup/PHASE/, its rows in history.csv, and when it is
         done its final weights in backup/PHASE_final.*, which a resumed run loads instead of fitting again."""
         import keras
@@ -261,7 +267,7 @@ class FinetuneJob(job.Job):
         elif scratch:
             kcnn_callbacks.save_model_state(model, os.path.join(scratch, f"{phase}_final"))
 
-    def assemble(self):
+    def assemble(self) -> keras.Model:
         """Step 4: the model to keep: raw RGB images in, logits out (the head's layers follow the backbone's)."""
         import keras
 
@@ -377,7 +383,7 @@ def training_images(count: int, flip: bool, extra_views: int) -> str:
     return f"{count:,} training images and {listed}" + (f" ({total:,} in all)" if extra_views else "")
 
 
-def eval_view_list(tta_mode):
+def eval_view_list(tta_mode: str | None) -> list:
     """The views of the held-out images the evaluation needs: kcnn.data.tta's, or the images alone."""
     return tta.VIEWS[tta_mode] if tta_mode else (PLAIN_VIEW,)
 
@@ -394,7 +400,7 @@ class ImageProgress:
         self.bar = keras.utils.Progbar(total, unit_name="image")
         self.done = 0
 
-    def callback(self, count, batch_size):
+    def callback(self, count: int, batch_size: int) -> keras.callbacks.Callback:
         import keras
 
         progress = self

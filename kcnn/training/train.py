@@ -10,8 +10,11 @@ curves.png, confusion.png, samples.png and TensorBoard logs. `resume=True`
 continues an interrupted run from its last finished epoch (BackupAndRestore).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import os
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -27,8 +30,11 @@ from kcnn.runs.rundir import RunDir, read_history_rows
 from kcnn.runs.modelfile import probe_images
 from kcnn.training.job import Run
 
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
 
-def train(config: TrainConfig, callbacks=()) -> Run:
+
+def train(config: TrainConfig, callbacks: Sequence = ()) -> Run:
     """Train `config.arch` on `config.dataset`; `callbacks` are extra Keras
     callbacks, added to kcnn's own (checkpoints, logs, schedules)."""
     return TrainJob(config, callbacks).run()
@@ -40,7 +46,7 @@ class TrainJob(job.Job):
 
     kind = "train"
 
-    def load_data(self):
+    def load_data(self) -> None:
         """The data and everything checked on it, before the run folder is touched: the datasets (this
         worker's shard of each global batch), the input shape, training-only outputs."""
         import kcnn
@@ -83,7 +89,7 @@ class TrainJob(job.Job):
             self.train_ds, self.eval_ds = (ds.map(lambda images, labels: (images, {name: labels for name in outputs}))
                                            for ds in (self.train_ds, self.eval_ds))
 
-    def fit(self):
+    def fit(self) -> None:
         """self.model, trained with Keras' fit() and callbacks (a resumed run starts at its backup's epoch)."""
         import keras
 
@@ -123,7 +129,7 @@ class TrainJob(job.Job):
                 _whitening_layer(model, config).trainable = False  # saved as built: frozen
             self.model = plan.single_device(model)
 
-    def evaluate(self):
+    def evaluate(self) -> None:
         """On the chief: refuse a diverged model, then the metrics on the evaluation split (and a second one)."""
         self.plan.on_chief(self._evaluate)
 
@@ -186,7 +192,8 @@ def _models(config, info, outputs, num_classes, image_shape, train_images):
     return torch_fast.accelerate(inference), trainer
 
 
-def normalized_model(arch, num_classes, image_shape, train_images, **build_kwargs):
+def normalized_model(arch: str, num_classes: int, image_shape: tuple[int, int, int], train_images: np.ndarray,
+                     **build_kwargs: Any) -> keras.Model:
     """`kcnn.build(arch)` behind a Normalization layer holding the training
     set's per-channel mean and variance, so the model takes raw 0-255 pixels."""
     import keras
