@@ -275,7 +275,7 @@ def resolve_model(source: ModelSource, weights: str = "imagenet", class_names: O
     folder, a model.keras in one), the name of a model with pretrained weights (its publisher's evaluation
     transform; a run's is None: images are resized to the model's input as in training), or a Keras model with
     `class_names`. The command line resolves its RUN_DIR argument the same way."""
-    import kcnn
+    from kcnn.registry import build, list_models
     from kcnn.runs.rundir import Run, load_run as load
 
     if isinstance(source, Run):
@@ -290,12 +290,12 @@ def resolve_model(source: ModelSource, weights: str = "imagenet", class_names: O
                                    f"weights, or a Keras model. Received: {type(source).__name__}")
     path = os.fspath(source)
     if not os.path.exists(path):
-        pretrained = {info.name for info in kcnn.list_models(pretrained=True)}
+        pretrained = {info.name for info in list_models(pretrained=True)}
         if path in pretrained:
             from kcnn.weights import get_source
 
             weight_source = get_source(path, weights)
-            model = kcnn.build(path, weights=weights)
+            model = build(path, weights=weights)
             return model, _checked_names(model, class_names or weight_source.class_names), \
                 weight_source.eval_transform, None
         raise KcnnError(_no_model(path, pretrained))
@@ -305,9 +305,9 @@ def resolve_model(source: ModelSource, weights: str = "imagenet", class_names: O
 
 def _no_model(path, pretrained):
     """One sentence for a model source that is neither a folder nor a pretrained model's name."""
-    import kcnn
+    from kcnn.registry import list_models
 
-    names = {info.name for info in kcnn.list_models()}
+    names = {info.name for info in list_models()}
     if path in names:
         return (f"{path} has no pretrained weights to predict with; pass a run folder it was trained into (kcnn "
                 f"train --arch {path}), or a model of `kcnn list --pretrained`.")

@@ -25,6 +25,17 @@ def training_views(data: ImageData, *, flip: bool, extra_views: int, seed: int) 
     return np.concatenate(views), np.tile(labels, len(views)), len(views)
 
 
+def describe_views(count: int, flip: bool, extra_views: int) -> str:
+    """What `training_views` makes, in words: "72 training images and their 72 mirrored views"."""
+    views = ([f"their {count:,} mirrored views"] if flip else []) + \
+        ([f"{extra_views} shifted cop{'y' if extra_views == 1 else 'ies'} of each"] if extra_views else [])
+    if not views:
+        return f"{count:,} training images"
+    total = count * (1 + flip + extra_views)
+    listed = " and ".join(views) if len(views) == 1 else f"{views[0]} and {views[1]}"
+    return f"{count:,} training images and {listed}" + (f" ({total:,} in all)" if extra_views else "")
+
+
 def _random_shifts(images, rng):
     """Each image moved by up to 1/8 of its side in each direction (reflected padding, then a crop),
     and mirrored with probability 1/2: the crop-and-flip augmentation of CIFAR-10 training recipes."""

@@ -277,13 +277,13 @@ def _mark_output(output, destination, format, model_path, details=None):
             record = json.load(f)
     except (OSError, ValueError):
         record = {}
-    import kcnn
+    from kcnn.version import __version__
 
     exports = dict(record.get("kcnn", {}).get("exports", {}))
     exports[os.path.basename(destination)] = {"format": format, "model": os.path.abspath(model_path),
                                               **(details or {})}
     with atomic_open(path) as f:
-        json.dump({"kcnn": {"version": kcnn.__version__, "exports": exports}}, f, indent=1)
+        json.dump({"kcnn": {"version": __version__, "exports": exports}}, f, indent=1)
 
 
 def _run_class_names(run_dir):

@@ -173,12 +173,12 @@ def config_record(config: Any, kind: str, run_id: str | None = None, folder: str
     folder (`folder`, by default the config's output_dir: its real path) and where its manifest is."""
     import keras
 
-    import kcnn
+    from kcnn.version import __version__
 
     record = dataclasses.asdict(config)
-    record[MARKER] = {"run_id": run_id or uuid.uuid4().hex, "kind": kind, "version": kcnn.__version__,
+    record[MARKER] = {"run_id": run_id or uuid.uuid4().hex, "kind": kind, "version": __version__,
                       "folder": os.path.realpath(folder or config.output_dir), "manifest": MANIFEST}
-    record["versions"] = {"kcnn": kcnn.__version__, "keras": keras.__version__, "backend": keras.backend.backend()}
+    record["versions"] = {"kcnn": __version__, "keras": keras.__version__, "backend": keras.backend.backend()}
     return record
 
 

@@ -50,7 +50,7 @@ from kcnn.runs.rundir import Run
 from kcnn.errors import KcnnError
 from kcnn.training.report import class_weights
 from kcnn.runs.atomic import atomic_path
-from kcnn.data.views import training_views
+from kcnn.data.views import describe_views, training_views
 from kcnn.models.surgery import cut_layer, cut_points, split, top_has_weights
 
 if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
@@ -151,7 +151,7 @@ class FinetuneJob(job.Job):
         if config.verbose:
             views = f", {len(eval_views)} views of each held-out image" if len(eval_views) > 1 else ""
             print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: "
-                  f"{training_images(len(train_data), config.flip, config.extra_views)} and {len(eval_data):,} "
+                  f"{describe_views(len(train_data), config.flip, config.extra_views)} and {len(eval_data):,} "
                   f"held-out images at {config.image_size}x{config.image_size} go through the frozen layers once (up "
                   f"to {backbone.cut or 'the input'}{views}):", flush=True)
         progress = ImageProgress(total) if config.verbose else None
@@ -336,11 +336,10 @@ class Frozen:
 
 def _checked_inputs(config):
     """(model info, training data, evaluation data), every argument checked before any work."""
-    import kcnn
-    from kcnn.registry import check_input_size
+    from kcnn.registry import check_input_size, get_model_info
     from kcnn.weights import get_source
 
-    info = kcnn.get_model_info(config.backbone)  # unknown names and missing weights fail before any work
+    info = get_model_info(config.backbone)  # unknown names and missing weights fail before any work
     get_source(config.backbone, config.weights)
     check_input_size(info, (config.image_size, config.image_size),
                      hint=f"for its downsampling. Received: image_size={config.image_size}")
@@ -358,29 +357,18 @@ def _checked_inputs(config):
 
 
 def _backbone(config):
-    import kcnn
     from kcnn.backends import jax_cpu
     from kcnn.backends import torch_fast
+    from kcnn.registry import build
 
     size = config.image_size
-    model = kcnn.build(config.backbone, weights=config.weights, include_top=False, pooling="avg",
-                       input_shape=(size, size, 3))
+    model = build(config.backbone, weights=config.weights, include_top=False, pooling="avg",
+                  input_shape=(size, size, 3))
     for layer in model.layers:
         layer.trainable = False  # phase 1; BatchNormalization with trainable=False runs in inference mode
     cut = cut_layer(model, config.unfreeze)
     bottom, top = (torch_fast.accelerate(part) for part in split(model, cut))  # predict(): torch
     return Backbone(model, cut, bottom, top, jax_cpu.with_fast_depthwise(bottom), jax_cpu.with_fast_depthwise(top))
-
-
-def training_images(count: int, flip: bool, extra_views: int) -> str:
-    """What the fine-tuning trains on, in words: "72 training images and their 72 mirrored views"."""
-    views = ([f"their {count:,} mirrored views"] if flip else []) + \
-        ([f"{extra_views} shifted cop{'y' if extra_views == 1 else 'ies'} of each"] if extra_views else [])
-    if not views:
-        return f"{count:,} training images"
-    total = count * (1 + flip + extra_views)
-    listed = " and ".join(views) if len(views) == 1 else f"{views[0]} and {views[1]}"
-    return f"{count:,} training images and {listed}" + (f" ({total:,} in all)" if extra_views else "")
 
 
 def eval_view_list(tta_mode: str | None) -> list:

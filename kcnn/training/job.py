@@ -237,14 +237,16 @@ def summary_table(config: Any, metrics: dict) -> str:
     else:
         lines.append(f"{metrics['eval_split'] + ' accuracy':{width}s} {metrics['accuracy']:.4f}")
     for mode, accuracy in metrics.get("tta_accuracy", {}).items():
-        lines.append(f"{'with test-time ' + mode:{width}s} {accuracy:.4f}{tta_note(mode, accuracy, metrics['accuracy'])}")
+        note = tta_note(mode, accuracy, metrics["accuracy"])
+        lines.append(f"{'with test-time ' + mode:{width}s} {accuracy:.4f}{note}")
     if "validation_images" in metrics:
-        from kcnn.training.finetune import training_images
+        from kcnn.data.views import describe_views
 
-        lines.append(f"{'trained on':{width}s} {training_images(metrics['train_images'], config.flip, config.extra_views)}")
-        lines.append(f"{'epochs' + chr(39) + ' val_accuracy':{width}s} on {metrics['validation_images']:,} of those "
-                     f"training images (validation_split {config.validation_split:g}){' and their views' if config.flip or config.extra_views else ''}, not on the "
-                     f"held-out ones")
+        views = " and their views" if config.flip or config.extra_views else ""
+        watched = "epochs' val_accuracy"
+        lines.append(f"{'trained on':{width}s} {describe_views(metrics['train_images'], config.flip, config.extra_views)}")
+        lines.append(f"{watched:{width}s} on {metrics['validation_images']:,} of those training images (validation_split "
+                     f"{config.validation_split:g}){views}, not on the held-out ones")
     for key, value in metrics.items():
         if key.endswith("_accuracy") and key != "per_class_accuracy" and isinstance(value, float):
             lines.append(f"{key:{width}s} {value:.4f}")

@@ -49,11 +49,11 @@ class TrainJob(job.Job):
     def load_data(self) -> None:
         """The data and everything checked on it, before the run folder is touched: the datasets (this
         worker's shard of each global batch), the input shape, training-only outputs."""
-        import kcnn
         from kcnn.data.pipeline import make_dataset
+        from kcnn.registry import get_model_info
 
         config, plan = self.config, self.plan
-        self.info = info = kcnn.get_model_info(config.arch)
+        self.info = info = get_model_info(config.arch)
         if config.whiten_bias_epochs and not (info.training and info.training.init_from_data):
             _no_whitening_layer(config)
         self.train_data = train_data = config.load(config.train_split_name())
@@ -198,7 +198,7 @@ def normalized_model(arch: str, num_classes: int, image_shape: tuple[int, int, i
     set's per-channel mean and variance, so the model takes raw 0-255 pixels."""
     import keras
 
-    import kcnn
+    from kcnn.registry import build, get_model_info
 
     pixels = train_images.reshape(-1, train_images.shape[-1]).astype("float64")
     mean, variance = pixels.mean(axis=0), pixels.var(axis=0)
@@ -206,8 +206,8 @@ def normalized_model(arch: str, num_classes: int, image_shape: tuple[int, int, i
         mean = np.full(image_shape[-1], mean.mean())
         variance = np.full(image_shape[-1], variance.mean())
     variance = np.maximum(variance, 1e-6)
-    backbone = kcnn.build(arch, num_classes=num_classes, input_shape=image_shape, **build_kwargs)
-    hooks = kcnn.get_model_info(arch).training
+    backbone = build(arch, num_classes=num_classes, input_shape=image_shape, **build_kwargs)
+    hooks = get_model_info(arch).training
     if hooks and hooks.init_from_data and image_shape[-1] == train_images.shape[-1]:
         # layers set from the data, not learned (airbench's whitening), from images normalised as it sees them
         sample = train_images[:5000].astype("float64")
