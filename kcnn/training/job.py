@@ -244,9 +244,10 @@ def summary_table(config: Any, metrics: dict) -> str:
 
         views = " and their views" if config.flip or config.extra_views else ""
         watched = "epochs' val_accuracy"
-        lines.append(f"{'trained on':{width}s} {describe_views(metrics['train_images'], config.flip, config.extra_views)}")
-        lines.append(f"{watched:{width}s} on {metrics['validation_images']:,} of those training images (validation_split "
-                     f"{config.validation_split:g}){views}, not on the held-out ones")
+        trained = describe_views(metrics["train_images"], config.flip, config.extra_views)
+        lines.append(f"{'trained on':{width}s} {trained}")
+        lines.append(f"{watched:{width}s} on {metrics['validation_images']:,} of those training images "
+                     f"(validation_split {config.validation_split:g}){views}, not on the held-out ones")
     for key, value in metrics.items():
         if key.endswith("_accuracy") and key != "per_class_accuracy" and isinstance(value, float):
             lines.append(f"{key:{width}s} {value:.4f}")
