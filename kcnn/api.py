@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Sequence, Union
 
 from kcnn.errors import InvalidArgumentError, KcnnError
 
@@ -43,7 +43,7 @@ __all__ = ["train", "finetune", "evaluate", "predict", "explain", "export", "loa
            "Prediction", "Explanation"]
 
 # A run: a Run, its folder, or a model.keras inside one. A model: that, the name of a model with pretrained
-# weights, or a Keras model (with class_names=).
+# weights, or a Keras model (with class_names=). (Aliases are evaluated when the module is: the quoted names are not.)
 RunSource = Union["Run", str, os.PathLike]
 ModelSource = Union["Run", str, os.PathLike, "keras.Model"]
 Image = Any  # a file's path, a PIL.Image.Image, or an array of pixels (kcnn.data.folder.read_image)
@@ -141,9 +141,8 @@ def __getattr__(name):  # kcnn.api.Run without importing the run folder's module
 
 # ---- the workflows -----------------------------------------------------------------------------------
 
-def train(dataset: Optional[str] = None, arch: Optional[str] = None, *,
-          config: Union[str, os.PathLike, "TrainConfig", None] = None, callbacks: Sequence = (),
-          **settings: Any) -> Run:
+def train(dataset: str | None = None, arch: str | None = None, *, config: str | os.PathLike | TrainConfig | None = None,
+          callbacks: Sequence = (), **settings: Any) -> Run:
     """Train `arch` from scratch on `dataset` (`kcnn train`); returns the finished `Run`.
 
     dataset:   mnist, cifar10, cifar10_sample, digits, or a folder with one sub-folder of images per class
@@ -161,7 +160,7 @@ def train(dataset: Optional[str] = None, arch: Optional[str] = None, *,
     return train_job(_config(TrainConfig, "train", config, dict(dataset=dataset, arch=arch), settings), callbacks)
 
 
-def finetune(dataset: Optional[str] = None, *, config: Union[str, os.PathLike, "FinetuneConfig", None] = None,
+def finetune(dataset: str | None = None, *, config: str | os.PathLike | FinetuneConfig | None = None,
              callbacks: Sequence = (), **settings: Any) -> Run:
     """Fine-tune a pretrained ImageNet backbone on `dataset` (`kcnn finetune`); returns the finished `Run`.
 
@@ -179,7 +178,7 @@ def finetune(dataset: Optional[str] = None, *, config: Union[str, os.PathLike, "
     return finetune_job(_config(FinetuneConfig, "finetune", config, dict(dataset=dataset), settings), callbacks)
 
 
-def load_run(path: Union[str, os.PathLike, "Run"]) -> Run:
+def load_run(path: str | os.PathLike | Run) -> Run:
     """The `Run` of a finished run folder (or of a model.keras inside one): its model, metrics, history,
     class names, settings and path, as `kcnn.train` returned them. The model loads in Keras' safe mode."""
     from kcnn.runs.rundir import load_run as load
@@ -187,7 +186,7 @@ def load_run(path: Union[str, os.PathLike, "Run"]) -> Run:
     return load(path)
 
 
-def evaluate(run: RunSource, tta: Optional[str] = None) -> Evaluation:
+def evaluate(run: RunSource, tta: str | None = None) -> Evaluation:
     """Evaluate a run's model on its evaluation split again, on this backend (`kcnn evaluate`). `tta`: also
     with test-time augmentation, "flip" (2 views) or "flip_crop" (6), recorded in the run's metrics.json."""
     from kcnn.runs.rundir import load_run as load
@@ -200,8 +199,8 @@ def evaluate(run: RunSource, tta: Optional[str] = None) -> Evaluation:
                       tta_accuracy=metrics.get("tta_accuracy", {}), predicted=metrics["predicted"])
 
 
-def predict(source: ModelSource, images: Union[Image, Sequence[Image]], top: int = 5, weights: str = "imagenet",
-            tta: Optional[str] = None, *, class_names: Optional[Sequence[str]] = None) -> list[Prediction]:
+def predict(source: ModelSource, images: Image | Sequence[Image], top: int = 5, weights: str = "imagenet",
+            tta: str | None = None, *, class_names: Sequence[str] | None = None) -> list[Prediction]:
     """The `top` classes of each image (`kcnn predict`): a `Prediction` per image, in order.
 
     source:      a run (a Run, its folder, a model.keras in one), the name of a model with pretrained weights
@@ -220,9 +219,9 @@ def predict(source: ModelSource, images: Union[Image, Sequence[Image]], top: int
     return [Prediction(image, ranking) for image, ranking in zip(images, rankings)]
 
 
-def explain(source: ModelSource, images: Union[Image, Sequence[Image]], output: Union[str, os.PathLike, None] = None,
-            class_name: Optional[str] = None, layer: Optional[str] = None, *, weights: str = "imagenet",
-            class_names: Optional[Sequence[str]] = None) -> list[Explanation]:
+def explain(source: ModelSource, images: Image | Sequence[Image], output: str | os.PathLike | None = None,
+            class_name: str | None = None, layer: str | None = None, *, weights: str = "imagenet",
+            class_names: Sequence[str] | None = None) -> list[Explanation]:
     """Grad-CAM: where the model looked, an overlay PNG per image (`kcnn explain`); an `Explanation` per image.
 
     source, images, weights, class_names: as `predict` takes them (images in memory are named image1, ...)
@@ -247,9 +246,9 @@ def explain(source: ModelSource, images: Union[Image, Sequence[Image]], output: 
             for image, (_, name, probability, written) in zip(images, answers)]
 
 
-def export(run: Union[RunSource, str], format: str = "saved_model", output: Union[str, os.PathLike, None] = None, *,
-           version: int = 1, overwrite: bool = False, tta: Optional[str] = None, quantize: Optional[str] = None,
-           calibration_images: Optional[int] = None, verbose: bool = True) -> str:
+def export(run: RunSource, format: str = "saved_model", output: str | os.PathLike | None = None, *, version: int = 1,
+           overwrite: bool = False, tta: str | None = None, quantize: str | None = None,
+           calibration_images: int | None = None, verbose: bool = True) -> str:
     """Export a run's model for serving (`kcnn export`); returns the path written.
 
     run:       a Run, its folder, or a .keras file
@@ -270,7 +269,8 @@ def export(run: Union[RunSource, str], format: str = "saved_model", output: Unio
 
 # ---- where a model comes from -------------------------------------------------------------------------
 
-def resolve_model(source: ModelSource, weights: str = "imagenet", class_names: Optional[Sequence[str]] = None) -> tuple:
+def resolve_model(source: ModelSource, weights: str = "imagenet", class_names: Sequence[str] | None = None
+                  ) -> tuple[keras.Model, list[str], Callable | None, Run | None]:
     """(model, class names, image transform, Run or None) of what predict and explain take: a run (a Run, its
     folder, a model.keras in one), the name of a model with pretrained weights (its publisher's evaluation
     transform; a run's is None: images are resized to the model's input as in training), or a Keras model with
