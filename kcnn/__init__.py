@@ -18,6 +18,9 @@ quiet()  # before anything imports TensorFlow: no C++ start-up lines on stderr
 
 from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError  # noqa: E402
 from kcnn.registry import ModelInfo, build, get_model_info, list_models, register_model  # noqa: E402
+from kcnn.version import __version__  # noqa: E402
+# The workflows as functions; kcnn.api imports nothing heavy until one runs.
+from kcnn.api import evaluate, explain, export, finetune, load_run, predict, train  # noqa: E402
 
 # The families register themselves (and their weights) on import, as timm's model files do; the registry
 # imports none of them. kcnn.models.hub registers the "hub:" names (keras-hub itself is imported only to build one).
@@ -31,15 +34,10 @@ from kcnn.backends.lazy import on_keras_import  # noqa: E402
 on_keras_import(lambda: importlib.import_module("kcnn.training.optim"))
 on_keras_import(quiet)  # absl's logging, now that TensorFlow may have imported it
 
-__version__ = "0.1.0"
-
 # Names whose modules import Keras: imported on first access (PEP 562), not by `import kcnn`.
 _LAZY = {
     "summary": "kcnn.inspect.summary",
     "ModelSummary": "kcnn.inspect.summary",
-    # kcnn.api (the workflows: train, finetune, evaluate, predict, explain, export, load_run) imports nothing heavy
-    # at module level; an eager `from kcnn.api import ...` line may replace these entries.
-    **{name: "kcnn.api" for name in ("train", "finetune", "evaluate", "predict", "explain", "export", "load_run")},
 }
 
 
@@ -72,4 +70,11 @@ __all__ = [
     "KcnnError",
     "UnknownModelError",
     "InvalidArgumentError",
+    "train",
+    "finetune",
+    "evaluate",
+    "predict",
+    "explain",
+    "export",
+    "load_run",
 ]

@@ -10,6 +10,7 @@ is these fields, resolved, so `--config RUN/config.json` repeats a run. This mod
 """
 
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -46,6 +47,30 @@ def _bad(argument, value, valid):
 def _check_count(name, value, least):
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         _bad(name, value, f"a whole number of at least {least}")
+
+
+def _looks_like_path(text):
+    """Whether a dataset argument was meant as a folder: it has a separator, or starts with . or ~."""
+    return "/" in text or os.sep in text or text.startswith((".", "~"))
+
+
+def _no_folder(given, folder):
+    """One sentence for a dataset folder that is not there: the closest names in its parent folder (difflib)."""
+    if os.path.exists(folder):
+        return (f"{given!r} is a file, not a folder; pass a folder with one sub-folder of images per class. "
+                f"Received: dataset={given!r}")
+    parent, name = os.path.split(os.path.normpath(folder))
+    if not os.path.isdir(parent or "."):
+        return (f"There is no folder {given!r} (nor its parent folder {parent!r}); pass a folder with one sub-folder "
+                f"of images per class. Received: dataset={given!r}")
+    entries = sorted(entry for entry in os.listdir(parent or ".") if os.path.isdir(os.path.join(parent or ".", entry))
+                     and not entry.startswith("."))
+    close = difflib.get_close_matches(name, entries, 3, 0.6)
+    shown = [os.path.join(os.path.dirname(given.rstrip("/" + os.sep)), entry) + ("/" if given.endswith("/") else "")
+             for entry in close]
+    hint = f"did you mean {' or '.join(repr(path) for path in shown)}?" if shown else \
+        f"{parent or 'this folder'} has no folder of a close name."
+    return f"There is no folder {given!r}; {hint} Received: dataset={given!r}"
 
 
 def unfreeze_blocks(text):
@@ -129,11 +154,16 @@ class RunConfig:
         from kcnn.data.datasets import SPLITS
 
         if self.is_folder:
-            if not (isinstance(self.dataset, (str, os.PathLike)) and os.path.isdir(self.dataset)):
+            folder = os.path.expanduser(self.dataset) if isinstance(self.dataset, (str, os.PathLike)) else None
+            if folder is not None and not os.path.isdir(folder) and _looks_like_path(os.fspath(self.dataset)):
+                raise InvalidArgumentError(_no_folder(os.fspath(self.dataset), folder))
+            if not (folder is not None and os.path.isdir(folder)):
+                close = difflib.get_close_matches(str(self.dataset), sorted(SPLITS), 1, 0.6)
+                hint = f"did you mean {close[0]}? " if close else ""
                 raise InvalidArgumentError(
-                    f"Unknown dataset {self.dataset!r}; kcnn {workflow_verb} on {', '.join(sorted(SPLITS))}, or on "
-                    f"a folder with one sub-folder of images per class. Received: dataset={self.dataset!r}")
-            self.dataset = os.path.abspath(self.dataset)
+                    f"Unknown dataset {self.dataset!r}; {hint}kcnn {workflow_verb} on {', '.join(sorted(SPLITS))}, "
+                    f"or on a folder with one sub-folder of images per class. Received: dataset={self.dataset!r}")
+            self.dataset = os.path.abspath(folder)
 
     def _completed(self, run_name):
         """The end of both workflows' resolved(): "none" read as no test-time augmentation, the default run folder

@@ -1,5 +1,7 @@
 """The public API: build, list_models, argument checks, data formats."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -227,3 +229,97 @@ def test_a_loaded_model_compiles_as_auto_means_on_this_backend(tmp_path):
     model.save(tmp_path / "model.keras")
     assert keras.saving.load_model(tmp_path / "model.keras").jit_compile == (not here)  # Keras keeps it
     assert load_model(str(tmp_path / "model.keras")).jit_compile == here
+
+
+# ---- the workflows as functions: kcnn.train, evaluate, predict, explain, export, load_run, finetune -------------
+
+DIGITS_RUN = dict(dataset="digits", arch="lenet5", image_size=32, epochs=1, limit=128, batch_size=64, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One small run that every test of this section shares (a second, seconds long)."""
+    return kcnn.train(**DIGITS_RUN, output_dir=str(tmp_path_factory.mktemp("api") / "run"))
+
+
+def test_train_returns_a_run_with_its_model_metrics_history_and_classes(digits_run):
+    run = digits_run
+    assert isinstance(run, kcnn.api.Run) and os.path.isfile(os.path.join(run.path, "model.keras"))
+    assert run.class_names == tuple("0123456789") and run.model.output_shape == (None, 10)
+    assert 0 <= run.metrics["accuracy"] <= 1 and run.metrics["epochs_run"] == 1
+    assert set(run.history) >= {"loss", "accuracy", "val_loss", "val_accuracy"} and len(run.history["loss"]) == 1
+    assert run.config.arch == "lenet5" and run.directory == run.path
+    again = kcnn.load_run(run.path)  # the same object for a finished folder
+    assert (again.path, again.class_names, again.metrics["accuracy"]) == (run.path, run.class_names,
+                                                                         run.metrics["accuracy"])
+    assert again.history == run.history and kcnn.load_run(again) is again
+
+
+def test_evaluate_gives_an_evaluation(digits_run):
+    evaluation = kcnn.evaluate(digits_run.path)
+    assert evaluation.accuracy == pytest.approx(digits_run.metrics["accuracy"], abs=1e-6)
+    assert evaluation.split == "test" and evaluation.images == len(evaluation.predicted)
+    assert set(evaluation.per_class_accuracy) <= set(digits_run.class_names) and evaluation.tta_accuracy == {}
+    assert str(evaluation).startswith(f"test accuracy {evaluation.accuracy:.4f} on {evaluation.images} images")
+
+
+def test_predict_takes_paths_pillow_images_and_arrays(digits_run, tmp_path):
+    from PIL import Image
+
+    from kcnn.data import load
+
+    images = load("digits", "test").images[:3]
+    path = str(tmp_path / "digit.png")
+    Image.fromarray(images[0][..., 0]).save(path)
+    predictions = kcnn.predict(digits_run, [path, Image.fromarray(images[0][..., 0]), images[0]], top=3)
+    assert [p.image for p in predictions[:1]] == [path] and len(predictions) == 3
+    for prediction in predictions:
+        assert len(prediction.top) == 3 and prediction.class_name in digits_run.class_names
+        assert prediction.top[0] == (prediction.class_name, prediction.probability)
+        assert prediction.top[0][1] >= prediction.top[1][1] >= prediction.top[2][1]
+    same = [[name for name, _ in p.top] for p in predictions], [[q for _, q in p.top] for p in predictions]
+    assert same[0][0] == same[0][1] == same[0][2]  # the file, its Pillow image and its array: one answer
+    np.testing.assert_allclose([same[1][0], same[1][1]], [same[1][2]] * 2, rtol=1e-5)
+    batch = kcnn.predict(digits_run.path, images)  # a 4-D array: a batch; one image: a list of one
+    assert len(batch) == 3 and len(kcnn.predict(digits_run, path)) == 1
+    alone = kcnn.predict(digits_run.model, images[:1], class_names=digits_run.class_names)[0]  # a Keras model
+    assert alone.class_name == batch[0].class_name and alone.probability == pytest.approx(batch[0].probability)
+    with pytest.raises(kcnn.InvalidArgumentError, match="pass class_names"):
+        kcnn.predict(digits_run.model, images)
+    with pytest.raises(kcnn.KcnnError, match="There is no run folder"):
+        kcnn.predict(str(tmp_path / "no_run"), images)
+
+
+def test_explain_writes_an_overlay_per_image(digits_run, tmp_path):
+    from kcnn.data import load
+
+    images = load("digits", "test").images[:2]
+    explanations = kcnn.explain(digits_run, list(images), output=str(tmp_path / "explain"), class_name="3")
+    assert [os.path.basename(e.overlay) for e in explanations] == ["image1_gradcam.png", "image2_gradcam.png"]
+    assert all(os.path.isfile(e.overlay) and e.explained == "3" and e.class_name in digits_run.class_names
+               for e in explanations)
+
+
+def test_export_as_keras_and_its_run_loads(digits_run, tmp_path):
+    written = kcnn.export(digits_run, format="keras", output=str(tmp_path / "exported"), verbose=False)
+    assert written == str(tmp_path / "exported" / "model.keras") and os.path.isfile(written)
+
+
+def test_an_unknown_setting_names_the_closest_one(tmp_path):
+    with pytest.raises(kcnn.InvalidArgumentError, match=r"kcnn.train has no setting 'epoch' \(did you mean epochs\?\)"):
+        kcnn.train(dataset="digits", epoch=1, output_dir=str(tmp_path))
+    with pytest.raises(kcnn.InvalidArgumentError, match=r"kcnn.finetune has no setting 'head_epoch' .*head_epochs"):
+        kcnn.finetune("cifar10_sample", head_epoch=1, output_dir=str(tmp_path))
+    with pytest.raises(kcnn.InvalidArgumentError, match="learning_rate must be a number above 0"):
+        kcnn.train(dataset="digits", lr=0, output_dir=str(tmp_path))  # the flag's short form (--lr) is a keyword too
+    assert os.listdir(tmp_path) == []
+
+
+def test_finetune_takes_the_dataset_first(tmp_path):
+    run = kcnn.finetune("cifar10_sample", limit=64, head_epochs=1, finetune_epochs=0, export=False, image_size=32,
+                        tta=None, verbose=0, output_dir=str(tmp_path / "run"))
+    assert isinstance(run, kcnn.api.Run) and run.config.backbone == "efficientnet_lite0"
+    assert len(run.class_names) == 10 and run.metrics["train_images"] == 64 and len(run.history["loss"]) == 1
+    assert run.metrics["validation_images"] == 6  # the epochs' val_accuracy: 10% of the training images
+    logs = [name for name in run.folder.listed() if name.startswith("logs/")]
+    assert logs and all(name.startswith("logs/head/") for name in logs)  # TensorBoard, in the manifest

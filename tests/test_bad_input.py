@@ -388,6 +388,11 @@ BAD_INPUTS = [
     Row("zero classes", InvalidArgumentError, r"num_classes", lambda t, p: kcnn.build("lenet5", num_classes=0)),
     Row("unknown dataset", InvalidArgumentError, r"Unknown dataset 'imagenet'.*folder",
         lambda t, p: train(t, dataset="imagenet"), lambda t, p: ["train", "--dataset", "imagenet"]),
+    Row("dataset folder misspelt", InvalidArgumentError, r"There is no folder 'pet/'; did you mean 'pets/'\?",
+        lambda t, p: train(t, dataset="pet/"), lambda t, p: ["train", "--dataset", "pet/"],
+        setup=lambda t, mp: os.makedirs(t / "pets")),
+    Row("unknown keyword of kcnn.train", InvalidArgumentError, r"kcnn.train has no setting 'epoch' \(did you mean "
+        r"epochs\?\)", lambda t, p: kcnn.train(dataset="digits", epoch=1, output_dir=str(t / "run"))),
     # -- training settings --
     Row("learning rate of zero", InvalidArgumentError, r"learning_rate must be a number above 0",
         lambda t, p: train(t, learning_rate=0.0), lambda t, p: ["train", *DIGITS, "--learning-rate", "0"]),
@@ -876,7 +881,7 @@ def test_cli(row, tmp_path, monkeypatch, capsys):
 
 
 def test_the_table_is_large_and_mostly_through_both_doors():
-    assert len(BAD_INPUTS) >= 30 and len(CLI_ROWS) >= 30  # 107 and 92 (README)
+    assert len(BAD_INPUTS) >= 30 and len(CLI_ROWS) >= 30  # 109 and 93 (README)
     assert len({row.name for row in BAD_INPUTS}) == len(BAD_INPUTS)
 
 

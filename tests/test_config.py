@@ -149,6 +149,6 @@ def test_a_run_is_repeated_from_its_config_json(tmp_path, command, flags):
         from kcnn.training.evaluate import evaluate_run
 
         finished = load_run(str(first))
-        assert evaluate_run(finished)["accuracy"] == finished.metrics()["accuracy"]
+        assert evaluate_run(finished)["accuracy"] == finished.metrics["accuracy"]
         written = export(finished, "keras", output=str(tmp_path / "exported"), verbose=False)
         assert os.path.isfile(written) and finished.class_names == tuple("0123456789")

@@ -38,13 +38,13 @@ CONFIG = FinetuneConfig(
 
 
 def main(argv):
+    import kcnn
     from kcnn.cli import exits_on_bad_input
     from kcnn.cli.arguments import parse_config
-    from kcnn.training.finetune import finetune
 
     with exits_on_bad_input():  # a mistake is one sentence and exit code 2, not a traceback
         config = parse_config(CONFIG, argv, prog="workflows/finetune.py", description=__doc__.split("\n")[0])
-        finetune(config)  # prints the held-out accuracy and where the run is
+        kcnn.finetune(config=config)  # prints the held-out accuracy and where the run is
     return 0
 
 

@@ -9,16 +9,22 @@ CIFAR-10 splits:
     test_first1000  the first 1,000 official test images (a second check)
 """
 
+from __future__ import annotations
+
 import dataclasses
 import gzip
 import hashlib
 import os
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from kcnn.data import sources
 from kcnn.data.files import ChecksumError, DatasetNotFoundError, locate, verify
 from kcnn.errors import InvalidArgumentError, KcnnError
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from kcnn.data.files import OfficialFile
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
@@ -40,7 +46,7 @@ class ImageData:
         return len(self.labels)
 
     @property
-    def image_shape(self):
+    def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.images.shape[1:])
 
 
@@ -72,7 +78,8 @@ def _check_image_data(data):
                                f"(there are {len(data.class_names)} class names); fix the labels or the class names.")
 
 
-def load(name, split="train", *, data_dir=None, download=True) -> ImageData:
+def load(name: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
+         download: bool = True) -> ImageData:
     """Load a dataset split into memory; see the module docstring for splits."""
     if name not in LOADERS:
         raise InvalidArgumentError(
@@ -148,7 +155,7 @@ def _load_cifar10(split, data_dir, download):
     return ImageData(np.concatenate(images), np.concatenate(labels), sources.CIFAR10_CLASSES, f"cifar10/{split}")
 
 
-def read_cifar_batch(path):
+def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Records of 1 label byte and 3,072 pixel bytes (R, G, B planes of 32x32)."""
     records = np.fromfile(path, np.uint8).reshape(-1, 3073)
     labels = records[:, 0].astype("int64")
@@ -156,7 +163,7 @@ def read_cifar_batch(path):
     return np.ascontiguousarray(images), labels
 
 
-def read_cifar_pickle(path, official):
+def read_cifar_pickle(path: str | os.PathLike, official: OfficialFile) -> tuple[np.ndarray, np.ndarray]:
     """A batch of the python version: a pickled dict of b"data" (N, 3072) and
     b"labels". Unpickling can run code, so the file is checked against its
     published checksum first, here, whoever calls this."""
@@ -189,7 +196,7 @@ SAMPLE_PATH = os.path.join(os.path.dirname(__file__), "cifar10_sample.npz")
 SAMPLE_SHA1 = "16b015152920e37047bb1197ca261666a75408dc"  # of the arrays; see make_cifar10_sample.py
 
 
-def content_sha1(arrays):
+def content_sha1(arrays: Sequence[np.ndarray]) -> str:
     """The sample's checksum: of its arrays (their names and bytes), not of the .npz file (which holds
     zip timestamps)."""
     digest = hashlib.sha1()

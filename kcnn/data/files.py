@@ -9,10 +9,12 @@ which checks the published hash; every file is verified against its
 published checksum the first time a process uses it.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import hashlib
 import os
-from typing import Optional
+from typing import Optional, Sequence
 
 from kcnn.errors import KcnnError
 
@@ -52,7 +54,7 @@ class Source:
 _VERIFIED = set()  # (path, size, mtime) already checked in this process
 
 
-def data_roots(data_dir=None):
+def data_roots(data_dir: str | os.PathLike | None = None) -> list[str]:
     """Folders searched for dataset files, in order."""
     roots = []
     if data_dir is not None:
@@ -63,12 +65,13 @@ def data_roots(data_dir=None):
     return roots
 
 
-def keras_cache_dir():
+def keras_cache_dir() -> str:
     base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return os.path.join(base, "datasets")
 
 
-def locate(source, data_dir=None, download=True, names=None):
+def locate(source: Source, data_dir: str | os.PathLike | None = None, download: bool = True,
+           names: Sequence[str] | None = None) -> list[str]:
     """Paths of `names` (default: every file of `source`), verified.
 
     Looks in every root; downloads into the Keras cache when no root holds
@@ -97,7 +100,7 @@ def locate(source, data_dir=None, download=True, names=None):
     )
 
 
-def verify(path, official):
+def verify(path: str, official: OfficialFile) -> str:
     """Check `path` against its published size and sha1 (once per process)."""
     stat = os.stat(path)
     key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
@@ -114,7 +117,7 @@ def verify(path, official):
     return path
 
 
-def digest_of(path, algorithm="sha1", chunk=1 << 20):
+def digest_of(path: str | os.PathLike, algorithm: str = "sha1", chunk: int = 1 << 20) -> str:
     digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk), b""):

@@ -17,17 +17,23 @@ read forever, a device file never end. `kcnn predict`, `kcnn explain` and `kcnn 
 `read_image` too (serve imports this module without Keras: it needs only NumPy and Pillow).
 """
 
+from __future__ import annotations
+
 import concurrent.futures
 import io
 import os
 import re
 import stat
 import warnings
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
 from kcnn.data.datasets import ImageData
 from kcnn.errors import InvalidArgumentError, KcnnError
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import PIL.Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # Keras' list, and WebP
 # The only decoders Pillow may use, whatever a file's name: Pillow picks one from the content, and some
@@ -36,6 +42,8 @@ FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 MAX_PIXELS = 64 * 1024 * 1024  # per image; larger ones are refused before they are decoded (decompression bombs)
 COLOR_MODES = {"rgb": ("RGB", 3), "grayscale": ("L", 1)}
 ON_ERROR = ("skip", "stop")
+# What read_image (and kcnn.predict, kcnn.explain) take: a path, bytes, a PIL.Image.Image or an array of pixels
+ImageInput = Union[str, os.PathLike, bytes, Any]
 
 
 class EmptyDatasetError(KcnnError):
@@ -62,8 +70,10 @@ class ImageSizeError(KcnnError):
     """Images of different sizes without an `image_size` to resize them to."""
 
 
-def image_folder(directory, *, image_size=None, validation_split=0.2, subset="both", seed=0, color_mode="rgb",
-                 on_error="skip", max_pixels=MAX_PIXELS, verbose=True):
+def image_folder(directory: str | os.PathLike, *, image_size: int | tuple[int, int] | None = None,
+                 validation_split: float = 0.2, subset: str = "both", seed: int = 0, color_mode: str = "rgb",
+                 on_error: str = "skip", max_pixels: int = MAX_PIXELS,
+                 verbose: bool = True) -> ImageData | tuple[ImageData, ImageData]:
     """Load a folder of class sub-folders into memory, each image as a viewer
     shows it (`image_array`: EXIF orientation, 16-bit pixels scaled to 8 bits).
 
@@ -195,13 +205,17 @@ def _check_linked_classes(directory, class_names):
             )
 
 
-def read_image(source, mode="RGB", size=None, max_pixels=MAX_PIXELS):
-    """One image as uint8 (H, W) or (H, W, C), as a viewer shows it (`image_array`): `source` is a file's path
-    or its bytes; converted to Pillow `mode` ("RGB" or "L") and resized to `size` (height, width; a None in
-    it keeps the image's own) when given. Only a regular file is opened (`special_file`), and images over
-    `max_pixels` are refused before their pixels are decoded (an `ImageTooLargeError`). Whatever is wrong
-    with the image, the error is a `CorruptImageError`."""
+def read_image(source: ImageInput, mode: str = "RGB", size: Optional[tuple] = None,
+               max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """One image as uint8 (H, W) or (H, W, C), as a viewer shows it (`image_array`): `source` is a file's path,
+    its bytes, a Pillow image or an array (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) of 0-255 values (floats all
+    in [0, 1] are scaled by 255, as image libraries write them); converted to Pillow `mode` ("RGB" or "L") and
+    resized to `size` (height, width; a None in it keeps the image's own) when given. Only a regular file is
+    opened (`special_file`), and images over `max_pixels` are refused before their pixels are decoded (an
+    `ImageTooLargeError`). Whatever is wrong with the image, the error is a `CorruptImageError`."""
     in_memory = isinstance(source, (bytes, bytearray, memoryview))
+    if not in_memory and not isinstance(source, (str, os.PathLike)):
+        return image_array(_pillow_image(source), mode, size)
     name = "the image bytes" if in_memory else os.fspath(source)
     try:
         return _decode(io.BytesIO(source) if in_memory else name, name, mode, size, max_pixels)
@@ -212,7 +226,32 @@ def read_image(source, mode="RGB", size=None, max_pixels=MAX_PIXELS):
         raise CorruptImageError(_unreadable(name, reason), reason=reason) from None
 
 
-def special_file(path):
+def _pillow_image(source):
+    """A Pillow image of an image already in memory (a Pillow image, or an array of pixels), or one sentence."""
+    from PIL import Image
+
+    if isinstance(source, Image.Image):
+        return source
+    if not hasattr(source, "__array__"):
+        raise InvalidArgumentError(f"An image is a file's path, its bytes, a Pillow image or an array of pixels. "
+                                   f"Received: {type(source).__name__}")
+    pixels = np.asarray(source)
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] in (3, 4))) or 0 in pixels.shape:
+        raise InvalidArgumentError(f"An image array is (height, width), (height, width, 1), (height, width, 3) or "
+                                   f"(height, width, 4). Received: an array of shape {pixels.shape}")
+    if not (np.issubdtype(pixels.dtype, np.number) or pixels.dtype == bool):
+        raise InvalidArgumentError(f"An image array holds numbers. Received: an array of {pixels.dtype}")
+    if pixels.dtype != np.uint8:
+        values = np.nan_to_num(pixels.astype(np.float64), nan=0.0)
+        in_unit_range = np.issubdtype(pixels.dtype, np.floating) and values.min() >= 0 and values.max() <= 1
+        pixels = np.clip(np.rint(values * 255 if in_unit_range or pixels.dtype == bool else values), 0, 255)
+        pixels = pixels.astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def special_file(path: str | os.PathLike) -> Optional[str]:
     """What `path` is when it exists and is not a regular file, after links ("a named pipe", "a folder"...),
     else None (a missing path is left to the open that follows). Found with os.stat, never by opening it:
     opening a named pipe blocks until something writes to it, and a device file may never end."""
@@ -240,7 +279,7 @@ def _decode(file, name, mode, size, max_pixels):
         return image_array(image, mode, size)
 
 
-def image_array(image, mode="RGB", size=None):
+def image_array(image: PIL.Image.Image, mode: str = "RGB", size: Optional[tuple] = None) -> np.ndarray:
     """A Pillow image as uint8 (H, W) or (H, W, C), as an image viewer shows it, in Pillow `mode` ("RGB" or
     "L"), resized (bilinear) to `size` (height, width; a None in it keeps the image's own) when given:
 

@@ -9,22 +9,28 @@ timestamps change), so the same official batches give the same checksum;
 it is printed and must equal SAMPLE_SHA1 in kcnn/data/datasets.py.
 """
 
+from __future__ import annotations
+
 import argparse
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from kcnn.data.datasets import ImageData
 
 TRAIN_PER_CLASS = 200
 HELD_OUT_PER_CLASS = 100
 
 
-def first_per_class(data, per_class):
+def first_per_class(data: ImageData, per_class: int) -> tuple[np.ndarray, np.ndarray]:
     order = [np.flatnonzero(data.labels == c)[:per_class] for c in range(10)]
     keep = np.sort(np.concatenate(order))
     return data.images[keep], data.labels[keep].astype("uint8")
 
 
-def main(data_dir=None):
+def main(data_dir: str | None = None) -> None:
     from kcnn.data.datasets import SAMPLE_PATH, content_sha1, load
 
     train_images, train_labels = first_per_class(load("cifar10", "holdout_train", data_dir=data_dir), TRAIN_PER_CLASS)

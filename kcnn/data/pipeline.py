@@ -7,7 +7,15 @@ Scaling to the model's range is not done here: kcnn training models take raw
 0-255 pixels and normalise inside (see kcnn.training.train), so exported models do too.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from kcnn.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import tensorflow as tf
+    from kcnn.data.datasets import ImageData
 
 AUGMENTATIONS = ("none", "crop", "flip", "crop_flip", "translate_flip", "airbench", "randaugment", "mixup",
                  "cutmix")
@@ -17,7 +25,7 @@ AUGMENTATIONS = ("none", "crop", "flip", "crop_flip", "translate_flip", "airbenc
 # random once, then every image is mirrored on odd epochs, so that each is seen both ways every two epochs.
 
 
-def augmentation_layers(name, image_size, seed=0):
+def augmentation_layers(name: str, image_size: tuple[int, int], seed: int = 0) -> list:
     """Keras' own augmentation layers for a named recipe (applied in tf.data)."""
     import keras
 
@@ -46,8 +54,10 @@ def augmentation_layers(name, image_size, seed=0):
     return crop + flip  # mixup and cutmix mix labels too: see make_dataset
 
 
-def make_dataset(data, *, batch_size, training, num_classes, image_shape=None, augment="none", seed=0,
-                 one_hot=None, epochs=None, first_epoch=0, shard=(0, 1)):
+def make_dataset(data: ImageData, *, batch_size: int, training: bool, num_classes: int,
+                 image_shape: tuple[int, int, int] | None = None, augment: str = "none", seed: int = 0,
+                 one_hot: bool | None = None, epochs: int | None = None, first_epoch: int = 0,
+                 shard: tuple[int, int] = (0, 1)) -> tf.data.Dataset:
     """A batched, prefetched `tf.data.Dataset` of (float32 0-255 images, labels).
 
     Args:

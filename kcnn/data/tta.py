@@ -15,7 +15,15 @@ once against a NumPy-like namespace (`keras.ops`, `numpy`, `tf.experimental.nump
 fine-tuning can push them through its frozen layers once (kcnn.training.finetune) and get the same views.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
 from kcnn.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
+    import numpy as np
 
 TTA_MODES = ("flip", "flip_crop")
 # (weight, shift, mirrored) of each view: shift in units of shift_pixels, +1 moves the content down-right.
@@ -26,7 +34,7 @@ VIEWS = {
 }
 
 
-def check_mode(tta, allow_none=True):
+def check_mode(tta: str | None, allow_none: bool = True) -> str | None:
     """`tta` as given, or an InvalidArgumentError naming the modes."""
     if (tta is None and allow_none) or (isinstance(tta, str) and tta in TTA_MODES):
         return tta
@@ -34,18 +42,18 @@ def check_mode(tta, allow_none=True):
                                f"{' (or None: none)' if allow_none else ''}. Received: tta={tta!r}")
 
 
-def passes(tta):
+def passes(tta: str | None) -> int:
     """Forward passes per image (the latency an export with test-time augmentation pays)."""
     return len(VIEWS[tta]) if tta else 1
 
 
-def shift_pixels(height, width):
+def shift_pixels(height: int, width: int) -> int:
     """How far flip_crop shifts an image: 1/16 of its side (2 pixels at 32x32; airbench94 shifts by 1 and
     averages logits, kcnn averages probabilities), at least 1."""
     return max(1, round(min(height, width) / 16))
 
 
-def apply_view(images, view, xp):
+def apply_view(images: Any, view: tuple, xp: Any) -> Any:
     """One view of a batch (N, H, W, C); xp: keras.ops, numpy or tf.experimental.numpy."""
     _, shift, mirrored = view
     if mirrored:
@@ -59,12 +67,12 @@ def apply_view(images, view, xp):
     return images
 
 
-def combine(probabilities, tta):
+def combine(probabilities: Sequence[np.ndarray], tta: str) -> np.ndarray:
     """The weighted mean of the views' probabilities (a list in VIEWS[tta]'s order)."""
     return sum(weight * p for (weight, _, _), p in zip(VIEWS[tta], probabilities))
 
 
-def with_tta(model, tta):
+def with_tta(model: keras.Model, tta: str | None) -> keras.Model:
     """`model` (an image classifier: images in, logits or probabilities out) answering with test-time
     augmentation `tta`; the model itself when tta is None."""
     import keras
@@ -86,11 +94,11 @@ def with_tta(model, tta):
     return keras.Model(inputs, logits, name=f"{model.name}_tta_{tta}")
 
 
-def ends_in_softmax(model):
+def ends_in_softmax(model: keras.Model) -> bool:
     return getattr(getattr(model.layers[-1], "activation", None), "__name__", "") == "softmax"
 
 
-def to_probabilities(model, outputs):
+def to_probabilities(model: keras.Model, outputs: Any) -> Any:
     """The probabilities of `model`'s outputs (logits unless its last layer is a softmax), float32."""
     import keras
 

@@ -35,6 +35,8 @@ its destination and renamed into place at the end; an existing export is
 replaced only with overwrite=True.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
@@ -43,12 +45,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from kcnn.runs import modelfile
 from kcnn.errors import ExportError, InvalidArgumentError, KcnnError  # noqa: F401 (kcnn.deploy.export.ExportError)
 from kcnn.runs.atomic import atomic_open, atomic_path
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
+    from kcnn.runs.rundir import Run
 
 FORMATS = ("saved_model", "onnx", "keras", "litert")
 # LiteRT (TensorFlow Lite) flatbuffers, one file per quantization: float32, float16 weights, int8 throughout.
@@ -60,8 +67,9 @@ ONNX_OPSET = 17
 
 
 
-def export(source, format="saved_model", output=None, *, version=1, overwrite=False, class_names=None,
-           tta=None, quantize=None, calibration_images=CALIBRATION_IMAGES, verbose=True):
+def export(source: Run | str | os.PathLike, format: str = "saved_model", output: str | None = None, *,
+           version: int = 1, overwrite: bool = False, class_names: Sequence[str] | None = None, tta: str | None = None,
+           quantize: str | None = None, calibration_images: int = CALIBRATION_IMAGES, verbose: bool = True) -> str:
     """Export the model of a finished run (a `kcnn.runs.rundir.load_run` FinishedRun, or its folder) or of a
     `.keras` file for serving;
     returns the path written (the version folder, model.onnx, a .tflite file or model.keras).
@@ -131,7 +139,7 @@ def export(source, format="saved_model", output=None, *, version=1, overwrite=Fa
     return destination
 
 
-def check_quantize(format, quantize, run_dir, calibration_images):
+def check_quantize(format: str, quantize: str | None, run_dir: str | None, calibration_images: int) -> str | None:
     """The quantization of a LiteRT export ("none" when not given); refused for the other formats, and int8
     without a run's training images to calibrate on."""
     if format != "litert":
@@ -155,13 +163,13 @@ def check_quantize(format, quantize, run_dir, calibration_images):
     return quantize
 
 
-def describe_accuracy(accuracy):
+def describe_accuracy(accuracy: dict) -> str:
     """One line: the LiteRT models' accuracy on the evaluation images (kcnn_export.json's `accuracy`)."""
     shown = ", ".join(f"{name} {value:.4f}" for name, value in accuracy.items() if name not in ("split", "images"))
     return f"LiteRT accuracy on the first {accuracy['images']} images of {accuracy['split']}: {shown}"
 
 
-def check_tta(tta):
+def check_tta(tta: str | None) -> None:
     from kcnn.data.tta import check_mode
 
     try:
@@ -170,7 +178,7 @@ def check_tta(tta):
         raise ExportError(str(error)) from None
 
 
-def find_model(source):
+def find_model(source: str | os.PathLike) -> tuple[str, str | None]:
     """(path of the .keras file, run directory or None) of a run directory or a .keras file."""
     source = os.fspath(source)
     if os.path.isdir(source):
@@ -269,13 +277,13 @@ def _mark_output(output, destination, format, model_path, details=None):
             record = json.load(f)
     except (OSError, ValueError):
         record = {}
-    import kcnn
+    from kcnn.version import __version__
 
     exports = dict(record.get("kcnn", {}).get("exports", {}))
     exports[os.path.basename(destination)] = {"format": format, "model": os.path.abspath(model_path),
                                               **(details or {})}
     with atomic_open(path) as f:
-        json.dump({"kcnn": {"version": kcnn.__version__, "exports": exports}}, f, indent=1)
+        json.dump({"kcnn": {"version": __version__, "exports": exports}}, f, indent=1)
 
 
 def _run_class_names(run_dir):
@@ -286,7 +294,7 @@ def _run_class_names(run_dir):
         return None
 
 
-def load_model(model_path):
+def load_model(model_path: str) -> keras.Model:
     """The model of a .keras file, loaded in Keras' safe mode (no code from the file runs);
     on torch with kcnn.backends.torch_fast's kernels, as kcnn.build gives."""
     return modelfile.load_model(model_path, error=ExportError, compile=False, accelerate=True)
@@ -320,7 +328,8 @@ def _run_on_tensorflow(model_path, format, destination, class_names, tta=None, l
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def export_on_tensorflow(model_path, format, destination, class_names, tta=None, litert=None):
+def export_on_tensorflow(model_path: str, format: str, destination: str, class_names: Sequence[str] | None,
+                         tta: str | None = None, litert: dict | None = None) -> dict | None:
     """The export itself; runs on the TensorFlow backend. Returns what kcnn_export.json records beside the
     format (a LiteRT export's quantization, size and accuracy), or None. `litert`: {quantize, run_dir,
     calibration_images}."""
@@ -444,7 +453,7 @@ def _erfc(ctx, node, name, args):
     ctx.insert_new_node_on_output("Sub", node.output[0], inputs=[one.output[0], node.output[0]])
 
 
-def check_class_names(class_names, error=ExportError, where=""):
+def check_class_names(class_names: Sequence[str], error: type = ExportError, where: str = "") -> None:
     """Refuse, with `error`, class names an export or `kcnn serve` cannot hold: class_names.txt has one name a
     line in UTF-8, and a JSON answer names the class. Names may repeat (ImageNet's "crane" and "maillot" do:
     answers name classes by index too). Called by both workflows before their first epoch too (`where`: the
@@ -468,7 +477,7 @@ def _write_lines(path, lines):
         f.write("\n".join(lines) + "\n")
 
 
-def main(argv):
+def main(argv: Sequence[str]) -> int:
     """The child process of `_run_on_tensorflow`: exit 2 with one sentence on an ExportError."""
     request = json.loads(argv[0])
     from kcnn.runs.rundir import write_errors_explained

@@ -25,15 +25,21 @@ LiteRT interpreter on the first EVALUATION_IMAGES images of the run's evaluation
 Runs on the TensorFlow backend (kcnn.deploy.export calls it there, in a child process when needed).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import json
 import shutil
 import tempfile
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from kcnn.errors import ExportError, KcnnError
 from kcnn.runs.atomic import atomic_path
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
 
 SIGNATURE = "serving_default"
 METADATA_NAME = "class_names"  # the flatbuffer's metadata entry holding the class names (JSON)
@@ -42,8 +48,8 @@ CALIBRATION_SEED = 0  # which training images those are
 EVALUATION_IMAGES = 1000  # the LiteRT models' accuracy: on the first images of the evaluation split
 
 
-def write(model, destination, class_names, *, serving_function, quantize="none", run_dir=None,
-          calibration_images=200):
+def write(model: keras.Model, destination: str, class_names: Sequence[str], *, serving_function: Any,
+          quantize: str = "none", run_dir: str | None = None, calibration_images: int = 200) -> dict:
     """Write `model` (a Keras model on TensorFlow) as a LiteRT flatbuffer to `destination`, atomically;
     returns what kcnn_export.json records: the quantization, the size and, from a run whose data loads,
     the accuracy of the float32 and quantized LiteRT models. `serving_function`: kcnn.deploy.export's (images in,
@@ -75,7 +81,8 @@ def write(model, destination, class_names, *, serving_function, quantize="none",
     return record
 
 
-def convert(model, serving_function, quantize="none", calibration=None, *, error=KcnnError):
+def convert(model: keras.Model, serving_function: Any, quantize: str = "none", calibration: np.ndarray | None = None,
+            *, error: type = KcnnError) -> bytes:
     """The LiteRT flatbuffer (bytes) of kcnn.deploy.export's serving function of `model`; `calibration`: the
     float32 images an int8 conversion measures activation ranges on."""
     import keras
@@ -118,7 +125,7 @@ def _converted(converter, quantize, calibration, error):
                     + ("; export float16 or none instead." if quantize == "int8" else ".")) from None
 
 
-def with_metadata(flatbuffer, entries):
+def with_metadata(flatbuffer: bytes, entries: dict) -> bytes:
     """`flatbuffer` with each `entries` name -> text added to the model's metadata (the LiteRT schema's
     `metadata` table: a name and a buffer; the interpreter ignores it)."""
     import flatbuffers
@@ -138,7 +145,7 @@ def with_metadata(flatbuffer, entries):
     return bytes(builder.Output())
 
 
-def accuracy(flatbuffer, images, labels):
+def accuracy(flatbuffer: bytes, images: np.ndarray, labels: np.ndarray) -> float:
     """The fraction of `images` whose `class_index` from the LiteRT interpreter is the label."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -180,7 +187,7 @@ def _evaluation_images(run_dir, shape, count):
     return (*_prepared(first, shape), data.name)
 
 
-def run_config_of(run_dir):
+def run_config_of(run_dir: str) -> Any:
     """The run config of `run_dir` (int8 calibrates on its training data), or one ExportError sentence."""
     from kcnn.runs.rundir import run_config
 

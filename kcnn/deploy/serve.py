@@ -58,6 +58,8 @@ alone runs at once, and those that arrive while a run is busy go together in the
 batching off (one run per request, in order of arrival).
 """
 
+from __future__ import annotations
+
 import argparse
 import asyncio
 import base64
@@ -76,6 +78,7 @@ import socket
 import sys
 import tempfile
 import threading
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -122,7 +125,7 @@ class RequestError(Exception):
 # ---- the command: settings, SOURCE, conversion, the serving process --------------------------------------------
 
 
-def add_arguments(parser):
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", help="a run directory, an ONNX export folder (model.onnx and class_names.txt) or "
                         "a model.onnx file")
     parser.add_argument("--model-name", default=MODEL_NAME, help=f"the NAME in /v1/models/NAME (default "
@@ -143,8 +146,9 @@ def add_arguments(parser):
                         f"concurrent requests are batched up to it (default {MAX_BATCH}; 1: no batching)")
 
 
-def start(source, *, model_name=MODEL_NAME, host=HOST, port=PORT, max_body_mb=MAX_BODY_MB, max_batch=MAX_BATCH,
-          body_timeout_s=BODY_TIMEOUT_S, shutdown_timeout_s=SHUTDOWN_S):
+def start(source: str, *, model_name: str = MODEL_NAME, host: str = HOST, port: int = PORT,
+          max_body_mb: float = MAX_BODY_MB, max_batch: int = MAX_BATCH, body_timeout_s: float = BODY_TIMEOUT_S,
+          shutdown_timeout_s: float = SHUTDOWN_S) -> int:
     """`kcnn serve`: check the settings and SOURCE, convert a Keras model to ONNX if SOURCE has no ONNX file,
     then become the serving process (exec; on other systems than POSIX, serve here). Returns the exit code."""
     check_settings(model_name, port, max_body_mb, max_batch, body_timeout_s=body_timeout_s,
@@ -164,7 +168,7 @@ def start(source, *, model_name=MODEL_NAME, host=HOST, port=PORT, max_body_mb=MA
     os.execv(sys.executable, [*server_command(), *argv])
 
 
-def server_command():
+def server_command() -> list[str]:
     """The command line of a serving process, to which SOURCE and the flags are added: this module alone, without
     running kcnn's package __init__ (which imports Keras): a bare `kcnn` package whose path is kcnn's folder."""
     folder = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # kcnn/, above kcnn/deploy/
@@ -173,7 +177,7 @@ def server_command():
     return [sys.executable, "-c", bootstrap]
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """The serving process: SOURCE holds an ONNX model; on bad input, one line and exit code 2."""
     parser = argparse.ArgumentParser(prog="kcnn serve")
     add_arguments(parser)
@@ -199,8 +203,8 @@ def main(argv=None):
     return 0
 
 
-def check_settings(model_name, port, max_body_mb, max_batch, *, body_timeout_s=BODY_TIMEOUT_S,
-                   shutdown_timeout_s=SHUTDOWN_S):
+def check_settings(model_name: str, port: int, max_body_mb: float, max_batch: int, *,
+                   body_timeout_s: float = BODY_TIMEOUT_S, shutdown_timeout_s: float = SHUTDOWN_S) -> None:
     if not isinstance(model_name, str) or not re.fullmatch(r"[^/:\s]+", model_name):
         raise ServeError(f"The model name goes into the URL /v1/models/NAME: it needs at least one character and "
                          f"no '/', ':' or spaces. Received: model_name={model_name!r}")
@@ -224,7 +228,7 @@ def _number_in(value, most):
             and 0 < value <= most)
 
 
-def find_source(source):
+def find_source(source: str) -> tuple[str | None, str | None]:
     """(model.onnx to serve, None) or (None, the .keras file to convert first) of a SOURCE: a model.onnx file, a
     folder holding model.onnx, a run directory with or without export/model.onnx, or a .keras file. A run's
     export older than its model.keras is not served: the model is converted afresh."""
@@ -245,7 +249,7 @@ def find_source(source):
     raise ServeError(f"{source} holds no model.onnx, export/model.onnx or model.keras; {SOURCES}.")
 
 
-def convert(keras_path):
+def convert(keras_path: str) -> tuple[str, str]:
     """(model.onnx, the temporary folder holding it) of a .keras file (kcnn.deploy.export: a TensorFlow child process
     where another backend is active). The serving process removes the folder when it ends."""
     from kcnn.deploy.export import export
@@ -260,8 +264,9 @@ def convert(keras_path):
         raise
 
 
-def serve(onnx_path, *, model_name=MODEL_NAME, host=HOST, port=PORT, max_body_mb=MAX_BODY_MB, max_batch=MAX_BATCH,
-          body_timeout_s=BODY_TIMEOUT_S, shutdown_timeout_s=SHUTDOWN_S):
+def serve(onnx_path: str, *, model_name: str = MODEL_NAME, host: str = HOST, port: int = PORT,
+          max_body_mb: float = MAX_BODY_MB, max_batch: int = MAX_BATCH, body_timeout_s: float = BODY_TIMEOUT_S,
+          shutdown_timeout_s: float = SHUTDOWN_S) -> None:
     """Serve `onnx_path` in this process until SIGTERM or Ctrl-C; the requests in flight finish first (bodies still
     arriving within `shutdown_timeout_s`)."""
     import uvicorn
@@ -392,15 +397,15 @@ class Model:
             raise ServeError(f"{self.path} gives NaN or infinite outputs on a plain grey image: the model diverged "
                              f"in training; retrain it with a lower learning rate.")
 
-    def run(self, images):
+    def run(self, images: np.ndarray) -> list:
         """(probabilities, class indices) of a float32 batch."""
         return self.session.run(["probabilities", "class_index"], {"image": images})
 
-    def status(self):
+    def status(self) -> dict:
         return {"model_version_status": [{"version": str(VERSION), "state": "AVAILABLE",
                                           "status": {"error_code": "OK", "error_message": ""}}]}
 
-    def metadata(self):
+    def metadata(self) -> dict:
         """GetModelMetadata's JSON, as TensorFlow Serving gives it for kcnn's SavedModel."""
         def tensor(name, dtype, dims):
             return {"dtype": dtype, "tensor_shape": {"dim": [{"size": str(-1 if d is None else d), "name": ""}
@@ -439,7 +444,7 @@ def _shape_text(shape, batch=False):
 # ---- requests ----------------------------------------------------------------------------------------------------
 
 
-def parse_predict(body, shape):
+def parse_predict(body: bytes, shape: tuple) -> tuple[np.ndarray, str]:
     """(float32 images (n, *shape), "row" or "columnar") of a predict request's body; a RequestError (TF Serving's
     message where it has one) if the body is not one."""
     if not body.strip():
@@ -582,7 +587,7 @@ def _short(value, limit=60):
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def answer(probabilities, indices, class_names, format):
+def answer(probabilities: list, indices: list, class_names: Sequence[str], format: str) -> dict:
     """The predict response: TF Serving's rows (one object per image, the outputs by name) or columns."""
     # Floats as TF Serving writes them: the shortest decimal that gives the same float32.
     probabilities = [[float(str(p)) for p in row] for row in probabilities]
@@ -605,14 +610,14 @@ class Batcher:
         self.waiting = collections.deque()  # (images, future)
         self.wakeup = asyncio.Event()
 
-    async def predict(self, images):
+    async def predict(self, images: np.ndarray) -> tuple:
         """(probabilities, class indices, how many images the run that answered held)."""
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((images, future))
         self.wakeup.set()
         return await future
 
-    async def run(self):
+    async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self.wakeup.wait()
@@ -651,7 +656,8 @@ class Batcher:
 # ---- the application ---------------------------------------------------------------------------------------------
 
 
-def make_app(model, *, max_body_mb=MAX_BODY_MB, max_batch=MAX_BATCH, body_timeout_s=BODY_TIMEOUT_S):
+def make_app(model: Model, *, max_body_mb: float = MAX_BODY_MB, max_batch: int = MAX_BATCH,
+             body_timeout_s: float = BODY_TIMEOUT_S) -> Any:
     """The Starlette application serving `model` (a Model). `app.state.stopping(seconds)`: the server is stopping,
     and the bodies still arriving have `seconds` at most."""
     from starlette.applications import Starlette

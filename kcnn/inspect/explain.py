@@ -18,11 +18,19 @@ torch.autograd, jax.grad) in `_gradient`, the one place that differs between bac
 with Pillow, so the three backends give the same maps (within 1e-3, tested).
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from kcnn.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
+    from kcnn.data.folder import ImageInput
+    from kcnn.runs.rundir import RunDir
 
 BATCH = 32  # images per forward and backward pass
 CONVOLUTIONS = ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv2D", "SeparableConv2D", "Conv2DTranspose")
@@ -32,7 +40,8 @@ class NoSpatialLayerError(InvalidArgumentError):
     """A model without a convolution feature map for Grad-CAM to weigh (e.g. the `mlp` baseline)."""
 
 
-def grad_cam(model, images, class_index=None, layer=None):
+def grad_cam(model: keras.Model, images: np.ndarray, class_index: int | Sequence[int] | None = None,
+             layer: str | None = None) -> np.ndarray:
     """Grad-CAM heatmaps: (N, H, W) float32 in [0, 1] at the input's resolution, one per image.
 
     Args:
@@ -59,7 +68,8 @@ def grad_cam(model, images, class_index=None, layer=None):
     return np.concatenate(maps) if maps else np.zeros((0, *graph.image_size), "float32")
 
 
-def input_gradients(model, images, class_index=None):
+def input_gradients(model: keras.Model, images: np.ndarray,
+                    class_index: int | Sequence[int] | None = None) -> np.ndarray:
     """The gradient of the class logit with respect to the input pixels: (N, H, W, C) float32.
 
     `class_index` as in `grad_cam`. Its absolute value is a saliency map (Simonyan et al. 2014); its sign
@@ -74,15 +84,17 @@ def input_gradients(model, images, class_index=None):
     return np.concatenate(parts) if parts else np.zeros((0, *images.shape[1:]), "float32")
 
 
-def spatial_layers(model):
+def spatial_layers(model: keras.Model) -> list[str]:
     """Names of the layers Grad-CAM can use (outputs of shape (N, H, W, C), from the first convolution
     on), nested models included, in the order they run."""
     return [layer.name for layer, _ in _Graph(model).spatial]
 
 
-def explain_files(model, paths, class_names, output_dir, *, transform=None, class_name=None, layer=None,
-                  run=None):
-    """Grad-CAM overlays of image files, one PNG each in `output_dir` (NAME_gradcam.png): returns
+def explain_files(model: keras.Model, paths: Sequence[ImageInput], class_names: Sequence[str], output_dir: str, *,
+                  transform: Callable | None = None, class_name: str | None = None, layer: str | None = None,
+                  run: RunDir | None = None) -> list[tuple[ImageInput, str, float, str]]:
+    """Grad-CAM overlays of images (files, or Pillow images and arrays, named imageN), one PNG each in
+    `output_dir` (NAME_gradcam.png): returns
     [(path, predicted class name, probability, the file written)]. The images are read as `kcnn predict`
     reads them (`transform`: a pretrained source's `eval_transform`); the map is of `class_name` (default:
     the predicted class). Everything is checked before the first file is written. `run`: the
@@ -140,8 +152,9 @@ PNG_SOFTWARE = "kcnn explain"  # the text chunk of every overlay kcnn writes
 def _targets(paths, output_dir):
     """The overlay file of each image: NAME_gradcam.png, numbered where two images share a name."""
     targets, names = [], set()
-    for path in paths:
-        stem = os.path.splitext(os.path.basename(path))[0]
+    for index, path in enumerate(paths, 1):  # an image in memory (a Pillow image, an array): image1, image2, ...
+        stem = (os.path.splitext(os.path.basename(path))[0] if isinstance(path, (str, os.PathLike))
+                else f"image{index}")
         name, number = f"{stem}_gradcam.png", 2
         while name in names:  # two files of the same name from different folders
             name, number = f"{stem}_{number}_gradcam.png", number + 1
@@ -170,7 +183,7 @@ def _refuse_foreign(targets):
                                        f"pass another --output folder, or move the file.")
 
 
-def fit_to_model(model, images):
+def fit_to_model(model: keras.Model, images: np.ndarray) -> np.ndarray:
     """Images (N, H, W, C) of a dataset as `model` takes them: float32, grey repeated to RGB (or RGB to
     grey) and resized (bilinear) to its input, as the workflows' pipelines do."""
     import keras
@@ -186,8 +199,8 @@ def fit_to_model(model, images):
     return images
 
 
-def read_images(model, paths, transform=None):
-    """Image files as `model` takes them, (N, H, W, C) float32: `transform` (a pretrained source's
+def read_images(model: keras.Model, paths: Sequence[ImageInput], transform: Callable | None = None) -> np.ndarray:
+    """Images (files, Pillow images or arrays: kcnn.data.folder.read_image) as `model` takes them, (N, H, W, C) float32: `transform` (a pretrained source's
     `eval_transform`: resize and centre crop) or, by default, resized to the model's input as in training
     (as `kcnn predict` reads them)."""
     from kcnn.data.folder import read_image

@@ -10,8 +10,11 @@ layers (batch norm, activations, pooling, additions) count zero; batch norm
 folds into the preceding convolution at inference.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
+from typing import Callable
 
 import keras
 from keras import layers
@@ -73,7 +76,7 @@ class ModelSummary:
         )
 
 
-def conv_output_size(size, kernel_size, padding=0, stride=1):
+def conv_output_size(size: int, kernel_size: int, padding: int = 0, stride: int = 1) -> int:
     """The output size of a convolution or pooling window, the lecture notes' formula
     (W - K + 2P) / S + 1, rounded down (a window that would hang over the edge is dropped).
 
@@ -81,7 +84,8 @@ def conv_output_size(size, kernel_size, padding=0, stride=1):
     return (size - kernel_size + 2 * padding) // stride + 1
 
 
-def summary(model_or_name, input_shape=None, *, print_fn=print) -> ModelSummary:
+def summary(model_or_name: str | keras.Model, input_shape: tuple | None = None, *,
+            print_fn: Callable | None = print) -> ModelSummary:
     """Print and return the per-layer table of a model or a registered name.
 
     Args:
@@ -139,7 +143,7 @@ def _rows(model, prefix):
         )
 
 
-def layer_macs(layer) -> int:
+def layer_macs(layer: keras.layers.Layer) -> int:
     """Multiply-accumulates of one call of `layer` on one example."""
     out_shape = _shape_of(layer.output)
     if isinstance(layer, layers.SeparableConv2D):

@@ -5,9 +5,16 @@ image through a model, and the architecture comparison chart (parameters,
 multiply-accumulates, ImageNet top-5 accuracy). Each returns the matplotlib
 Figure; `save_figure` writes it atomically (a temporary name, then a rename)."""
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
+    from matplotlib.figure import Figure
 
 
 def _pyplot():
@@ -29,7 +36,7 @@ def _in_notebook():
         return False
 
 
-def training_curves(history, title=None, phase_starts=None):
+def training_curves(history: dict, title: str | None = None, phase_starts: dict | None = None) -> Figure:
     """Loss and accuracy per epoch, training and validation, side by side.
 
     `history`: a Keras History, its `.history` dict, or rows of history.csv.
@@ -67,7 +74,8 @@ def training_curves(history, title=None, phase_starts=None):
     return figure
 
 
-def confusion_matrix(true_labels, predicted_labels, class_names, title="Confusion matrix"):
+def confusion_matrix(true_labels: np.ndarray, predicted_labels: np.ndarray, class_names: Sequence[str],
+                     title: str = "Confusion matrix") -> Figure:
     """Counts of (true, predicted) pairs, with per-class accuracy on the rows."""
     plt = _pyplot()
     count = len(class_names)
@@ -93,8 +101,9 @@ def confusion_matrix(true_labels, predicted_labels, class_names, title="Confusio
     return figure
 
 
-def sample_predictions(images, true_labels, predicted_labels, class_names, columns=8, rows=4,
-                       title="Test images: predicted (true)"):
+def sample_predictions(images: np.ndarray, true_labels: np.ndarray, predicted_labels: np.ndarray,
+                       class_names: Sequence[str], columns: int = 8, rows: int = 4,
+                       title: str = "Test images: predicted (true)") -> Figure:
     """A grid of images titled with the prediction; wrong ones in red with the true class."""
     plt = _pyplot()
     count = min(len(images), columns * rows)
@@ -115,7 +124,7 @@ def sample_predictions(images, true_labels, predicted_labels, class_names, colum
     return figure
 
 
-def grad_cam_overlay(image, heatmap, alpha=0.4, cmap="jet"):
+def grad_cam_overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, cmap: str = "jet") -> np.ndarray:
     """A Grad-CAM heatmap (H, W) in [0, 1] (`kcnn.inspect.explain.grad_cam`) in a matplotlib colormap, blended over
     the image (0-255, grey or RGB; `alpha` of the colour): an (H, W, 3) uint8 RGB image. A heatmap of
     another size is resized (bilinear) to the image's."""
@@ -132,8 +141,9 @@ def grad_cam_overlay(image, heatmap, alpha=0.4, cmap="jet"):
     return np.clip((1 - alpha) * np.clip(image, 0, 255) + alpha * colours, 0, 255).round().astype(np.uint8)
 
 
-def grad_cam_grid(images, heatmaps, true_labels, predicted_labels, class_names, columns=4, alpha=0.4,
-                  title="Grad-CAM: where the model looked for its answer"):
+def grad_cam_grid(images: np.ndarray, heatmaps: np.ndarray, true_labels: np.ndarray, predicted_labels: np.ndarray,
+                  class_names: Sequence[str], columns: int = 4, alpha: float = 0.4,
+                  title: str = "Grad-CAM: where the model looked for its answer") -> Figure:
     """Images with their Grad-CAM overlays, titled with the prediction; wrong ones in red with the true
     class (`true_labels` None: the prediction alone)."""
     plt = _pyplot()
@@ -155,7 +165,7 @@ def grad_cam_grid(images, heatmaps, true_labels, predicted_labels, class_names, 
     return figure
 
 
-def save_figure(figure, path, dpi=110):
+def save_figure(figure: Figure, path: str | os.PathLike, dpi: int = 110) -> None:
     from kcnn.runs.atomic import atomic_open
 
     with atomic_open(path, "wb") as f:
@@ -178,7 +188,7 @@ KERNELS = {
 }
 
 
-def grey(image):
+def grey(image: np.ndarray) -> np.ndarray:
     """A (H, W) float32 grey image from (H, W), (H, W, 1) or (H, W, 3) pixels (ITU-R 601 luma)."""
     image = np.asarray(image, dtype="float32")
     if image.ndim == 3 and image.shape[-1] == 3:
@@ -186,7 +196,7 @@ def grey(image):
     return image.reshape(image.shape[:2])
 
 
-def apply_kernel(image, kernel, stride=1, padding="same"):
+def apply_kernel(image: np.ndarray, kernel: np.ndarray, stride: int = 1, padding: str = "same") -> np.ndarray:
     """One convolution of a grey image with one kernel, as a Conv2D layer computes it (Keras' own op:
     strictly a cross-correlation, like every deep-learning framework). Returns a (H', W') array with
     H' = (H - K + 2P) / S + 1 (`kcnn.inspect.summary.conv_output_size`)."""
@@ -197,7 +207,8 @@ def apply_kernel(image, kernel, stride=1, padding="same"):
     return keras.ops.convert_to_numpy(out)[0, :, :, 0]
 
 
-def image_grid(images, titles=(), columns=4, title=None, cmap="gray", size=2.6):
+def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] = (), columns: int = 4, title: str | None = None,
+               cmap: str = "gray", size: float = 2.6) -> Figure:
     """Images side by side with their titles (grey images with `cmap`, RGB ones as they are)."""
     plt = _pyplot()
     images = [np.asarray(image) for image in images]
@@ -222,7 +233,8 @@ def image_grid(images, titles=(), columns=4, title=None, cmap="gray", size=2.6):
     return figure
 
 
-def kernels_on_image(image, kernels=None, columns=4, title="3x3 kernels applied to the image"):
+def kernels_on_image(image: np.ndarray, kernels: dict | None = None, columns: int = 4,
+                     title: str = "3x3 kernels applied to the image") -> Figure:
     """The image (in grey) next to its convolution with each kernel of `kernels` ({name: KxK}, default
     KERNELS: blur, sharpen, edges). Edge maps are signed: they show the absolute value, scaled so that
     the strongest 1% of pixels are white."""
@@ -251,7 +263,7 @@ def _kernel_text(kernel):
     return ("1/16 " if scale == 16 else "") + " | ".join(rows)
 
 
-def conv_layers(model):
+def conv_layers(model: keras.Model) -> list:
     """The Conv2D (and DepthwiseConv2D) layers of a model, nested models included, in order."""
     import keras
 
@@ -264,7 +276,8 @@ def conv_layers(model):
     return found
 
 
-def learned_filters(model, layer=None, count=32, columns=8, title=None):
+def learned_filters(model: keras.Model, layer: str | None = None, count: int = 32, columns: int = 8,
+                    title: str | None = None) -> Figure:
     """The kernels of a convolution layer (default: the first), one per output channel: in colour when
     the layer sees RGB (the first layer of an ImageNet model), else the mean over its input channels,
     in a diverging map (red positive, blue negative)."""
@@ -285,7 +298,8 @@ def learned_filters(model, layer=None, count=32, columns=8, title=None):
     return figure
 
 
-def feature_maps(model, image, layers=None, maps=8, title=None):
+def feature_maps(model: keras.Model, image: np.ndarray, layers: Sequence[str] | None = None, maps: int = 8,
+                 title: str | None = None) -> Figure:
     """What the image becomes at several depths: `maps` channels of each layer's output (default: four
     convolution layers spread over the model's depth), one row per layer."""
     import keras
@@ -369,7 +383,8 @@ IMAGENET_TOP5 = {
 }
 
 
-def architecture_comparison(rows, title="ImageNet architectures: accuracy against cost"):
+def architecture_comparison(rows: Sequence[dict],
+                            title: str = "ImageNet architectures: accuracy against cost") -> Figure:
     """The lecture notes' history chart: GMACs (log scale) against top-5 accuracy, bubble area in
     proportion to the parameters. `rows`: dicts with name, params, macs, top5 (and optional year)."""
     plt = _pyplot()

@@ -1,10 +1,14 @@
 """Atomic writes: every file and folder kcnn writes appears whole or not at all."""
 
+from __future__ import annotations
+
 import contextlib
+import os
+from typing import Any, IO, Iterator
 
 
 @contextlib.contextmanager
-def atomic_path(destination):
+def atomic_path(destination: str | os.PathLike) -> Iterator[str]:
     """The one way kcnn writes a file or a folder: yield a temporary path beside `destination`, and when the
     block ends without an error, flush it to disk and rename it into place (a folder: the old one is moved
     aside first, and put back if the rename fails). On an error the temporary goes and `destination` stays
@@ -51,7 +55,7 @@ def atomic_path(destination):
 
 
 @contextlib.contextmanager
-def atomic_open(path, mode="w", **kwargs):
+def atomic_open(path: str | os.PathLike, mode: str = "w", **kwargs: Any) -> Iterator[IO]:
     """`open(path, mode)` through `atomic_path`: the file appears whole when the block ends, or not at all."""
     with atomic_path(path) as temporary, open(temporary, mode, **kwargs) as f:
         yield f

@@ -8,11 +8,18 @@ RATIO_FLOOR_MB may not be more than MAX_RATIO times the file's size (weights har
 is refused too: it diverged in training, and every answer it gives would be `nan%`.
 """
 
+from __future__ import annotations
+
 import os
 import re
 import zipfile
+from typing import TYPE_CHECKING, Any
 
 from kcnn.errors import DivergedError, KcnnError
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
+    import numpy as np
 
 MAX_MEMBERS = 10_000  # a .keras file has three (config.json, metadata.json, model.weights.h5) and its assets
 MAX_MODEL_GB = 16.0  # uncompressed, in all: VGG-19 is 0.55, the zoo's 1.5-billion-parameter mlp 6
@@ -20,7 +27,8 @@ MAX_RATIO = 100  # uncompressed / compressed, above RATIO_FLOOR_MB
 RATIO_FLOOR_MB = 256
 
 
-def load_model(model_path, *, error=KcnnError, compile=True, accelerate=False):
+def load_model(model_path: str, *, error: type = KcnnError, compile: bool = True,
+               accelerate: bool = False) -> keras.Model:
     """The model of a .keras file, loaded in Keras' safe mode (no code from the file runs); `error`: the
     KcnnError type raised with `refusal`'s sentence; `accelerate`: on torch with kcnn.backends.torch_fast's kernels.
     A path that is not a regular file (a named pipe, a device) is refused without being opened."""
@@ -54,7 +62,7 @@ def load_model(model_path, *, error=KcnnError, compile=True, accelerate=False):
     return model
 
 
-def refusal(model_path, error):
+def refusal(model_path: str, error: BaseException) -> str:
     """One sentence on why Keras (in safe mode) did not load the .keras file `model_path`."""
     text = str(error)
     if "safe_mode" in text and "lambda" in text.lower():  # Keras' safe mode refused Python code
@@ -78,7 +86,7 @@ def refusal(model_path, error):
     return f"{model_path} cannot be loaded as a Keras model ({type(error).__name__}: {message.strip()})."
 
 
-def check_model_file(model_path, error=KcnnError):
+def check_model_file(model_path: str, error: type = KcnnError) -> None:
     """Refuse, with `error`, a zip that is damaged or unpacks to more than the bounds above (a regular file:
     load_model checks that first); nothing is extracted."""
     model_path = os.fspath(model_path)
@@ -106,7 +114,7 @@ def check_model_file(model_path, error=KcnnError):
                     f"{MAX_RATIO} times its size (model weights hardly compress): it is not a Keras model file.")
 
 
-def max_model_gb():
+def max_model_gb() -> float:
     """MAX_MODEL_GB, or the environment variable KCNN_MAX_MODEL_GB where it holds a number above 0."""
     text = os.environ.get("KCNN_MAX_MODEL_GB")
     if text is None:
@@ -120,7 +128,7 @@ def max_model_gb():
     return value
 
 
-def check_finite_outputs(model, model_path):
+def check_finite_outputs(model: keras.Model, model_path: str) -> None:
     """DivergedError where the model's outputs on a probe input (a mid-grey and random 0-255 images) are NaN or
     infinite. Only models of a fixed input size are probed here; the others are checked on their answers."""
     shape = tuple(model.inputs[0].shape[1:]) if len(getattr(model, "inputs", None) or ()) == 1 else ()
@@ -130,12 +138,12 @@ def check_finite_outputs(model, model_path):
         raise DivergedError(non_finite_refusal(model_path))
 
 
-def non_finite_refusal(what):
+def non_finite_refusal(what: str) -> str:
     return (f"{what} gives NaN or infinite outputs (its weights diverged in training, or the file is damaged); "
             f"train it again with a lower learning rate.")
 
 
-def finite_outputs(model, inputs):
+def finite_outputs(model: keras.Model, inputs: Any) -> bool:
     """Whether every output of `model` on `inputs` is a finite number (a dict or list of outputs: all)."""
     import keras
     import numpy as np
@@ -146,7 +154,7 @@ def finite_outputs(model, inputs):
     return all(np.all(np.isfinite(keras.ops.convert_to_numpy(o).astype("float32"))) for o in outputs)
 
 
-def probe_images(image_shape, count=4, seed=0):
+def probe_images(image_shape: tuple, count: int = 4, seed: int = 0) -> np.ndarray:
     """Inputs to probe a model that takes raw 0-255 pixels: a mid-grey image and random ones."""
     import numpy as np
 

@@ -4,7 +4,7 @@
     lock = run.prepare(config, "train")          # refuse, resume or overwrite; lock; config.json
     run.write_json("metrics.json", metrics); run.save_model(model)
     with run.track(path): write(path)            # any other writer of a file of the run
-    run = load_run("saved_models/lenet5_mnist")      # run.model, run.config, run.class_names, run.folder
+    run = load_run("saved_models/lenet5_mnist")      # a Run: .model, .metrics, .history, .class_names, .path
 
 A run directory is recognised by a marker only kcnn writes (the `kcnn` key of its config.json, with a run
 id and the kind of run), never by file names. kcnn writes a run only into a new or empty folder, or into a
@@ -37,6 +37,8 @@ What keeps a run directory whole when its process is killed at any moment:
   exists, `resume` can finish a run killed after training.
 """
 
+from __future__ import annotations
+
 import contextlib
 import csv
 import dataclasses
@@ -47,10 +49,14 @@ import os
 import re
 import stat
 import uuid
+from typing import TYPE_CHECKING, Any, ContextManager, Iterator, Optional, Sequence
 
 from kcnn.config import KINDS, NOT_SETTINGS
 from kcnn.errors import KcnnError
 from kcnn.runs.atomic import atomic_open, atomic_path
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
 
 LOCK_NAME = ".kcnn.lock"
 MARKER = "kcnn"  # config.json's key that only kcnn writes: {"run_id", "kind", "version", "folder", "manifest"}
@@ -85,7 +91,7 @@ class RunLock:
         self.run_dir = run_dir
         self._lock = FileLock(os.path.join(run_dir, LOCK_NAME), timeout=0)
 
-    def acquire(self):
+    def acquire(self) -> RunLock:
         from filelock import Timeout
 
         path = self._lock.lock_file
@@ -105,7 +111,7 @@ class RunLock:
                                  f"writable, or choose another output directory.") from None
         return self
 
-    def release(self):
+    def release(self) -> None:
         self._lock.release()
 
     def __enter__(self):  # the block releases it; acquire() may have taken it before
@@ -120,7 +126,8 @@ _WRITE_REFUSED = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.ED
 
 
 @contextlib.contextmanager
-def write_errors_explained(run_dir, resumable=False, flag="--output-dir", again="run it again with --overwrite"):
+def write_errors_explained(run_dir: str, resumable: bool = False, flag: str = "--output-dir",
+                           again: str = "run it again with --overwrite") -> Iterator[None]:
     """Turn the operating system's refusals to write into one sentence that
     says what to do; files already in place stay as they were (every write
     goes to a temporary name first). `flag`: the option that chooses the
@@ -138,14 +145,14 @@ def write_errors_explained(run_dir, resumable=False, flag="--output-dir", again=
         raise RunWriteError(f"Could not write {where} ({error.strerror}); {fix}.") from None
 
 
-def remove_stale_temporaries(run_dir):
+def remove_stale_temporaries(run_dir: str) -> None:
     """Temporaries a killed process left behind (a finished write renames its own away): those of the
     files the run's manifest lists (`RunDir.remove_stale_temporaries`). Nothing else: a file kcnn did not
     write stays, and no symbolic link is followed."""
     RunDir(run_dir).remove_stale_temporaries()
 
 
-def is_run_record(record):
+def is_run_record(record: Any) -> bool:
     """Whether a parsed config.json is one kcnn wrote (its marker; before the marker existed, the kcnn
     version it recorded)."""
     if not isinstance(record, dict):
@@ -154,24 +161,24 @@ def is_run_record(record):
     return (isinstance(marker, dict) and "run_id" in marker) or (isinstance(versions, dict) and "kcnn" in versions)
 
 
-def run_kind(record):
+def run_kind(record: dict) -> str:
     marker = record.get(MARKER)
     if isinstance(marker, dict) and marker.get("kind") in KINDS:
         return marker["kind"]
     return "finetune" if "backbone" in record else "train"
 
 
-def config_record(config, kind, run_id=None, folder=None):
+def config_record(config: Any, kind: str, run_id: str | None = None, folder: str | None = None) -> dict:
     """config.json: every setting, the versions, and the marker that says kcnn wrote this run, in which
     folder (`folder`, by default the config's output_dir: its real path) and where its manifest is."""
     import keras
 
-    import kcnn
+    from kcnn.version import __version__
 
     record = dataclasses.asdict(config)
-    record[MARKER] = {"run_id": run_id or uuid.uuid4().hex, "kind": kind, "version": kcnn.__version__,
+    record[MARKER] = {"run_id": run_id or uuid.uuid4().hex, "kind": kind, "version": __version__,
                       "folder": os.path.realpath(folder or config.output_dir), "manifest": MANIFEST}
-    record["versions"] = {"kcnn": kcnn.__version__, "keras": keras.__version__, "backend": keras.backend.backend()}
+    record["versions"] = {"kcnn": __version__, "keras": keras.__version__, "backend": keras.backend.backend()}
     return record
 
 
@@ -181,16 +188,16 @@ class RunDir:
     def __init__(self, path):
         self.path = os.fspath(path)
 
-    def file(self, *names):
+    def file(self, *names: str) -> str:
         return os.path.join(self.path, *names)
 
     @property
-    def backup(self):
+    def backup(self) -> str:
         return self.file("backup")
 
     # ---- what the folder holds ------------------------------------------------
 
-    def marker_record(self):
+    def marker_record(self) -> dict | None:
         """config.json as kcnn wrote it, wherever it was written (None when it is not kcnn's)."""
         try:
             with open(self.file("config.json")) as f:
@@ -199,7 +206,7 @@ class RunDir:
             return None
         return record if is_run_record(record) else None
 
-    def record(self):
+    def record(self) -> dict | None:
         """config.json as kcnn wrote it for this folder, or None when the folder holds no kcnn run."""
         record = self.marker_record()
         return record if record is not None and self._bound(record) else None
@@ -231,17 +238,17 @@ class RunDir:
                 return False
         return True
 
-    def is_run(self):
+    def is_run(self) -> bool:
         return self.record() is not None
 
-    def other_files(self):
+    def other_files(self) -> list[str]:
         """What the folder holds besides kcnn's lock file (when it holds no run: files kcnn did not write)."""
         try:
             return sorted(name for name in os.listdir(self.path) if name not in (LOCK_NAME, MANIFEST))
         except FileNotFoundError:
             return []
 
-    def is_finished(self):
+    def is_finished(self) -> bool:
         if not os.path.exists(self.file("metrics.json")):
             return False
         manifest = self._manifest()
@@ -287,12 +294,12 @@ class RunDir:
         marker = record.get(MARKER) if record else None
         return marker.get("run_id") if isinstance(marker, dict) else None
 
-    def listed(self):
+    def listed(self) -> set[str]:
         """The relative paths the manifest lists (an empty set without one)."""
         manifest = self._manifest()
         return set(manifest["files"]) if manifest else set()
 
-    def check_folder(self, folder):
+    def check_folder(self, folder: str) -> None:
         """Refuse (NotARunError) a folder of the run that is, or lies below, a symbolic link: kcnn would
         write through it."""
         self._relative(os.path.join(folder, "_"))  # checks every folder down to `folder` itself
@@ -330,7 +337,7 @@ class RunDir:
         return path if parent == root or parent.startswith(root + os.sep) else None
 
     @contextlib.contextmanager
-    def track(self, *paths):
+    def track(self, *paths: str) -> Iterator[None]:
         """Enter the files at `paths` (inside the run) in the manifest before the block writes them; after
         it, their sizes (a file the block did not write leaves the list)."""
         names = [self._relative(path) for path in paths]
@@ -357,7 +364,7 @@ class RunDir:
         return sizes
 
     @contextlib.contextmanager
-    def track_folder(self, path):
+    def track_folder(self, path: str) -> Iterator[None]:
         """A folder the block writes whole (under a temporary name, renamed into place: an export's
         version folder): entered as a folder before, replaced by its files after."""
         name = self._relative(path)
@@ -389,7 +396,7 @@ class RunDir:
                     found[os.path.relpath(path, self.path).replace(os.sep, "/")] = status.st_size
         return found
 
-    def record_found(self, folder, pattern):
+    def record_found(self, folder: str, pattern: str) -> None:
         """Enter the files below `folder` whose names match `pattern` (TensorBoard's event files, which
         Keras names and writes itself): they cannot be entered before they exist."""
         found = {path: size for path, size in self._files_below(self._relative(folder)).items()
@@ -397,7 +404,7 @@ class RunDir:
         if found and self._manifest() is not None:
             self._update(lambda files: files.update(found))
 
-    def untrack(self, *paths):
+    def untrack(self, *paths: str) -> None:
         """Remove files the run wrote (`paths`, inside it) and their entries."""
         names = [self._relative(path) for path in paths]
         for name in names:
@@ -407,7 +414,7 @@ class RunDir:
 
     # ---- before a run: refuse, resume or overwrite ------------------------------
 
-    def check(self, config, kind, *, resume=False, overwrite=False):
+    def check(self, config: Any, kind: str, *, resume: bool = False, overwrite: bool = False) -> None:
         """Refuse what `config` would do to this folder (before the lock is taken, so that a refused run
         writes nothing, and again under it, where no other kcnn process can change it)."""
         if os.path.exists(self.path) and not os.path.isdir(self.path):
@@ -476,7 +483,7 @@ class RunDir:
                     f"through a link, and leaves the link alone: replace it with a folder of its own, or choose "
                     f"another output directory (--output-dir).")
 
-    def prepare(self, config, kind, *, resume=False, overwrite=False):
+    def prepare(self, config: Any, kind: str, *, resume: bool = False, overwrite: bool = False) -> RunLock:
         """Check the folder, take its lock, clear what `overwrite` replaces and write config.json; returns
         the held `RunLock`."""
         self.check(config, kind, resume=resume, overwrite=overwrite)  # before anything is written...
@@ -504,7 +511,7 @@ class RunDir:
             raise
         return lock
 
-    def remove_run_files(self):
+    def remove_run_files(self) -> None:
         """The files the run wrote, and only those (not the lock this process holds): file by file from
         its manifest, then the folders that held them if nothing else is left in them. A run without a
         manifest (check() refused one with files in its sub-folders): its top-level names."""
@@ -542,7 +549,7 @@ class RunDir:
             os.rmdir(folder)
             parts.pop()
 
-    def remove_stale_temporaries(self):
+    def remove_stale_temporaries(self) -> None:
         """What a killed process left of the files the manifest lists: `NAME.tmp.EXT` beside each, and the
         `.NAME.*` workspace of a folder written whole; no link is followed, and nothing unlisted goes. A
         run without a manifest: the temporaries of its top-level names."""
@@ -566,11 +573,11 @@ class RunDir:
 
     # ---- reads and writes ---------------------------------------------------------
 
-    def write_json(self, name, value):
+    def write_json(self, name: str, value: Any) -> None:
         with self.track(self.file(name)), atomic_open(self.file(name)) as f:
             json.dump(value, f, indent=1)
 
-    def read_json(self, name):
+    def read_json(self, name: str) -> Any:
         from kcnn.data.folder import special_file
 
         kind = special_file(self.file(name))
@@ -579,14 +586,14 @@ class RunDir:
         with open(self.file(name)) as f:
             return json.load(f)
 
-    def save_model(self, model, name="model.keras"):
+    def save_model(self, model: keras.Model, name: str = "model.keras") -> None:
         with self.track(self.file(name)), atomic_path(self.file(name)) as temporary:
             model.save(temporary)
 
-    def history_rows(self):
+    def history_rows(self) -> list[dict]:
         return read_history_rows(self.file("history.csv"))
 
-    def history(self):
+    def history(self) -> dict[str, list[float]]:
         """{metric: [value per epoch]} from history.csv (GoogLeNet's main output named as for one output)."""
         rows = self.history_rows()
         keys = [key for key in (rows[0] if rows else {}) if key not in ("epoch", "seconds", "phase")]
@@ -594,15 +601,15 @@ class RunDir:
         return {key.replace("logits_accuracy", "accuracy"): value for key, value in history.items()
                 if "aux" not in key and "logits_loss" not in key}
 
-    def backup_metadata(self, phase=None):
+    def backup_metadata(self, phase: str | None = None) -> dict | None:
         return read_backup_metadata(self.file("backup", phase) if phase else self.backup)
 
-    def resumed_epoch(self, phase=None):
+    def resumed_epoch(self, phase: str | None = None) -> int:
         """The epoch the backup resumes at (so that the data order starts at that epoch too); 0 without."""
         metadata = self.backup_metadata(phase)
         return int(metadata["epoch"]) if metadata else 0
 
-    def finish(self):
+    def finish(self) -> None:
         """Last: delete the backup, which lets --resume finish a run killed after training (file by file:
         a file the user put in backup/ stays, and backup/ with it)."""
         manifest = self._manifest()
@@ -629,12 +636,12 @@ def _remove_written_folder(path):
         os.rmdir(path)
 
 
-def tracked(run, *paths):
+def tracked(run: RunDir | None, *paths: str) -> ContextManager:
     """`run.track(*paths)`, or nothing to list where there is no run (a worker's scratch folder)."""
     return run.track(*paths) if run is not None else contextlib.nullcontext()
 
 
-def read_backup_metadata(backup_dir):
+def read_backup_metadata(backup_dir: str) -> dict | None:
     """{"epoch": the next epoch to run, "weights": file name, ...}, or None."""
     try:
         with open(os.path.join(backup_dir, "training_metadata.json")) as f:
@@ -644,14 +651,14 @@ def read_backup_metadata(backup_dir):
         return None
 
 
-def read_history_rows(path):
+def read_history_rows(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
 
-def write_history_rows(path, rows):
+def write_history_rows(path: str, rows: Sequence[dict]) -> None:
     """history.csv, one format for both workflows: epoch, (phase,) the logged metrics, seconds."""
     keys = list(dict.fromkeys(key for row in rows for key in row))
     with atomic_open(path, newline="") as f:
@@ -660,34 +667,58 @@ def write_history_rows(path, rows):
         writer.writerows(rows)
 
 
-@dataclasses.dataclass
-class FinishedRun:
-    """A finished run as evaluate, predict, explain and export take it (`load_run`): its folder, settings
-    (a TrainConfig or a FinetuneConfig), class names and model; only this object knows where its files are."""
+@dataclasses.dataclass(eq=False)
+class Run:
+    """A run of `kcnn.train` or `kcnn.finetune`: what they return, and what `kcnn.load_run(path)` gives of a finished
+    run folder. Evaluate, predict, explain and export take it; only this object knows where its files are.
+
+    path:        the run folder (`directory` is its older name)
+    model:       the trained Keras model (raw 0-255 images in, logits out)
+    class_names: the class of each output, in order
+    metrics:     metrics.json: accuracy, per_class_accuracy, tta_accuracy, epochs_run, train_seconds, ... (None
+                 on a data-parallel worker other than the chief, which writes no metrics)
+    history:     {metric: [value per epoch]} from history.csv (loss, accuracy, val_loss, val_accuracy)
+    config:      the run's settings, a `kcnn.config.TrainConfig` or `FinetuneConfig`
+    folder:      the `RunDir` that reads and writes its files; model_path: its model.keras
+    """
 
     folder: RunDir
     config: object
     class_names: tuple
     model: object
     model_path: str
+    metrics: Optional[dict] = None
+    history: Optional[dict] = None
 
     @property
-    def path(self):
+    def path(self) -> str:
         return self.folder.path
 
-    def metrics(self):
-        return self.folder.read_json("metrics.json")
+    @property
+    def directory(self) -> str:
+        """The run folder (the older name of `path`)."""
+        return self.folder.path
+
+    def __repr__(self):
+        accuracy = f", accuracy={self.metrics['accuracy']:.4f}" if self.metrics and "accuracy" in self.metrics else ""
+        return f"Run({self.path!r}, {type(self.config).__name__}, {len(self.class_names)} classes{accuracy})"
 
 
-def load_run(path):
-    """The `FinishedRun` of a finished run directory, or of a model.keras file inside one (a FinishedRun is
-    returned as it is). Its model is loaded in Keras' safe mode: a file that would run code is refused; a
-    model.keras, config.json or metrics.json that is not a regular file (a named pipe) is refused unopened."""
+FinishedRun = Run  # the name evaluate, export and earlier scripts know it by
+
+
+def load_run(path: str | os.PathLike | Run) -> Run:
+    """The `Run` of a finished run directory, or of a model.keras file inside one (a Run is returned as it is).
+    Its model is loaded in Keras' safe mode: a file that would run code is refused; a model.keras, config.json
+    or metrics.json that is not a regular file (a named pipe) is refused unopened."""
     from kcnn.data.folder import special_file
     from kcnn.runs.modelfile import load_model
 
-    if isinstance(path, FinishedRun):
+    if isinstance(path, Run):
         return path
+    if not isinstance(path, (str, os.PathLike)):
+        raise KcnnError(f"load_run takes the path of a run folder (or of a model.keras in one). "
+                        f"Received: path={path!r}")
     path = os.fspath(path)
     run_dir = os.path.dirname(path) if path.endswith(".keras") else path
     model_path = path if path.endswith(".keras") else os.path.join(run_dir, "model.keras")
@@ -698,10 +729,12 @@ def load_run(path):
         raise KcnnError(f"{run_dir} holds no model.keras; pass the directory of a finished run.")
     config, class_names = run_config(run_dir)
     model = load_model(model_path, error=KcnnError, accelerate=False)
-    return FinishedRun(RunDir(run_dir), config, class_names, model, model_path)
+    folder = RunDir(run_dir)
+    return Run(folder, config, class_names, model, model_path, metrics=folder.read_json("metrics.json"),
+               history=folder.history())
 
 
-def run_config(run_dir):
+def run_config(run_dir: str) -> tuple[Any, tuple[str, ...]]:
     """(config, class names) of a finished run directory, its model left unread: a TrainConfig or a
     FinetuneConfig, as config.json names its kind."""
     run = RunDir(run_dir)

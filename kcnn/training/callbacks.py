@@ -11,9 +11,12 @@ whose reader skips a torn last record.
 written; None where a worker writes into a scratch folder of its own).
 """
 
+from __future__ import annotations
+
 import glob
 import json
 import os
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -22,6 +25,9 @@ from kcnn.backends import keras_private
 from kcnn.runs.atomic import atomic_open, atomic_path
 from kcnn.runs.modelfile import finite_outputs
 from kcnn.runs.rundir import read_backup_metadata, read_history_rows, tracked, write_history_rows
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from kcnn.runs.rundir import RunDir
 
 # The state of Keras' callbacks that decides what a run does next: saved in the backup with the weights,
 # so that a resumed run stops, and lowers its learning rate, exactly when the uninterrupted one would.
@@ -186,7 +192,7 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
         self._model_to_save = model
         self.run = run
 
-    def set_model(self, model):
+    def set_model(self, model: keras.Model) -> None:
         super().set_model(self._model_to_save or model)
 
     def _save_model(self, epoch, batch, logs):
@@ -199,7 +205,7 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
                 self.filepath = final
 
 
-def save_model_state(model, stem, run=None):
+def save_model_state(model: keras.Model, stem: str, run: RunDir | None = None) -> None:
     """A phase's final state, written when the phase is done: `STEM.weights.h5` (the weights) and
     `STEM.seeds.npz` (the random state of its layers), the second written last, so that it marks the
     state as whole."""
@@ -226,7 +232,7 @@ class RecordedLogs(keras.callbacks.Callback):
         self.run.record_found(self.folder, "events.out.tfevents.*")
 
 
-def load_model_state(model, stem):
+def load_model_state(model: keras.Model, stem: str) -> bool:
     """Restore what `save_model_state` wrote; False (and nothing changed) when it has not been written."""
     if not os.path.exists(f"{stem}.seeds.npz"):
         return False

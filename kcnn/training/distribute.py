@@ -27,13 +27,19 @@ engines' default, as torch DDP without SyncBatchNorm); the moving statistics kep
 computes the whole batch as one program, so its statistics are the global batch's.
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
+from typing import TYPE_CHECKING, ContextManager
 
 import keras
 
 from kcnn.backends import keras_private
 from kcnn.errors import InvalidArgumentError, KcnnError
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import numpy as np
 
 TORCHRUN_HINT = "torchrun --nproc_per_node N workflows/train.py --distribute ..."
 
@@ -52,19 +58,19 @@ class Plan:
         self.restarted = False  # started again by the launcher after a worker failed (torchrun --max-restarts)
 
     @property
-    def is_chief(self):
+    def is_chief(self) -> bool:
         return self.worker == 0
 
     @property
-    def input_shard(self):
+    def input_shard(self) -> tuple[int, int]:
         """(index, count): the part of each global batch this process feeds; (0, 1) where the engine splits
         the global batch itself."""
         return 0, 1
 
-    def describe(self):
+    def describe(self) -> dict:
         return {"engine": self.engine, "replicas": self.replicas, "workers": self.workers}
 
-    def check_batch(self, batch_size):
+    def check_batch(self, batch_size: int) -> None:
         if batch_size % self.replicas:
             lower = batch_size - batch_size % self.replicas
             raise InvalidArgumentError(
@@ -77,43 +83,43 @@ class Plan:
     # take any last batch.
     batch_multiple = 1
 
-    def validation_size(self, count):
+    def validation_size(self, count: int) -> int:
         """How many of `count` validation images fit() evaluates on (the final evaluation takes them all):
         on JAX, all but the last count % replicas (fewer than one per device)."""
         return count - count % self.batch_multiple
 
-    def worker_rows(self, rows):
+    def worker_rows(self, rows: np.ndarray) -> np.ndarray:
         """This worker's part of `rows` (indices of training examples held in memory), the whole cut to a
         length every engine splits evenly: each worker then runs the same number of steps."""
         index, count = self.input_shard
         return rows[: len(rows) - len(rows) % (count * self.batch_multiple)][index::count]
 
-    def worker_batch(self, batch_size):
+    def worker_batch(self, batch_size: int) -> int:
         """This worker's part of a global batch, for fit() on arrays (`worker_rows`)."""
         return batch_size // self.input_shard[1]
 
-    def scope(self):
+    def scope(self) -> ContextManager:
         """Where models, optimizers and metrics are created (and fit() runs)."""
         return contextlib.nullcontext()
 
-    def wrap(self, trainer):
+    def wrap(self, trainer: keras.Model) -> keras.Model:
         """After compile(): whatever the engine needs on the model (DDP)."""
         return trainer
 
-    def unwrap(self, trainer):
+    def unwrap(self, trainer: keras.Model) -> keras.Model:
         """After fit(): the plain model again."""
         return trainer
 
-    def single_device(self, model):
+    def single_device(self, model: keras.Model) -> keras.Model:
         """After fit(): `model`, or a copy of it with the same weights that lives on one device (what is
         evaluated, saved and returned)."""
         return model
 
-    def callbacks(self):
+    def callbacks(self) -> list:
         """Keras callbacks every worker runs (before kcnn's own)."""
         return []
 
-    def scratch_dir(self):
+    def scratch_dir(self) -> str | None:
         """A folder of this worker's own where it saves what the chief saves, for engines on which saving
         is a collective every worker joins (several JAX processes); None: the others save nothing."""
         return None
@@ -123,7 +129,7 @@ class Plan:
         every worker."""
         return work()
 
-    def close(self):
+    def close(self) -> None:
         pass
 
 
@@ -152,10 +158,10 @@ class TensorFlowPlan(Plan):
             [device.name for device in devices], cross_device_ops=None if gpus else tf.distribute.ReductionToOneDevice())
         self.replicas = self.strategy.num_replicas_in_sync
 
-    def scope(self):
+    def scope(self) -> ContextManager:
         return self.strategy.scope()
 
-    def single_device(self, model):
+    def single_device(self, model: keras.Model) -> keras.Model:
         return _single_device_copy(model)
 
 
@@ -187,22 +193,22 @@ class TorchPlan(Plan):
         self.restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0
 
     @property
-    def input_shard(self):
+    def input_shard(self) -> tuple[int, int]:
         return self.worker, self.workers
 
-    def wrap(self, trainer):
+    def wrap(self, trainer: keras.Model) -> keras.Model:
         return _use_ddp(trainer, self.local_rank)
 
-    def unwrap(self, trainer):
+    def unwrap(self, trainer: keras.Model) -> keras.Model:
         for name in ("train_step", "_kcnn_ddp"):
             trainer.__dict__.pop(name, None)  # kcnn's DDP hooks (see _use_ddp)
         keras_private.restore_metrics_result(trainer)
         return trainer
 
-    def single_device(self, model):
+    def single_device(self, model: keras.Model) -> keras.Model:
         return self.unwrap(model)
 
-    def callbacks(self):
+    def callbacks(self) -> list:
         return [_ChiefMovingStatistics()]
 
     def on_chief(self, work):
@@ -235,14 +241,14 @@ class JaxPlan(Plan):
         self.worker = jax.process_index()
 
     @property
-    def input_shard(self):
+    def input_shard(self) -> tuple[int, int]:
         return self.worker, self.workers
 
     @property
-    def batch_multiple(self):
+    def batch_multiple(self) -> int:
         return self.replicas
 
-    def scratch_dir(self):
+    def scratch_dir(self) -> str | None:
         if self.workers == 1:
             return None
         import tempfile  # Keras gathers a variable spread over several processes with a collective
@@ -251,16 +257,16 @@ class JaxPlan(Plan):
             self._scratch = tempfile.mkdtemp(prefix=f"kcnn-worker{self.worker}-")
         return self._scratch
 
-    def close(self):
+    def close(self) -> None:
         import shutil
 
         if getattr(self, "_scratch", None):
             shutil.rmtree(self._scratch, ignore_errors=True)
 
-    def scope(self):
+    def scope(self) -> ContextManager:
         return self.distribution.scope()
 
-    def single_device(self, model):
+    def single_device(self, model: keras.Model) -> keras.Model:
         return _single_device_copy(model)
 
     def on_chief(self, work):
@@ -312,7 +318,7 @@ def _single_device_copy(model):
     return torch_fast.accelerate(copy)
 
 
-def plan(distribute):
+def plan(distribute: bool) -> Plan:
     """The Plan for this process: a single device unless `distribute`."""
     if not distribute:
         return Plan()

@@ -5,6 +5,11 @@
     predict_files(model, ["cat.jpg"], class_names)       # top-5 (class, probability) per image
 """
 
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Callable, Sequence
+
 import numpy as np
 
 from kcnn.data import tta as kcnn_tta  # `tta` is an argument here
@@ -13,8 +18,15 @@ from kcnn.runs.modelfile import non_finite_refusal
 from kcnn.runs.rundir import load_run
 from kcnn.training import report
 
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
+    from kcnn.data.datasets import ImageData
+    from kcnn.data.folder import ImageInput
+    from kcnn.runs.rundir import Run
 
-def evaluate_model(model, data, image_shape, batch_size, *, tta=None):
+
+def evaluate_model(model: keras.Model, data: ImageData, image_shape: tuple[int, int, int], batch_size: int, *,
+                   tta: str | None = None) -> dict:
     """{accuracy, per_class_accuracy, per_class (precision, recall, F1), images, predicted} of `model` on
     `data`, and with test-time augmentation `tta` (kcnn.data.tta) also {tta_accuracy: {tta: accuracy}}: the
     views are made in the input pipeline, one pass each, the images themselves first."""
@@ -37,7 +49,7 @@ def evaluate_model(model, data, image_shape, batch_size, *, tta=None):
     return metrics
 
 
-def evaluate_run(run, *, tta=None):
+def evaluate_run(run: Run | str | os.PathLike, *, tta: str | None = None) -> dict:
     """Evaluate a finished run's model on its evaluation split again (on this backend): the metrics of
     evaluate_model. `run`: a `kcnn.runs.rundir.load_run` FinishedRun, or its folder. With test-time augmentation
     `tta`, its accuracy is also recorded in the run's metrics.json under tta_accuracy[tta] (written atomically;
@@ -47,15 +59,18 @@ def evaluate_run(run, *, tta=None):
     data = config.load(config.eval_split_name())
     metrics = evaluate_model(run.model, data, tuple(run.model.input_shape[1:]), config.batch_size, tta=tta)
     if tta:
-        recorded = run.metrics()
+        recorded = run.folder.read_json("metrics.json")  # (as it is now: not as it was when the run loaded)
         recorded.setdefault("tta_accuracy", {}).update(metrics["tta_accuracy"])
         run.folder.write_json("metrics.json", recorded)
+        run.metrics = recorded
     metrics["eval_split"] = config.eval_split_name()
     return metrics
 
 
-def predict_files(model, paths, class_names, *, top=5, transform=None, tta=None):
-    """For each image file, the `top` (class name, probability) pairs. `transform`: a pretrained source's
+def predict_files(model: keras.Model, paths: Sequence[ImageInput], class_names: Sequence[str], *, top: int = 5,
+                  transform: Callable | None = None, tta: str | None = None) -> list[list[tuple[str, float]]]:
+    """For each image (a file's path, a Pillow image or an array of 0-255 pixels: kcnn.data.folder.read_image), the
+    `top` (class name, probability) pairs. `transform`: a pretrained source's
     `eval_transform` (resize the shorter side, centre crop); by default images are resized to the model's
     input as in training. `tta`: probabilities averaged over test-time views (kcnn.data.tta)."""
     import keras

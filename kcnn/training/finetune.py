@@ -1,6 +1,7 @@
 """Fine-tuning a pretrained ImageNet backbone on your own classes.
 
     from kcnn.config import FinetuneConfig
+from kcnn.runs.rundir import Run
     from kcnn.training.finetune import finetune
     run = finetune(FinetuneConfig(dataset="path/to/folder"))   # or "cifar10_sample", "cifar10"
 
@@ -19,7 +20,8 @@ bottom of the backbone a single time, and both phases train on those
 activations. The answer is the one a frozen backbone in `fit()` gives, at a
 fraction of the cost on a CPU. The run directory holds what `kcnn train`
 writes (config, model.keras taking raw 0-255 RGB images, history with a
-phase column, curves, confusion matrix, sample predictions, metrics).
+phase column, curves, confusion matrix, sample predictions, metrics, and
+TensorBoard logs: logs/head and logs/finetune, one run per phase).
 
 A killed run resumes (`resume=True`, `--resume`) to the weights an
 uninterrupted one reaches: the frozen activations are cached in the run's
@@ -29,10 +31,12 @@ phase its final weights. The steps, in order: `extract_features`,
 `fit_head`, `fit_top`, `assemble`, `evaluate`.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import math
 import os
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 
@@ -43,18 +47,24 @@ from kcnn.training import callbacks as kcnn_callbacks
 from kcnn.data import tta
 from kcnn.training import job
 from kcnn.config import FinetuneConfig
+from kcnn.runs.rundir import Run
 from kcnn.errors import KcnnError
 from kcnn.training.report import class_weights
 from kcnn.runs.atomic import atomic_path
-from kcnn.data.views import training_views
+from kcnn.data.views import describe_views, training_views
 from kcnn.models.surgery import cut_layer, cut_points, split, top_has_weights
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
+    from kcnn.data.datasets import ImageData
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")  # history.csv's metrics, in both phases
 
 
-def finetune(config: FinetuneConfig, callbacks=()):
+def finetune(config: FinetuneConfig, callbacks: Sequence = ()) -> Run:
     """Fine-tune `config.backbone` with `config.weights` on `config.dataset`;
-    returns a `kcnn.training.train.Run` (directory, model, history, metrics)."""
+    returns the `kcnn.runs.rundir.Run` (path, model, history, metrics, class names). `kcnn.finetune` takes the
+    settings as keywords."""
     return FinetuneJob(config, callbacks).run()
 
 
@@ -65,12 +75,12 @@ class FinetuneJob(job.Job):
 
     kind = "finetune"
 
-    def load_data(self):
+    def load_data(self) -> None:
         """The backbone's registry entry and both splits, every argument checked before any work."""
         self.info, self.train_data, self.eval_data = _checked_inputs(self.config)
         self.class_names = self.train_data.class_names
 
-    def fit(self):
+    def fit(self) -> None:
         """The frozen pass, then both phases, on the engine's devices; self.model: the whole model."""
         import keras
 
@@ -89,7 +99,7 @@ class FinetuneJob(job.Job):
         with self.plan.scope():
             self.model = self.assemble()
 
-    def evaluate(self):
+    def evaluate(self) -> None:
         """Every worker evaluates (under TensorFlow's multi-worker strategy predict() is a collective)."""
         import keras
 
@@ -98,20 +108,21 @@ class FinetuneJob(job.Job):
         self.metrics.update(  # workflow_seconds: backbone, frozen pass, both phases and the evaluation
             train_seconds=round(self.train_seconds, 2), feature_seconds=round(self.frozen.seconds, 2),
             workflow_seconds=round(self.clock.seconds, 2), train_images=int(len(self.train_data)),
+            validation_images=int(self.validation_images),
             image_size=self.config.image_size, unfrozen_from=self.backbone.cut or "all",
             parameters=int(self.model.count_params()), backend=keras.backend.backend(),
             class_names=list(self.class_names), skipped_files=int(getattr(self.train_data, "skipped", 0)),
             epochs_run=len(self.folder.history_rows()))  # (the chief's rows: the other workers write none)
         self.model = self.plan.single_device(self.model)
 
-    def eval_data_for_plots(self):
+    def eval_data_for_plots(self) -> ImageData:
         return dataclasses.replace(self.eval_data, class_names=self.class_names)
 
-    def phase_starts(self):
+    def phase_starts(self) -> dict | None:
         head_epochs = sum(row.get("phase") == "head" for row in self.folder.history_rows())
         return {"fine-tuning": head_epochs + 1} if self.fine_tuned and head_epochs else None
 
-    def extract_features(self):
+    def extract_features(self) -> None:
         """Step 1: the training images (their mirrors and shifted copies) and the held-out images (in each
         test-time augmentation view) through the frozen layers, once; cached in the run's backup (atomically),
         so that a resumed run does not compute them again."""
@@ -122,6 +133,7 @@ class FinetuneJob(job.Job):
         train_images, train_labels, copies = training_views(train_data, flip=config.flip,
                                                             extra_views=config.extra_views, seed=config.seed)
         fit_index, val_index = _validation_split(len(train_data), config.validation_split, config.seed, copies=copies)
+        self.validation_images = len(val_index) // copies  # the training images the epochs' val_accuracy is on
         # Data-parallel: each worker computes and trains on its own part of the images (kcnn.training.distribute).
         fit_index, val_index = plan.worker_rows(fit_index), plan.worker_rows(val_index)
         batch_size = plan.worker_batch(config.batch_size)
@@ -139,9 +151,10 @@ class FinetuneJob(job.Job):
         total = len(mine) + len(eval_data) * len(eval_views)
         if config.verbose:
             views = f", {len(eval_views)} views of each held-out image" if len(eval_views) > 1 else ""
-            print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: {len(train_images):,} training and "
-                  f"{len(eval_data):,} held-out images at {config.image_size}x{config.image_size} go through the frozen "
-                  f"layers once (up to {backbone.cut or 'the input'}{views}):", flush=True)
+            print(f"{config.backbone} ({config.weights}) on {config.dataset_name}: "
+                  f"{describe_views(len(train_data), config.flip, config.extra_views)} and {len(eval_data):,} "
+                  f"held-out images at {config.image_size}x{config.image_size} go through the frozen layers once (up "
+                  f"to {backbone.cut or 'the input'}{views}):", flush=True)
         progress = ImageProgress(total) if config.verbose else None
         size = config.image_size
         activations = _predict(backbone.fast_bottom, train_images[mine], size, batch_size, plan.batch_multiple,
@@ -159,7 +172,7 @@ class FinetuneJob(job.Job):
             print(f"... {seconds:.0f} s.", flush=True)
         self.frozen = Frozen(activations, eval_activations, features, one_hot, fit_rows, val_rows, batch_size, seconds)
 
-    def fit_head(self):
+    def fit_head(self) -> keras.Model:
         """Step 2 (phase 1): a new head (dropout, dense) on the pooled features."""
         import keras
 
@@ -175,7 +188,7 @@ class FinetuneJob(job.Job):
             self.fit_phase("head", head, frozen.features, config.head_epochs)
         return head
 
-    def fit_top(self):
+    def fit_top(self) -> bool:
         """Step 3 (phase 2): the top of the backbone and the head at a lower learning rate; False where there
         is nothing to fine-tune."""
         import keras
@@ -200,7 +213,7 @@ class FinetuneJob(job.Job):
         jax_cpu.copy_weights(backbone.fast_top, backbone.top)
         return True
 
-    def fit_phase(self, phase, model, inputs, epochs):
+    def fit_phase(self, phase: str, model: keras.Model, inputs: np.ndarray, epochs: int) -> None:
         """One phase's fit(), resumable: its backup in backup/PHASE/, its rows in history.csv, and when it is
         done its final weights in backup/PHASE_final.*, which a resumed run loads instead of fitting again."""
         import keras
@@ -227,7 +240,11 @@ class FinetuneJob(job.Job):
         if plan.is_chief:
             writers = [kcnn_callbacks.HistoryLog(run.file("history.csv"), first_epoch, phase=phase, epoch_offset=offset,
                                        keys=HISTORY_KEYS, run=run),
-                       kcnn_callbacks.CrashSafeBackup(backup_dir, callbacks=decisions, run=run)]
+                       kcnn_callbacks.CrashSafeBackup(backup_dir, callbacks=decisions, run=run),
+                       # TensorBoard, as `kcnn train` writes it: one logs/ folder, a run per phase (logs/head/train,
+                       # logs/finetune/validation: each phase counts its epochs from 0)
+                       keras.callbacks.TensorBoard(run.file("logs", phase)),
+                       kcnn_callbacks.RecordedLogs(run, run.file("logs"))]  # after TensorBoard: its files of the epoch
         else:
             write_dir = os.path.join(scratch, "backup", phase) if scratch else False
             writers = [kcnn_callbacks.CrashSafeBackup(backup_dir, write_dir=write_dir, callbacks=decisions)]
@@ -252,7 +269,7 @@ class FinetuneJob(job.Job):
         elif scratch:
             kcnn_callbacks.save_model_state(model, os.path.join(scratch, f"{phase}_final"))
 
-    def assemble(self):
+    def assemble(self) -> keras.Model:
         """Step 4: the model to keep: raw RGB images in, logits out (the head's layers follow the backbone's)."""
         import keras
 
@@ -321,11 +338,10 @@ class Frozen:
 
 def _checked_inputs(config):
     """(model info, training data, evaluation data), every argument checked before any work."""
-    import kcnn
-    from kcnn.registry import check_input_size
+    from kcnn.registry import check_input_size, get_model_info
     from kcnn.weights import get_source
 
-    info = kcnn.get_model_info(config.backbone)  # unknown names and missing weights fail before any work
+    info = get_model_info(config.backbone)  # unknown names and missing weights fail before any work
     get_source(config.backbone, config.weights)
     check_input_size(info, (config.image_size, config.image_size),
                      hint=f"for its downsampling. Received: image_size={config.image_size}")
@@ -343,13 +359,13 @@ def _checked_inputs(config):
 
 
 def _backbone(config):
-    import kcnn
     from kcnn.backends import jax_cpu
     from kcnn.backends import torch_fast
+    from kcnn.registry import build
 
     size = config.image_size
-    model = kcnn.build(config.backbone, weights=config.weights, include_top=False, pooling="avg",
-                       input_shape=(size, size, 3))
+    model = build(config.backbone, weights=config.weights, include_top=False, pooling="avg",
+                  input_shape=(size, size, 3))
     for layer in model.layers:
         layer.trainable = False  # phase 1; BatchNormalization with trainable=False runs in inference mode
     cut = cut_layer(model, config.unfreeze)
@@ -357,7 +373,7 @@ def _backbone(config):
     return Backbone(model, cut, bottom, top, jax_cpu.with_fast_depthwise(bottom), jax_cpu.with_fast_depthwise(top))
 
 
-def eval_view_list(tta_mode):
+def eval_view_list(tta_mode: str | None) -> list:
     """The views of the held-out images the evaluation needs: kcnn.data.tta's, or the images alone."""
     return tta.VIEWS[tta_mode] if tta_mode else (PLAIN_VIEW,)
 
@@ -374,7 +390,7 @@ class ImageProgress:
         self.bar = keras.utils.Progbar(total, unit_name="image", verbose=progress_verbosity(1))
         self.done = 0
 
-    def callback(self, count, batch_size):
+    def callback(self, count: int, batch_size: int) -> keras.callbacks.Callback:
         import keras
 
         progress = self

@@ -9,25 +9,22 @@ mixed-precision policy restored, the run folder prepared and locked, and at the 
 export and summary written in the same order (the backup last, so that a run killed on the way resumes).
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import time
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from kcnn.training import distribute
-from kcnn.runs.rundir import RunDir, write_errors_explained
+from kcnn.runs.rundir import Run, RunDir, write_errors_explained  # noqa: F401 (Run: what a job returns)
 from kcnn.backends.precision import mixed_precision_policy, precision_decision
 
-
-@dataclasses.dataclass
-class Run:
-    """What a workflow returns: its directory, model, history ({metric: per-epoch values}) and metrics."""
-
-    directory: str
-    model: object
-    history: dict
-    metrics: dict
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
+    from kcnn.data.datasets import ImageData
 
 
 class Job:
@@ -43,7 +40,7 @@ class Job:
         self.plan = None
         self.model = self.metrics = self.predicted = None
 
-    def run(self) -> "Run":
+    def run(self) -> Run:
         """The steps in order; returns the `Run` (on workers other than the chief: without metrics)."""
         with self.distribution_plan():  # closed whatever happens
             self.load_data()  # every check on the data before the run folder is touched
@@ -51,29 +48,29 @@ class Job:
             with self.own_run_folder():  # the chief prepares and locks it; the others wait
                 self.fit()  # self.model
                 self.evaluate()  # self.metrics, self.predicted (on the chief)
-                return self.plan.on_chief(self.save) or Run(self.folder.path, self.model, None, None)
+                return self.plan.on_chief(self.save) or self.result(metrics=None, history=None)
 
     # ---- the steps each workflow defines (TrainJob, FinetuneJob): a Job without them is a bug, raised as one ----
 
-    def load_data(self):
+    def load_data(self) -> None:
         raise NotImplementedError
 
-    def fit(self):
+    def fit(self) -> None:
         raise NotImplementedError
 
-    def evaluate(self):
+    def evaluate(self) -> None:
         raise NotImplementedError
 
-    def eval_data_for_plots(self):
+    def eval_data_for_plots(self) -> ImageData:
         return self.eval_data
 
-    def phase_starts(self):
+    def phase_starts(self) -> dict | None:
         """{phase name: first epoch} to mark on the training curves, or None."""
         return None
 
     # ---- the steps they share ---------------------------------------------------------------------------
 
-    def check_class_names(self):
+    def check_class_names(self) -> None:
         from kcnn.deploy.export import check_class_names
         from kcnn.errors import InvalidArgumentError
 
@@ -81,7 +78,7 @@ class Job:
                           where=self.config.dataset if self.config.is_folder else "")
 
     @contextlib.contextmanager
-    def distribution_plan(self):
+    def distribution_plan(self) -> Iterator[distribute.Plan]:
         """self.plan for the block, closed whatever happens. When torchrun (--max-restarts) starts the workers
         again after one failed, they resume the run they were writing."""
         self.plan = distribute.plan(self.config.distribute)
@@ -96,7 +93,7 @@ class Job:
             self.plan.close()
 
     @contextlib.contextmanager
-    def own_run_folder(self):
+    def own_run_folder(self) -> Iterator[RunDir]:
         """The run folder, prepared by the chief alone (the others wait for it) and locked while the block
         runs; the operating system's refusals to write come out as one sentence."""
         config, folder = self.config, self.folder
@@ -105,7 +102,7 @@ class Job:
         with lock or contextlib.nullcontext(), write_errors_explained(folder.path, resumable=True):
             yield folder
 
-    def save(self):
+    def save(self) -> Run:
         """On the chief: model.keras, metrics.json and the plots, the export, then the backup deleted (last:
         while it exists, --resume can finish a run killed after training), then the summary."""
         import keras
@@ -126,9 +123,14 @@ class Job:
         folder.finish()
         if config.verbose:
             print(summary_table(config, metrics))
-        return Run(folder.path, self.model, folder.history(), metrics)
+        return self.result(metrics=metrics, history=folder.history())
 
-    def export(self):
+    def result(self, metrics: dict | None, history: dict | None) -> Run:
+        """The `Run` the workflow returns (a worker other than the chief: without metrics and history)."""
+        return Run(self.folder, self.config, tuple(self.train_data.class_names), self.model,
+                   self.folder.file("model.keras"), metrics=metrics, history=history)
+
+    def export(self) -> None:
         """A SavedModel for serving in export/1 (overwrite: a resumed run replaces the export its killed
         predecessor finished), its path in metrics.json."""
         from kcnn.deploy.export import export
@@ -138,7 +140,7 @@ class Job:
             self.folder.write_json("metrics.json", self.metrics)
 
     @contextlib.contextmanager
-    def saying(self, what):
+    def saying(self, what: str) -> Iterator[None]:
         """The steps after training take seconds each: say what is happening, and how long it took."""
         clock = Stopwatch()
         if self.config.verbose:
@@ -149,7 +151,7 @@ class Job:
 
 
 @contextlib.contextmanager
-def precision(mixed):
+def precision(mixed: bool) -> Iterator[None]:
     """Keras' mixed-precision policy for the block (if `mixed`: the one this machine trains fastest in, which
     can be float32, kcnn.backends.precision.precision_decision), and the caller's policy again after it."""
     import keras
@@ -163,14 +165,15 @@ def precision(mixed):
         keras.mixed_precision.set_global_policy(policy)
 
 
-def dtype_policy(mixed):
+def dtype_policy(mixed: bool) -> str:
     """The name of the policy a run trains in (metrics.json's `dtype_policy`): what `precision(mixed)` sets."""
     import keras
 
     return precision_decision()[0] if mixed else keras.mixed_precision.global_policy().name
 
 
-def plots(run, history, eval_data, predicted, config, phase_starts=None, model=None):
+def plots(run: RunDir, history: dict, eval_data: ImageData, predicted: np.ndarray, config: Any,
+          phase_starts: dict | None = None, model: keras.Model | None = None) -> None:
     from kcnn.inspect import viz
 
     save_figure(run, viz.training_curves(history, title=f"{config.arch} on {config.dataset_name}",
@@ -187,7 +190,8 @@ def plots(run, history, eval_data, predicted, config, phase_starts=None, model=N
         explanations(run, model, eval_data, predicted)
 
 
-def explanations(run, model, eval_data, predicted, count=8):
+def explanations(run: RunDir, model: keras.Model, eval_data: ImageData, predicted: np.ndarray,
+                 count: int = 8) -> None:
     """explain.png: Grad-CAM on `count` held-out images, the wrong ones first (up to half), each map of the
     class the model predicted. A model without a convolution feature map (the mlp) gets none: one line says so."""
     from kcnn.inspect import explain
@@ -207,7 +211,7 @@ def explanations(run, model, eval_data, predicted, count=8):
                     run.file("explain.png"))
 
 
-def save_figure(run, figure, path):
+def save_figure(run: RunDir, figure: Any, path: str) -> None:
     """A plot of the run (kcnn.inspect.viz.save_figure), entered in its manifest before it is written."""
     from kcnn.inspect import viz
 
@@ -215,8 +219,10 @@ def save_figure(run, figure, path):
         viz.save_figure(figure, path)
 
 
-def summary_table(config, metrics):
+def summary_table(config: Any, metrics: dict) -> str:
     """The table a run prints at its end (both workflows; the rows a run has no figure for are left out)."""
+    from kcnn.training.report import tta_note
+
     width = 26
     weights = f" ({config.weights})" if getattr(config, "weights", None) else ""
     what = "backbone / dataset" if weights else "model / dataset"
@@ -224,10 +230,24 @@ def summary_table(config, metrics):
         f"{'run':{width}s} {config.output_dir}",
         f"{what:{width}s} {config.arch}{weights} / {config.dataset_name} ({metrics['backend']})",
         *([f"{'recipe':{width}s} {metrics['recipe']} (kcnn info {config.arch})"] if metrics.get("recipe") else []),
-        f"{metrics['eval_split'] + ' accuracy':{width}s} {metrics['accuracy']:.4f}",
     ]
+    if "validation_images" in metrics:  # fine-tuning: the epochs watched part of the training images, not these
+        lines.append(f"{'held-out accuracy':{width}s} {metrics['accuracy']:.4f} on the {metrics['eval_split']} split, "
+                     f"never trained on")
+    else:
+        lines.append(f"{metrics['eval_split'] + ' accuracy':{width}s} {metrics['accuracy']:.4f}")
     for mode, accuracy in metrics.get("tta_accuracy", {}).items():
-        lines.append(f"{'with test-time ' + mode:{width}s} {accuracy:.4f}")
+        note = tta_note(mode, accuracy, metrics["accuracy"])
+        lines.append(f"{'with test-time ' + mode:{width}s} {accuracy:.4f}{note}")
+    if "validation_images" in metrics:
+        from kcnn.data.views import describe_views
+
+        views = " and their views" if config.flip or config.extra_views else ""
+        watched = "epochs' val_accuracy"
+        trained = describe_views(metrics["train_images"], config.flip, config.extra_views)
+        lines.append(f"{'trained on':{width}s} {trained}")
+        lines.append(f"{watched:{width}s} on {metrics['validation_images']:,} of those training images "
+                     f"(validation_split {config.validation_split:g}){views}, not on the held-out ones")
     for key, value in metrics.items():
         if key.endswith("_accuracy") and key != "per_class_accuracy" and isinstance(value, float):
             lines.append(f"{key:{width}s} {value:.4f}")
@@ -261,5 +281,5 @@ class Stopwatch:
         self.started = time.perf_counter()
 
     @property
-    def seconds(self):
+    def seconds(self) -> float:
         return time.perf_counter() - self.started

@@ -11,6 +11,10 @@ Each is a few lines over Keras' own classes; the schedules are registered so tha
 optimizer loads again.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -32,7 +36,7 @@ class Triangle(keras.optimizers.schedules.LearningRateSchedule):
         falling = 1 + (self.end - 1) * (step - warm) / max(1, self.total_steps - warm)
         return self.peak * ops.where(step < warm, rising, ops.maximum(falling, self.end))
 
-    def get_config(self):
+    def get_config(self) -> dict:
         return dict(peak=self.peak, total_steps=self.total_steps, warmup=self.warmup, start=self.start,
                     end=self.end)
 
@@ -48,21 +52,21 @@ class Until(keras.optimizers.schedules.LearningRateSchedule):
         rate = self.schedule(step) if callable(self.schedule) else ops.cast(self.schedule, "float32")
         return ops.where(ops.cast(step, "float32") < self.last_step, rate, 0.0)
 
-    def get_config(self):
+    def get_config(self) -> dict:
         schedule = self.schedule
         if callable(schedule):
             schedule = keras.saving.serialize_keras_object(schedule)
         return dict(schedule=schedule, last_step=self.last_step)
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict) -> Until:
         schedule = config["schedule"]
         if isinstance(schedule, dict):
             schedule = keras.saving.deserialize_keras_object(schedule)
         return cls(schedule, config["last_step"])
 
 
-def grouped(default, groups):
+def grouped(default: keras.optimizers.Optimizer, groups: dict) -> GroupedOptimizer:
     """One optimizer per group of variables: `groups` maps optimizers to the paths (variable.path) of the
     variables they update; every other variable takes `default`. A GroupedOptimizer over Keras'
     OptimizerMap (one pattern per group), so that it serializes and loads again."""
@@ -79,17 +83,18 @@ class GroupedOptimizer(keras.optimizers.MultiOptimizer):
     setting it scales every group's by the same ratio. (Keras' ReduceLROnPlateau reduces each group itself.)"""
 
     @property
-    def learning_rate(self):
+    def learning_rate(self) -> Any:
         return max((o.learning_rate for o in self.optimizers), key=lambda rate: float(rate))
 
     @learning_rate.setter
-    def learning_rate(self, rate):
+    def learning_rate(self, rate: Any) -> None:
         ratio = float(rate) / float(self.learning_rate)
         for optimizer in self.optimizers:
             optimizer.learning_rate = float(optimizer.learning_rate) * ratio
 
 
-def add_lookahead(optimizer, total_steps, every=5, decay=0.95):
+def add_lookahead(optimizer: keras.optimizers.Optimizer, total_steps: int, every: int = 5,
+                  decay: float = 0.95) -> keras.optimizers.Optimizer:
     """Make `optimizer` (before it is built) keep lookahead's slow weights in its EMA slots, as airbench94
     does: the slow weights start as the model's; every `every` steps they move toward the fast ones by
     1 - d, with d = decay**every * (step / total_steps)**3 (plain training at first, a longer average as the
@@ -145,7 +150,7 @@ class FreezeGroup(keras.callbacks.Callback):
                 velocity.assign(ops.zeros(velocity.shape, velocity.dtype))
 
 
-def dirac_init(model):
+def dirac_init(model: keras.Model) -> int:
     """Set each trainable standard convolution of `model` (nested models included) to pass its input
     through: the first min(in, out) filters are identities at the kernel's centre, the others keep their
     initialisation (airbench94's Dirac initialisation; torch.nn.init.dirac_ on the first filters).

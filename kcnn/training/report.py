@@ -2,7 +2,10 @@
 that a training set is imbalanced. scikit-learn computes the figures (precision_recall_fscore_support,
 compute_class_weight), as its users know them."""
 
+from __future__ import annotations
+
 import sys
+from typing import IO, Sequence
 
 import numpy as np
 
@@ -12,14 +15,14 @@ CLASS_WEIGHTS = ("balanced",)
 IMBALANCE_RATIO = 3  # warn when one class has more than this many times the images of another
 
 
-def check_class_weight(class_weight):
+def check_class_weight(class_weight: str | None) -> None:
     if class_weight is None or (isinstance(class_weight, str) and class_weight in CLASS_WEIGHTS):
         return class_weight
     raise InvalidArgumentError(f"Unknown class weighting {class_weight!r}; pass 'balanced' (or leave it out). "
                                f"Received: class_weight={class_weight!r}")
 
 
-def class_weights(labels, num_classes, class_weight):
+def class_weights(labels: np.ndarray, num_classes: int, class_weight: str | None) -> dict | None:
     """{class index: weight} for Keras' fit(class_weight=...), None when class_weight is None. "balanced":
     n_images / (n_classes * n_images_of_the_class), scikit-learn's definition; a class without training
     images gets weight 1 (it is never seen)."""
@@ -33,7 +36,7 @@ def class_weights(labels, num_classes, class_weight):
     return weights
 
 
-def warn_if_imbalanced(labels, class_names, *, stream=None):
+def warn_if_imbalanced(labels: np.ndarray, class_names: Sequence[str], *, stream: IO | None = None) -> None:
     """One line on stderr when the largest class has more than IMBALANCE_RATIO times the images of the
     smallest, naming both and the fix; returns the line (None when balanced enough)."""
     counts = np.bincount(labels, minlength=len(class_names))
@@ -48,7 +51,7 @@ def warn_if_imbalanced(labels, class_names, *, stream=None):
     return line
 
 
-def per_class_report(true_labels, predicted_labels, class_names):
+def per_class_report(true_labels: np.ndarray, predicted_labels: np.ndarray, class_names: Sequence[str]) -> dict:
     """{class name: {precision, recall, f1, support}} on the evaluation images, and the macro averages
     under "macro avg" (a class never predicted has precision 0, as scikit-learn's zero_division=0)."""
     from sklearn.metrics import precision_recall_fscore_support
@@ -64,7 +67,7 @@ def per_class_report(true_labels, predicted_labels, class_names):
     return report
 
 
-def format_report(report, width=26):
+def format_report(report: dict, width: int = 26) -> str:
     """The per-class table the summary prints."""
     names = [name for name in report if name != "macro avg"]
     name_width = max(width, *(len(name) + 2 for name in names))
@@ -76,7 +79,8 @@ def format_report(report, width=26):
     return "\n".join(lines)
 
 
-def evaluation_metrics(labels, view_logits, class_names, tta_mode=None):
+def evaluation_metrics(labels: np.ndarray, view_logits: Sequence[np.ndarray], class_names: Sequence[str],
+                       tta_mode: str | None = None) -> dict:
     """metrics.json's evaluation figures from the logits of the held-out images (view_logits[0]) and, with
     test-time augmentation, of its other views (kcnn.data.tta.VIEWS[tta_mode] order, the images first):
     accuracy, per-class accuracy and report of the model as saved, and {tta_mode: accuracy} with the
@@ -98,3 +102,14 @@ def evaluation_metrics(labels, view_logits, class_names, tta_mode=None):
         metrics["tta_accuracy"] = {tta_mode: float(np.mean(np.argmax(probabilities, axis=-1) == labels))}
     return metrics
 
+
+
+def tta_note(mode: str, accuracy: float, plain: float) -> str:
+    """What a test-time augmentation accuracy below the plain one means, as a clause to print after it ("" when
+    it is not below)."""
+    if accuracy >= plain:
+        return ""
+    lowered = "flip" if mode == "flip" else "flip and shifted crops"
+    flag = "--tta" if mode == "flip" else f"--tta {mode}"
+    return (f" (below the plain {plain:.4f}: {lowered} lowered accuracy here, so the model may have learned "
+            f"orientation or position; leave out {flag})")

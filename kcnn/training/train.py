@@ -10,8 +10,11 @@ curves.png, confusion.png, samples.png and TensorBoard logs. `resume=True`
 continues an interrupted run from its last finished epoch (BackupAndRestore).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import os
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -28,8 +31,11 @@ from kcnn.runs.rundir import RunDir, read_history_rows
 from kcnn.runs.modelfile import probe_images
 from kcnn.training.job import Run
 
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
 
-def train(config: TrainConfig, callbacks=()) -> Run:
+
+def train(config: TrainConfig, callbacks: Sequence = ()) -> Run:
     """Train `config.arch` on `config.dataset`; `callbacks` are extra Keras
     callbacks, added to kcnn's own (checkpoints, logs, schedules)."""
     return TrainJob(config, callbacks).run()
@@ -41,14 +47,14 @@ class TrainJob(job.Job):
 
     kind = "train"
 
-    def load_data(self):
+    def load_data(self) -> None:
         """The data and everything checked on it, before the run folder is touched: the datasets (this
         worker's shard of each global batch), the input shape, training-only outputs."""
-        import kcnn
         from kcnn.data.pipeline import make_dataset
+        from kcnn.registry import get_model_info
 
         config, plan = self.config, self.plan
-        self.info = info = kcnn.get_model_info(config.arch)
+        self.info = info = get_model_info(config.arch)
         if config.whiten_bias_epochs and not (info.training and info.training.init_from_data):
             _no_whitening_layer(config)
         self.train_data = train_data = config.load(config.train_split_name())
@@ -84,7 +90,7 @@ class TrainJob(job.Job):
             self.train_ds, self.eval_ds = (ds.map(lambda images, labels: (images, {name: labels for name in outputs}))
                                            for ds in (self.train_ds, self.eval_ds))
 
-    def fit(self):
+    def fit(self) -> None:
         """self.model, trained with Keras' fit() and callbacks (a resumed run starts at its backup's epoch)."""
         import keras
 
@@ -124,7 +130,7 @@ class TrainJob(job.Job):
                 _whitening_layer(model, config).trainable = False  # saved as built: frozen
             self.model = plan.single_device(model)
 
-    def evaluate(self):
+    def evaluate(self) -> None:
         """On the chief: refuse a diverged model, then the metrics on the evaluation split (and a second one)."""
         self.plan.on_chief(self._evaluate)
 
@@ -187,12 +193,13 @@ def _models(config, info, outputs, num_classes, image_shape, train_images):
     return torch_fast.accelerate(inference), trainer
 
 
-def normalized_model(arch, num_classes, image_shape, train_images, **build_kwargs):
+def normalized_model(arch: str, num_classes: int, image_shape: tuple[int, int, int], train_images: np.ndarray,
+                     **build_kwargs: Any) -> keras.Model:
     """`kcnn.build(arch)` behind a Normalization layer holding the training
     set's per-channel mean and variance, so the model takes raw 0-255 pixels."""
     import keras
 
-    import kcnn
+    from kcnn.registry import build, get_model_info
 
     pixels = train_images.reshape(-1, train_images.shape[-1]).astype("float64")
     mean, variance = pixels.mean(axis=0), pixels.var(axis=0)
@@ -200,8 +207,8 @@ def normalized_model(arch, num_classes, image_shape, train_images, **build_kwarg
         mean = np.full(image_shape[-1], mean.mean())
         variance = np.full(image_shape[-1], variance.mean())
     variance = np.maximum(variance, 1e-6)
-    backbone = kcnn.build(arch, num_classes=num_classes, input_shape=image_shape, **build_kwargs)
-    hooks = kcnn.get_model_info(arch).training
+    backbone = build(arch, num_classes=num_classes, input_shape=image_shape, **build_kwargs)
+    hooks = get_model_info(arch).training
     if hooks and hooks.init_from_data and image_shape[-1] == train_images.shape[-1]:
         # layers set from the data, not learned (airbench's whitening), from images normalised as it sees them
         sample = train_images[:5000].astype("float64")
