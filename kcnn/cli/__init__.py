@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
                              "image, flip_crop: 6; off by default)")
     serve = commands.add_parser("serve", help="serve a model over TensorFlow Serving's REST API (and a page to try "
                                 "it), with onnxruntime")
-    from kcnn.deploy.serve import add_arguments
+    from kcnn.deploy.serve_flags import add_arguments
 
     add_arguments(serve)
     doctor = commands.add_parser("doctor", help="report backends, GPUs, data and weights, and verify checksums")

@@ -83,23 +83,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from kcnn.data.folder import CorruptImageError, ImageTooLargeError, read_image
+from kcnn.deploy.serve_flags import (BODY_TIMEOUT_S, HOST, MAX_BATCH, MAX_BODY_MB, MAX_BODY_MB_LIMIT, MAX_TIMEOUT_S,
+                                     MODEL_NAME, PORT, SHUTDOWN_S, add_arguments)
 from kcnn.errors import KcnnError
 
-MODEL_NAME = "model"  # TensorFlow Serving's docker image serves MODEL_NAME=model unless told otherwise
-HOST = "127.0.0.1"  # this machine only; --host 0.0.0.0 for every interface
-PORT = 8501  # TensorFlow Serving's REST port
-MAX_BODY_MB = 32  # largest request body, MiB (413 above)
-MAX_BODY_MB_LIMIT = 4096  # the most --max-body-mb takes: a body is held in memory whole, then parsed
-MAX_BATCH = 32  # most images in one session.run
 MAX_PIXELS = 64 * 1024 * 1024  # a b64 image larger than this is refused before decoding (as kcnn.data.folder)
 MAX_REQUEST_PIXELS = 128 * 1024 * 1024  # the pixels of one request's images together (decoding them is the CPU time)
 MAX_INSTANCES = 256  # images in one request: each becomes the model's input, float32, however small its file
 # (256 1x1 PNGs, a 30 kB body, make 154 MB for a 224x224 model; 32 MB of them would make 180 GB)
-BODY_TIMEOUT_S = 30  # a request's whole body must arrive within this of its headers (408 after)
 KEEP_ALIVE_S = 5  # a connection with no request in progress is closed after this (uvicorn's keep-alive default)
-SHUTDOWN_S = 10  # after SIGTERM, a body still arriving has this long at most (408 after)
 SHUTDOWN_RUN_S = 5  # ... and the model runs then under way this much more, after which uvicorn cancels them
-MAX_TIMEOUT_S = 3600  # the most --body-timeout-s and --shutdown-timeout-s take
 PARSING_AT_ONCE = 2  # requests parsed and decoded at once: up to 0.55 GB each (bench/serve_limits.py), and JSON
 # parsing holds the GIL, so more at once would take more memory, not less time
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
@@ -123,27 +116,6 @@ class RequestError(Exception):
 
 
 # ---- the command: settings, SOURCE, conversion, the serving process --------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", help="a run directory, an ONNX export folder (model.onnx and class_names.txt) or "
-                        "a model.onnx file")
-    parser.add_argument("--model-name", default=MODEL_NAME, help=f"the NAME in /v1/models/NAME (default "
-                        f"{MODEL_NAME}, as TensorFlow Serving's docker image)")
-    parser.add_argument("--host", default=HOST, help=f"address to listen on (default {HOST}: this machine only)")
-    parser.add_argument("--port", type=int, default=PORT, help=f"default {PORT}, TensorFlow Serving's REST port; "
-                        f"0: any free port (printed)")
-    parser.add_argument("--max-body-mb", type=float, default=MAX_BODY_MB,
-                        help=f"largest request body in MB; larger ones get 413 (default {MAX_BODY_MB}, at most "
-                        f"{MAX_BODY_MB_LIMIT})")
-    parser.add_argument("--body-timeout-s", type=float, default=BODY_TIMEOUT_S,
-                        help=f"seconds a request's body may take to arrive; then 408 and the connection closed "
-                        f"(default {BODY_TIMEOUT_S}; raise it for large bodies over slow links)")
-    parser.add_argument("--shutdown-timeout-s", type=float, default=SHUTDOWN_S,
-                        help=f"seconds the requests in flight have to finish after SIGTERM or Ctrl-C (default "
-                        f"{SHUTDOWN_S})")
-    parser.add_argument("--max-batch", type=int, default=MAX_BATCH, help=f"most images in one inference run: "
-                        f"concurrent requests are batched up to it (default {MAX_BATCH}; 1: no batching)")
 
 
 def start(source: str, *, model_name: str = MODEL_NAME, host: str = HOST, port: int = PORT,
