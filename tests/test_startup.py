@@ -120,6 +120,53 @@ def test_every_command_keeps_the_backends_off_stderr_and_its_progress_plain(tmp_
         results["train"].stdout
 
 
+def test_every_subcommand_on_small_inputs_writes_nothing_foreign_to_stderr(tmp_path):
+    """Each of kcnn's subcommands, on torch (the main job's backend, where TensorFlow is imported only for tf.data
+    input and SavedModel export), in a fresh process with none of the user's settings: stderr holds kcnn's own lines
+    only, line by line."""
+    import signal
+
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    for name, colour in (("cat", (200, 120, 40)), ("ship", (30, 60, 200))):
+        (photos / name).mkdir(parents=True)
+        for index in range(8):
+            Image.new("RGB", (40, 36), tuple(c + 5 * index for c in colour)).save(photos / name / f"{index}.png")
+    run, tuned, image = tmp_path / "run", tmp_path / "tuned", photos / "cat" / "0.png"
+    commands = {
+        "list": ["list", "res*"], "info": ["info", "vgg16"], "summary": ["summary", "lenet5"],
+        "doctor": ["doctor", "--no-backends"],
+        "train": ["train", "--dataset", "digits", "--arch", "lenet5", "--epochs", "1", "--limit", "128",
+                  "--image-size", "32", "--output-dir", str(run)],
+        "evaluate": ["evaluate", str(run), "--tta", "flip"],
+        "predict": ["predict", str(run), str(image)],
+        "explain": ["explain", str(run), str(image)],
+        "export onnx": ["export", str(run), "--format", "onnx"],
+        "export saved_model": ["export", str(run), "--format", "saved_model", "--output", str(tmp_path / "sm")],
+        "finetune": ["finetune", "--dataset", str(photos), "--image-size", "32", "--head-epochs", "1",
+                     "--finetune-epochs", "1", "--batch-size", "8", "--output-dir", str(tuned)],
+    }
+    for command, args in commands.items():
+        result = _kcnn(*args, backend="torch")
+        assert result.returncode == 0, f"kcnn {command}: {result.stderr[-2000:]}"
+        assert _foreign_lines(result.stderr) == [], f"kcnn {command}: {result.stderr[-2000:]}"
+        assert "\x1b" not in result.stdout and "\r" not in result.stdout, f"kcnn {command}: {result.stdout!r}"
+    # serve: the conversion to ONNX and the server process, until it listens, then SIGTERM
+    server = subprocess.Popen([sys.executable, "-m", "kcnn", "serve", str(tuned), "--port", "0"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=fresh_env(KERAS_BACKEND="torch"))
+    try:
+        for line in server.stdout:
+            if re.search(r"kcnn serve: http://127\.0\.0\.1:\d+/", line):
+                break
+        server.send_signal(signal.SIGINT)
+        out, stderr = server.communicate(timeout=60)
+    finally:
+        server.kill()
+    assert _foreign_lines(stderr) == [], f"kcnn serve: {stderr[-2000:]}"
+
+
 def test_build_signature_is_the_readmes():
     readme = open(os.path.join(ROOT, "README.md")).read()
     documented = re.search(r"`kcnn\.build\((.*?)\)`", readme, re.S).group(1)

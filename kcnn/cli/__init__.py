@@ -134,60 +134,25 @@ def _train(args):
 def _evaluate(run_dir, tta=None):
     import keras
 
-    from kcnn.training.evaluate import evaluate_run
+    from kcnn.api import evaluate
 
-    metrics = evaluate_run(run_dir, tta=tta)
-    print(f"{metrics['eval_split']} accuracy {metrics['accuracy']:.4f} on {metrics['images']} images "
-          f"({keras.backend.backend()})")
-    for mode, accuracy in metrics.get("tta_accuracy", {}).items():
-        print(f"{metrics['eval_split']} accuracy with test-time {mode} {accuracy:.4f} (recorded in metrics.json)")
-
-
-def _model_for(run_dir, weights="imagenet"):
-    """(model, class names, image transform) of a run directory (or a model.keras in one), or of the name
-    of a model with pretrained weights (its publisher's evaluation transform; a run's is None)."""
-    import os
-
-    import kcnn
-    from kcnn.runs.rundir import load_run
-
-    if not os.path.exists(run_dir) and run_dir in {info.name for info in kcnn.list_models(pretrained=True)}:
-        from kcnn.weights import get_source
-
-        source = get_source(run_dir, weights)
-        return kcnn.build(run_dir, weights=weights), source.class_names, source.eval_transform
-    run = load_run(run_dir)
-    return run.model, run.class_names, None
+    first, *rest = str(evaluate(run_dir, tta=tta)).splitlines()
+    print("\n".join([f"{first} ({keras.backend.backend()})", *rest] + ["(recorded in metrics.json)"] * bool(rest)))
 
 
 def _predict(run_dir, images, top, weights="imagenet", tta=None):
-    from kcnn.training.evaluate import predict_files
+    from kcnn.api import predict
 
-    model, class_names, transform = _model_for(run_dir, weights)
-    rankings = predict_files(model, images, class_names, top=top, transform=transform, tta=tta)
-    for path, ranking in zip(images, rankings):
-        print(path)
-        for name, probability in ranking:
-            print(f"  {probability:7.2%}  {name}")
+    for prediction in predict(run_dir, images, top=top, weights=weights, tta=tta):
+        print(prediction)
 
 
 def _explain(args):
-    import os
+    from kcnn.api import explain
 
-    from kcnn.inspect.explain import explain_files
-    from kcnn.runs.rundir import RunDir
-
-    model, class_names, transform = _model_for(args.run_dir, args.weights)
-    output, run = args.output, None
-    if output is None:
-        run_dir = os.path.dirname(args.run_dir) if args.run_dir.endswith(".keras") else args.run_dir
-        output = os.path.join("saved_models", "explain") if transform is not None else os.path.join(run_dir, "explain")
-        run = RunDir(run_dir) if transform is None and RunDir(run_dir).is_run() else None  # RUN/explain: listed
-    for path, name, probability, written in explain_files(model, args.images, class_names, output,
-                                                          transform=transform, class_name=args.class_name,
-                                                          layer=args.layer, run=run):
-        of = f", Grad-CAM of {args.class_name}" if args.class_name else ""
-        print(f"{path}: predicted {name} ({probability:.1%}){of} -> {written}")
+    for explanation in explain(args.run_dir, args.images, args.output, class_name=args.class_name, layer=args.layer,
+                               weights=args.weights):
+        print(explanation)
 
 
 def _list(pattern, pretrained=False):

@@ -252,14 +252,19 @@ def serve(onnx_path: str, *, model_name: str = MODEL_NAME, host: str = HOST, por
     url = f"http://{address}:{listener.getsockname()[1]}"
     print(f"kcnn serve: {onnx_path} as model {model_name!r}: images {_shape_text(model.shape, batch=True)}, "
           f"{len(model.class_names)} classes, onnxruntime", flush=True)
-    print(f"kcnn serve: {url}/ (the page), {url}/v1/models/{model_name}:predict (TensorFlow Serving's REST API); "
-          f"Ctrl-C or SIGTERM stops it", flush=True)
     # uvicorn handles SIGINT and SIGTERM while it serves (graceful shutdown), then raises the signal again with
     # the handlers found before it: these, so that the process then ends normally, with exit code 0.
     for number in (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ():
         signal.signal(number, lambda *_: None)
 
     class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            # The URL only once uvicorn handles SIGINT and SIGTERM: a client or script that stops the server as soon
+            # as it reads this line must stop it (a signal before would meet the handlers above and be lost).
+            print(f"kcnn serve: {url}/ (the page), {url}/v1/models/{model_name}:predict (TensorFlow Serving's REST "
+                  f"API); Ctrl-C or SIGTERM stops it", flush=True)
+
         async def shutdown(self, sockets=None):
             app.state.stopping(shutdown_timeout_s)  # bodies still arriving: shutdown_timeout_s at most, then 408
             await super().shutdown(sockets)
