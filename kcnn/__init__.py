@@ -1,9 +1,23 @@
 """kcnn: convolutional networks for Keras 3 on the TensorFlow, PyTorch and JAX backends.
 
-    import kcnn
-    model = kcnn.build("resnet50", num_classes=10)   # outputs logits by default
-    kcnn.summary("lenet5")                           # torchsummary-style table with MACs
-    [m.name for m in kcnn.list_models("resnet*")]
+Models (the `kcnn list`, `kcnn info` and `kcnn summary` commands):
+
+    model = kcnn.build("resnet50", num_classes=10)    # a Keras functional model; logits by default
+    model = kcnn.build("efficientnet_lite0", weights="imagenet")
+    [m.name for m in kcnn.list_models("resnet*")]     # ModelInfo: reference counts, input size, weights
+    kcnn.summary("lenet5")                            # a torchsummary-style table with MACs
+
+Workflows (the other commands; the same names, their flags as keywords):
+
+    run = kcnn.finetune("pets/", image_size=224)      # a Run: .model .metrics .history .class_names .path
+    run = kcnn.train(dataset="cifar10", arch="cifar_resnet20", epochs=30)
+    kcnn.evaluate(run, tta="flip")                    # an Evaluation
+    kcnn.predict(run, ["cat.jpg"], top=3)             # a Prediction per image: .class_name .probability .top
+    kcnn.explain(run, ["cat.jpg"])                    # an Explanation per image: Grad-CAM overlays
+    kcnn.export(run, format="onnx")                   # the path written
+    run = kcnn.load_run("saved_models/pets")
+
+Bad input raises a kcnn.KcnnError (a ValueError) whose message says what to change.
 
 `import kcnn` imports no Keras and no backend: the registry (names, reference counts, recipes, weight sources) is
 plain data, and Keras is imported by the first model built (kcnn.backends.lazy), so `kcnn list` answers at once and
@@ -20,7 +34,8 @@ from kcnn.errors import InvalidArgumentError, KcnnError, UnknownModelError  # no
 from kcnn.registry import ModelInfo, build, get_model_info, list_models, register_model  # noqa: E402
 from kcnn.version import __version__  # noqa: E402
 # The workflows as functions; kcnn.api imports nothing heavy until one runs.
-from kcnn.api import evaluate, explain, export, finetune, load_run, predict, train  # noqa: E402
+from kcnn.api import (Evaluation, Explanation, Prediction, evaluate, explain, export, finetune,  # noqa: E402
+                      load_run, predict, train)
 
 # The families register themselves (and their weights) on import, as timm's model files do; the registry
 # imports none of them. kcnn.models.hub registers the "hub:" names (keras-hub itself is imported only to build one).
@@ -38,6 +53,7 @@ on_keras_import(quiet)  # absl's logging, now that TensorFlow may have imported 
 _LAZY = {
     "summary": "kcnn.inspect.summary",
     "ModelSummary": "kcnn.inspect.summary",
+    "Run": "kcnn.runs.rundir",
 }
 
 
@@ -77,4 +93,9 @@ __all__ = [
     "explain",
     "export",
     "load_run",
+    "Run",
+    "Evaluation",
+    "Prediction",
+    "Explanation",
+    "__version__",
 ]
