@@ -24,7 +24,7 @@ import argparse
 import contextlib
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 BACKENDS = ("tensorflow", "torch", "jax")
 
@@ -202,7 +202,7 @@ def _info(name):
 
 
 @contextlib.contextmanager
-def exits_on_bad_input():
+def exits_on_bad_input() -> Iterator[None]:
     """For scripts: a kcnn error (bad input) is one line on stderr and exit code 2, as the `kcnn` command does."""
     from kcnn.errors import KcnnError
 
