@@ -9,15 +9,19 @@
 is these fields, resolved, so `--config RUN/config.json` repeats a run. This module imports nothing of Keras.
 """
 
+# (No `from __future__ import annotations` here: kcnn/cli/arguments.py reads the fields' types as objects.)
 import dataclasses
 import difflib
 import json
 import math
 import os
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 from kcnn.data.pipeline import AUGMENTATIONS  # (kcnn.data imports no Keras at the top)
 from kcnn.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from kcnn.data.datasets import ImageData
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "plateau", "cosine", "onecycle", "triangle")
@@ -31,7 +35,7 @@ DISTRIBUTE_HELP = ("data-parallel training on the backend's engine: tf.distribut
                    "machines); --batch-size is the global batch")
 
 
-def setting(default, help, **cli):
+def setting(default: Any, help: str, **cli: Any) -> Any:
     """A config field: its default, its help, and how the command line spells it (`flags`, `choices`,
     `metavar`, `parse`: a function from the text, `cli=False`: not on the command line)."""
     return dataclasses.field(default=default, metadata=dict(help=help, **cli))
@@ -73,7 +77,7 @@ def _no_folder(given, folder):
     return f"There is no folder {given!r}; {hint} Received: dataset={given!r}"
 
 
-def unfreeze_blocks(text):
+def unfreeze_blocks(text: str | int) -> int | str:
     """--unfreeze: a number of top blocks, or 'all'."""
     if text == "all" or isinstance(text, int):
         return text
@@ -110,35 +114,35 @@ class RunConfig:
     # ---- the data ----------------------------------------------------------------------------------------
 
     @property
-    def is_folder(self):
+    def is_folder(self) -> bool:
         from kcnn.data.datasets import SPLITS
 
         return self.dataset not in SPLITS
 
     @property
-    def dataset_name(self):
+    def dataset_name(self) -> str:
         return os.path.basename(os.path.normpath(self.dataset)) if self.is_folder else self.dataset
 
-    def splits(self):
+    def splits(self) -> tuple[str, str, str | None]:
         """(split trained on, split evaluated on, a second evaluation split or None): kcnn.data.SPLITS."""
         from kcnn.data.datasets import FOLDER_SPLITS, SPLITS
 
         return FOLDER_SPLITS if self.is_folder else SPLITS[self.dataset]
 
-    def train_split_name(self):
+    def train_split_name(self) -> str:
         return self.splits()[0]
 
-    def eval_split_name(self):
+    def eval_split_name(self) -> str:
         return self.splits()[1]
 
-    def extra_eval_name(self):
+    def extra_eval_name(self) -> str | None:
         return self.splits()[2]
 
     def _folder_validation_split(self):
         # each workflow names its own field (fine-tuning's validation_split is another split): an error, not a guess
         raise NotImplementedError
 
-    def load(self, split):
+    def load(self, split: str) -> "ImageData":
         """One split of this run's data, as `kcnn.data.ImageData`."""
         from kcnn import data as kdata
 
@@ -177,7 +181,7 @@ class RunConfig:
 
     # ---- checks both workflows share ------------------------------------------------------------------------
 
-    def check(self):
+    def check(self) -> None:
         for field in dataclasses.fields(self):  # inf and nan pass every "above 0" and "at most" test below
             value = getattr(self, field.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -198,7 +202,7 @@ class RunConfig:
         if self.resume and self.overwrite:
             raise InvalidArgumentError("resume and overwrite contradict each other; pass one of them.")
 
-    def record(self):
+    def record(self) -> dict[str, Any]:
         """The fields, as config.json holds them."""
         return dataclasses.asdict(self)
 
@@ -240,7 +244,7 @@ class TrainConfig(RunConfig):
     def _folder_validation_split(self):
         return self.validation_split
 
-    def resolved(self):
+    def resolved(self) -> "TrainConfig":
         """A copy with every `None` replaced by the recipe's value, checked. The recipe is the one the
         architecture declares for the dataset, else the dataset's plain one, or `recipe` by name."""
         from kcnn.recipes import DEFAULT_ARCH, recipe_for
@@ -262,7 +266,7 @@ class TrainConfig(RunConfig):
                                                         config.optimizer)
         return config._completed(f"{config.arch}_{config.dataset_name}")
 
-    def check(self):
+    def check(self) -> None:
         super().check()
         if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
                                             or self.image_size < 1):
@@ -297,7 +301,7 @@ class TrainConfig(RunConfig):
             _bad("validation_split", self.validation_split, "in (0, 1) for an image folder")
 
 
-def scaled_learning_rate(learning_rate, batch_size, new_batch_size, optimizer):
+def scaled_learning_rate(learning_rate: float, batch_size: int, new_batch_size: int, optimizer: str) -> float:
     """A recipe's learning rate for another (global) batch size, as timm's --lr-base-scale does: in
     proportion to the batch for SGD (Goyal et al. 2017, "Accurate, large minibatch SGD"), with its square
     root for Adam and AdamW. The recipes' warm-up (one-cycle) keeps the first large steps stable."""
@@ -343,18 +347,18 @@ class FinetuneConfig(RunConfig):
     export: bool = setting(True, "a SavedModel for serving in RUN_DIR/export/1")
 
     @property
-    def arch(self):  # the name the run's plots and tables show
+    def arch(self) -> str:  # the name the run's plots and tables show
         return self.backbone
 
     def _folder_validation_split(self):
         return self.folder_validation_split
 
-    def resolved(self):
+    def resolved(self) -> "FinetuneConfig":
         config = dataclasses.replace(self)
         config._check_dataset("fine-tunes")
         return config._completed(f"finetune_{config.backbone}_{config.dataset_name}")
 
-    def check(self):
+    def check(self) -> None:
         super().check()
         _check_count("image_size", self.image_size, 1)  # the backbone's input: no default from the data
         for name in ("head_epochs", "finetune_epochs", "extra_views"):
@@ -382,7 +386,7 @@ class FinetuneConfig(RunConfig):
 KINDS = {"train": TrainConfig, "finetune": FinetuneConfig}
 
 
-def read_config_file(path, kind):
+def read_config_file(path: str | os.PathLike, kind: type[RunConfig]) -> dict[str, Any]:
     """{field: value} of `kind`'s config (TrainConfig or FinetuneConfig) from a YAML or JSON file, or a run's
     own config.json (its marker, versions and the settings a run does not pass on are left out)."""
     import yaml  # YAML 1.2 reads JSON too; safe_load builds plain values only

@@ -5,30 +5,37 @@ derived from `name`. Only built-in Keras layers are used, so a saved `.keras`
 file loads with plain `keras.saving.load_model` in a process without kcnn.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Sequence
+
 from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from keras import KerasTensor
 
-def channel_axis():
+
+def channel_axis() -> int:
     return 1 if keras.config.image_data_format() == "channels_first" else -1
 
 
-def image_input(input_shape, name="input"):
+def image_input(input_shape: tuple[int, int, int], name: str = "input") -> KerasTensor:
     return keras.Input(shape=input_shape, name=name)
 
 
 def conv_bn_act(
-    x,
-    filters,
-    kernel_size,
+    x: KerasTensor,
+    filters: int,
+    kernel_size: int | tuple[int, int],
     *,
-    name,
-    strides=1,
-    padding="same",
-    use_bias=False,
-    activation="relu",
-    epsilon=1e-3,
-    momentum=0.99,
-):
+    name: str,
+    strides: int | tuple[int, int] = 1,
+    padding: str = "same",
+    use_bias: bool = False,
+    activation: str | Callable | None = "relu",
+    epsilon: float = 1e-3,
+    momentum: float = 0.99,
+) -> KerasTensor:
     """Conv2D -> BatchNormalization -> activation, named `{name}_conv`,
     `{name}_bn`, `{name}_act` (torchvision's `BasicConv2d` layout when
     `name` is the torch module path with dots as underscores)."""
@@ -41,7 +48,8 @@ def conv_bn_act(
     return x
 
 
-def torch_conv(x, filters, kernel_size, *, strides=1, padding=0, use_bias=True, name):
+def torch_conv(x: KerasTensor, filters: int, kernel_size: int, *, strides: int = 1, padding: int = 0,
+               use_bias: bool = True, name: str) -> KerasTensor:
     """Conv2D with PyTorch's symmetric padding.
 
     Keras' "same" pads the extra pixel of a strided convolution at the end
@@ -56,7 +64,7 @@ def torch_conv(x, filters, kernel_size, *, strides=1, padding=0, use_bias=True, 
     return layers.Conv2D(filters, kernel_size, strides=strides, use_bias=use_bias, name=name)(x)
 
 
-def max_pool_ceil(x, pool_size, strides, *, name):
+def max_pool_ceil(x: KerasTensor, pool_size: int, strides: int, *, name: str) -> KerasTensor:
     """MaxPool2d with PyTorch's `ceil_mode=True` and no padding.
 
     Ceil mode keeps a last, partial window; padding `strides - 1` pixels at
@@ -69,7 +77,7 @@ def max_pool_ceil(x, pool_size, strides, *, name):
     return layers.MaxPooling2D(pool_size, strides=strides, name=name)(x)
 
 
-def pad_channels(x, extra, *, name):
+def pad_channels(x: KerasTensor, extra: int, *, name: str) -> KerasTensor:
     """Append `extra` zero channels, split evenly before and after.
 
     The parameter-free "option A" shortcut of He et al. (2016) for CIFAR.
@@ -91,16 +99,16 @@ def pad_channels(x, extra, *, name):
 
 
 def classifier_head(
-    x,
+    x: KerasTensor,
     *,
-    include_top,
-    num_classes,
-    pooling,
-    classifier_activation,
-    dropout=0.0,
-    pool_name="avg_pool",
-    dense_name="predictions",
-):
+    include_top: bool,
+    num_classes: int,
+    pooling: str | None,
+    classifier_activation: str | Callable | None,
+    dropout: float = 0.0,
+    pool_name: str = "avg_pool",
+    dense_name: str = "predictions",
+) -> KerasTensor:
     """Global average pooling -> dropout -> Dense, or the pooled features.
 
     The generic head of keras-hub's `ImageClassifier`: with `include_top`
@@ -115,7 +123,7 @@ def classifier_head(
     return feature_pooling(x, pooling)
 
 
-def feature_pooling(x, pooling):
+def feature_pooling(x: KerasTensor, pooling: str | None) -> KerasTensor:
     if pooling == "avg":
         return layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if pooling == "max":
@@ -124,17 +132,17 @@ def feature_pooling(x, pooling):
 
 
 def flatten_head(
-    x,
+    x: KerasTensor,
     *,
-    include_top,
-    num_classes,
-    pooling,
-    classifier_activation,
-    hidden,
-    dropout=0.0,
-    names=None,
-    dense_name="predictions",
-):
+    include_top: bool,
+    num_classes: int,
+    pooling: str | None,
+    classifier_activation: str | Callable | None,
+    hidden: Sequence[int],
+    dropout: float = 0.0,
+    names: Sequence[str] | None = None,
+    dense_name: str = "predictions",
+) -> KerasTensor:
     """Flatten -> (Dense + ReLU + dropout) per hidden width -> Dense: the head
     of LeNet, AlexNet and VGG. `names` names the hidden Dense layers."""
     if not include_top:

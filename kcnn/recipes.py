@@ -10,10 +10,15 @@ never another family's. `--recipe NAME` picks another by name (`recipe_names()`)
 This module imports nothing of Keras: `kcnn --help` and `kcnn info` read it.
 """
 
+from __future__ import annotations
+
 import dataclasses
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from kcnn.errors import InvalidArgumentError
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from kcnn.registry import ModelInfo
 
 PLAIN_NAME = "plain"
 
@@ -41,11 +46,11 @@ class Recipe:
     image_size: Optional[int] = None
     note: str = ""  # where it comes from and what it reached, with the command
 
-    def settings(self):
+    def settings(self) -> dict[str, Any]:
         """The TrainConfig fields this recipe sets."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("name", "note")}
 
-    def describe(self):
+    def describe(self) -> str:
         """One line for `kcnn info`."""
         parts = [f"{self.optimizer} lr {self.learning_rate:g} ({self.schedule})", f"batch {self.batch_size}",
                  f"{self.epochs} epochs", f"weight decay {self.weight_decay:g}", f"augment {self.augment}"]
@@ -84,7 +89,7 @@ DEFAULT_ARCH = {"mnist": "lenet5", "cifar10": "airbench", "cifar10_sample": "cif
                 "digits": "cifar_resnet20", "folder": "cifar_resnet20"}
 
 
-def recipe_for(info, dataset, name=None):
+def recipe_for(info: ModelInfo, dataset: str, name: str | None = None) -> Recipe:
     """The recipe `info`'s architecture trains with on `dataset` (a key of PLAIN): `name` if given (one of
     `recipe_names(dataset)`), else the one its model file declares for the dataset, else the plain one."""
     own = dict(getattr(info, "recipes", None) or {})
@@ -102,7 +107,7 @@ def recipe_for(info, dataset, name=None):
     return found[0]
 
 
-def recipe_names(dataset):
+def recipe_names(dataset: str) -> tuple[str, ...]:
     return (PLAIN_NAME, *sorted({r.name for r in _declared(dataset)}))
 
 

@@ -7,6 +7,8 @@ directly, shares one keyword-only signature and one set of argument checks,
 all of which run before any layer or weight is made.
 """
 
+from __future__ import annotations
+
 import contextlib
 import dataclasses
 import difflib
@@ -109,7 +111,7 @@ class TrainingHooks:
     training_kwargs: dict = None
     init_from_data: Callable = None
 
-    def outputs_for(self, image_shape):
+    def outputs_for(self, image_shape: tuple[int, int, int]) -> dict[str, float] | None:
         return self.training_outputs(image_shape) if self.training_outputs else None
 
 

@@ -132,3 +132,36 @@ def test_configs_and_the_flag_generator_import_no_keras_or_backend_at_the_top(mo
                  [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
         found += [name for name in names if name.split(".")[0] in heavy]
     assert not found, f"kcnn/{module} imports {found} at the top"
+
+
+# Public functions left without type hints, each named, in files this check's author was not free to edit (others
+# were changing them): remove an entry once its function is annotated.
+UNANNOTATED = {
+    ("cli/__init__.py", "exits_on_bad_input"),  # -> Iterator[None] (a contextlib.contextmanager)
+}
+
+
+def test_every_public_function_has_type_hints():
+    """Every public function and method (name without a leading `_`, at the top of a module or in a class whose
+    name has none) has type hints: on at least one parameter or its return value (py.typed promises them)."""
+    missing = []
+    for folder, _, names in os.walk(PACKAGE):
+        for file_name in sorted(names):
+            if not file_name.endswith(".py"):
+                continue
+            path = os.path.join(folder, file_name)
+            module = os.path.relpath(path, PACKAGE).replace(os.sep, "/")
+            for node in ast.parse(open(path).read()).body:
+                items = [node]
+                if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                    items = [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+                for function in items:
+                    if not isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                            or function.name.startswith("_"):
+                        continue
+                    arguments = [a for a in function.args.args + function.args.kwonlyargs + function.args.posonlyargs
+                                 if a.arg not in ("self", "cls")]
+                    if function.returns is None and not any(a.annotation for a in arguments) \
+                            and (module, function.name) not in UNANNOTATED:
+                        missing.append(f"kcnn/{module}:{function.lineno} {function.name}")
+    assert not missing, f"public functions without type hints: {', '.join(sorted(missing))}"

@@ -1,13 +1,18 @@
 """Building models without running initializers whose values a weights file replaces (JAX draws each one
 as a compiled random draw), and shapes-only builds."""
 
+from __future__ import annotations
+
 import contextlib
+from typing import Callable, ContextManager, Iterator, TypeVar
 
 import keras
 
+_T = TypeVar("_T")
+
 
 @contextlib.contextmanager
-def weightless_scope():
+def weightless_scope() -> Iterator[None]:
     """Build models for their shapes only.
 
     Inside a `keras.StatelessScope`, the JAX backend defers creating weight
@@ -24,7 +29,7 @@ def weightless_scope():
     keras_private.set_uninitialized_variables(before)
 
 
-def initializers_deferred():
+def initializers_deferred() -> ContextManager[None]:
     """A scope in which models whose weights are about to be replaced (by a weights file) are built without
     running their initializers, on JAX: each is a traced and compiled random draw there, more time than
     reading the file (densenet121: 5.8 s of build against 0.4 s). Call `initialize_the_rest(model)` once
@@ -35,7 +40,7 @@ def initializers_deferred():
     return contextlib.nullcontext()
 
 
-def initialize_the_rest(model):
+def initialize_the_rest(model: keras.Model) -> None:
     """Run the initializers of `model`'s variables that nothing has given a value (see
     `initializers_deferred`), in the order they were made."""
     from kcnn.backends import keras_private
@@ -45,7 +50,7 @@ def initialize_the_rest(model):
             keras_private.initialize(variable)
 
 
-def without_initializer_draws(load):
+def without_initializer_draws(load: Callable[[], _T]) -> _T:
     """`load()`: a function that makes a model and assigns every weight from a file
     (`keras.saving.load_model`), run on JAX without the initializers whose values the file replaces (each
     is a traced and compiled random draw there: a googlenet run's model.keras took 22.9 s to load, 0.6 s

@@ -15,8 +15,15 @@ compute that way, for work done inside kcnn (feature extraction, fine-tuning);
 DepthwiseConv2D, so they load anywhere without kcnn.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import keras
 from keras import ops
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import jax
 
 
 class FastDepthwiseConv2D(keras.layers.DepthwiseConv2D):
@@ -24,7 +31,7 @@ class FastDepthwiseConv2D(keras.layers.DepthwiseConv2D):
     XLA's grouped convolution: the same weights and, up to float rounding,
     the same outputs."""
 
-    def call(self, inputs):
+    def call(self, inputs: jax.Array) -> jax.Array:  # (JAX only: traced arrays, symbolic calls included)
         channels_first = self.data_format == "channels_first"
         height_axis = 2 if channels_first else 1
         size = tuple(inputs.shape[height_axis:height_axis + 2])
@@ -94,7 +101,7 @@ class FastDepthwiseConv2D(keras.layers.DepthwiseConv2D):
         return outputs
 
 
-def needed():
+def needed() -> bool:
     """True on the JAX backend running on the CPU."""
     if keras.backend.backend() != "jax":
         return False
@@ -103,7 +110,7 @@ def needed():
     return jax.default_backend() == "cpu"
 
 
-def with_fast_depthwise(model):
+def with_fast_depthwise(model: keras.Model) -> keras.Model:
     """`model`, or where it pays (JAX on the CPU) a copy of it whose depthwise
     layers are FastDepthwiseConv2D, with the same weights and trainable flags."""
     if not needed() or not any(_replaceable(layer) for layer in model.layers):
@@ -123,7 +130,7 @@ def with_fast_depthwise(model):
     return copy
 
 
-def copy_weights(source, target):
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
     """Set every weighted layer of `target` from the layer of the same name in `source`."""
     if source is target:
         return

@@ -1,9 +1,12 @@
 """The mixed-precision policy this machine trains fastest in, read from its CPU's instruction sets."""
 
+from __future__ import annotations
+
 import functools
 import os
 import re
 import sys
+from typing import Collection
 
 import keras
 
@@ -21,7 +24,7 @@ NATIVE_BFLOAT16 = ("amx_bf16", "avx512_bf16", "bf16")
 _told = set()  # the float32 reasons already printed by this process
 
 
-def cpu_flags(cpuinfo=None):
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str] | None:
     """This CPU's instruction-set flags, lower case as Linux names them ("avx2", "avx512_bf16", "amx_bf16"; on Arm
     "asimd", "bf16"), or None where they cannot be read.
 
@@ -62,19 +65,20 @@ def _this_cpu_flags():
     return None
 
 
-def instruction_sets(flags):
+def instruction_sets(flags: Collection[str] | None) -> list[str]:
     """The usual names of the instruction sets in `flags` (`cpu_flags`) that decide training speed, in
     SPEED_INSTRUCTION_SETS' order: ["AVX2", "AVX-512F", "AVX-512 BF16", "AMX"]."""
     return [name for flag, name in SPEED_INSTRUCTION_SETS if flag in (flags or ())]
 
 
-def native_bfloat16(flags):
+def native_bfloat16(flags: Collection[str] | None) -> list[str]:
     """The usual names of the instruction sets in `flags` that compute in bfloat16: ["AMX", "AVX-512 BF16"]."""
     names = dict(SPEED_INSTRUCTION_SETS)
     return [names[flag] for flag in NATIVE_BFLOAT16 if flag in (flags or ())]
 
 
-def precision_decision(*, backend=None, device=None, cpuinfo=None):
+def precision_decision(*, backend: str | None = None, device: str | None = None,
+                       cpuinfo: str | None = None) -> tuple[str, str]:
     """(policy, reason): the Keras policy `--mixed-precision` trains in on this machine, and why in a few words.
 
     - On a GPU, half precision: float16 for torch on CUDA (its usual choice) and on an Apple GPU; for TensorFlow
@@ -147,7 +151,7 @@ def _compute_device(backend):
     return "cpu"
 
 
-def mixed_precision_policy():
+def mixed_precision_policy() -> str:
     """The Keras policy `--mixed-precision` trains in on this machine (`precision_decision`, which
     KCNN_MIXED_PRECISION=bfloat16|float16|float32 overrides). Where that is float32, one line on stderr says why,
     once per process."""

@@ -28,8 +28,11 @@ renorm, LoRA, quantization, depth multipliers above 1, torch.compile tracing)
 keep Keras' code.
 """
 
+from __future__ import annotations
+
 import os
 import weakref
+from typing import Iterator
 
 import keras
 
@@ -42,12 +45,12 @@ STORE_KERNELS_IN_TORCH_LAYOUT = True
 FOLD_BATCH_NORMS = True
 
 
-def enabled():
+def enabled() -> bool:
     """True on the torch backend unless KCNN_TORCH_FAST=0."""
     return keras.backend.backend() == "torch" and os.environ.get(ENV_SWITCH, "1") != "0"
 
 
-def accelerate(model):
+def accelerate(model: keras.Model) -> keras.Model:
     """Give `model`'s convolution and batch-norm layers native torch kernels
     (see the module's docstring); returns `model` itself. A no-op on other
     backends, with KCNN_TORCH_FAST=0, and for layers it does not cover."""
@@ -102,7 +105,7 @@ def _store_kernel_in_torch_layout(layer):
                                   torch.nn.Parameter(weight.permute(inverse), requires_grad=old.requires_grad))
 
 
-def foldable_pairs(model):
+def foldable_pairs(model: keras.layers.Layer) -> Iterator[tuple[keras.layers.Layer, keras.layers.BatchNormalization]]:
     """(convolution, batch norm) pairs of `model` where the batch norm is the convolution's only
     consumer and the convolution's output is not one of the model's outputs: in inference the
     normalisation can go into the convolution's kernel and bias (one pass over the maps less)."""
@@ -123,17 +126,17 @@ def foldable_pairs(model):
             yield producer, layer
 
 
-def is_accelerated(layer):
+def is_accelerated(layer: keras.Operation) -> bool:
     """Whether `accelerate` gave this layer torch kernels."""
     return "call" in vars(layer)
 
 
-def took_keras_call(layer):
+def took_keras_call(layer: keras.layers.Layer) -> bool:
     """Whether an accelerated layer met an input the torch kernels do not cover (and ran Keras' code)."""
     return bool(vars(layer).get("_kcnn_took_keras_call"))
 
 
-def layers_of(model):
+def layers_of(model: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
     """`model` and every layer in it, nested models included."""
     stack, seen = [model], set()
     while stack:

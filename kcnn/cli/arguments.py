@@ -6,18 +6,23 @@ jsonargparse or tyro: forty lines over argparse cover these flat dataclasses, an
 more than argparse and the configs (no Keras, no backend).
 """
 
+from __future__ import annotations
+
 import argparse
 import dataclasses
 import typing
+from typing import Sequence, TypeVar
 
-from kcnn.config import read_config_file
+from kcnn.config import RunConfig, read_config_file
 from kcnn.recipes import Recipe
 
 _HOW_IT_RUNS = ("distribute", "seed", "limit", "output_dir", "export", "resume", "overwrite")
 _RECIPE_FIELDS = {field.name for field in dataclasses.fields(Recipe)}
+_Config = TypeVar("_Config", bound=RunConfig)  # a TrainConfig or a FinetuneConfig
 
 
-def add_config_arguments(parser, kind, defaults=None):
+def add_config_arguments(parser: argparse.ArgumentParser, kind: type[RunConfig],
+                         defaults: RunConfig | None = None) -> None:
     """One flag per field of `kind` (a RunConfig subclass), and `--config FILE`; `defaults`: a `kind` config whose
     values `--help` shows (by default the fields' own)."""
     parser.add_argument("--config", metavar="FILE",
@@ -42,7 +47,7 @@ def add_config_arguments(parser, kind, defaults=None):
         parser.add_argument(*flags, **options)
 
 
-def config_from_args(kind, args, defaults=None):
+def config_from_args(kind: type[_Config], args: argparse.Namespace, defaults: _Config | None = None) -> _Config:
     """The `kind` config the command line asks for: `defaults` (a `kind` config), the config file's values, then
     the flags given."""
     values = dataclasses.asdict(defaults) if defaults is not None else {}
@@ -53,7 +58,8 @@ def config_from_args(kind, args, defaults=None):
     return kind(**values)
 
 
-def parse_config(defaults, argv, *, prog=None, description=None):
+def parse_config(defaults: _Config, argv: Sequence[str] | None, *, prog: str | None = None,
+                 description: str | None = None) -> _Config:
     """A script's config: `defaults` (a config object, the script's own), then `--config FILE`, then the flags in
     `argv`; `--help` lists every flag with the script's defaults."""
     kind = type(defaults)

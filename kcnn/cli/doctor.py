@@ -15,6 +15,8 @@ into one process is slow and can conflict), all three at once, so a broken
 backend is reported as broken instead of stopping the doctor.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import importlib.util
 import json
@@ -90,11 +92,11 @@ class Report:
     mixed_precision: tuple = ()  # (policy, reason): kcnn.backends.precision.precision_decision, or ("", what went wrong)
 
     @property
-    def files(self):
+    def files(self) -> list[FileCheck]:
         return [c for checks in self.datasets.values() for c in checks] + [self.sample] + self.weights
 
     @property
-    def failures(self):
+    def failures(self) -> list[FileCheck]:
         """Present files that do not match their published checksums (or cannot be read)."""
         return [c for c in self.files if c.status in (MISMATCH, UNREADABLE)]
 

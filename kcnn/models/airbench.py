@@ -9,10 +9,18 @@ Dense layer whose logits are scaled by 1/9. It is the speed recipe behind
 `bench/cifar10.py`; `widths` makes narrower variants for slow machines.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Sequence
+
 from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 from kcnn.layers import channel_axis, image_input
 from kcnn.recipes import Recipe
 from kcnn.registry import TORCH_COUNT, TrainingHooks, register_model
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import numpy as np
+    from keras import Model
 
 WHITEN_NAME = "whiten"
 # The first layer is set from the data, not learned: training whitens 2x2 patches of (up to 5,000) images.
@@ -49,8 +57,9 @@ def _block(x, filters, *, name):
     min_size=16, source="airbench94 (Jordan 2024) with batch-norm scale fixed at 1 (scale=False)",
     training=TRAINING, recipes=RECIPES,
 )
-def airbench(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
-             widths=(64, 256, 256)):
+def airbench(*, num_classes: int, input_shape: tuple[int, int, int], include_top: bool, pooling: str | None,
+             classifier_activation: str | Callable | None, name: str,
+             widths: Sequence[int] = (64, 256, 256)) -> Model:
     """airbench94-style CIFAR-10 speed network (1.97M parameters at default widths)."""
     inputs = image_input(input_shape)
     channels = input_shape[channel_axis()]
@@ -72,7 +81,7 @@ def airbench(*, num_classes, input_shape, include_top, pooling, classifier_activ
     return keras.Model(inputs, x, name=name)
 
 
-def init_whitening(model, images, epsilon=5e-4):
+def init_whitening(model: Model, images: np.ndarray, epsilon: float = 5e-4) -> None:
     """Set the frozen `whiten` layer of `model` (or of a model nested in it)
     from uint8/float images (N, H, W, C) in the 0-255 range the model sees
     after its own normalisation; `images` should already be normalised the
@@ -109,7 +118,8 @@ def _find_layer(model, name):
     min_size=16, source="airbench with widths 32, 64, 128 (kcnn's smaller variant)", training=TRAINING,
     recipes=RECIPES,
 )
-def airbench_small(*, num_classes, input_shape, include_top, pooling, classifier_activation, name):
+def airbench_small(*, num_classes: int, input_shape: tuple[int, int, int], include_top: bool, pooling: str | None,
+                   classifier_activation: str | Callable | None, name: str) -> Model:
     """airbench at widths 32, 64, 128: a quarter of the work, for MNIST and slow machines."""
     return airbench.__wrapped__(num_classes=num_classes, input_shape=input_shape, include_top=include_top,
                                 pooling=pooling, classifier_activation=classifier_activation, name=name,

@@ -7,11 +7,18 @@ its padding gives the 110 -> 55 -> 26 -> 13 -> 6 maps of the paper.
 Variants are data: each row is (filters, kernel, stride, padding, pool after).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
 from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import feature_pooling, flatten_head, image_input, torch_conv
 from kcnn.registry import register_model
 from kcnn.weights import TORCHVISION, torchvision_source
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from keras import Model
 
 # (filters, kernel, stride, padding before the conv, max pool 3/2 after: None, "valid", "same")
 ALEXNET_CONVS = [
@@ -50,7 +57,7 @@ def _build_alexnet(convs, *, num_classes, input_shape, include_top, pooling, cla
     input_shape=(227, 227, 3), params=62_378_344, min_size=67,
     source="lecture notes' AlexNet table (one tower, no LRN)", test_input_shape=(67, 67, 3),
 )
-def alexnet(*, dropout=0.5, **kwargs):
+def alexnet(*, dropout: float = 0.5, **kwargs: Any) -> Model:
     """AlexNet, one tower without LRN: 5 convs, Dense 4096, 4096, classes."""
     return _build_alexnet(ALEXNET_CONVS, dropout=dropout, **kwargs)
 
@@ -61,7 +68,7 @@ def alexnet(*, dropout=0.5, **kwargs):
     input_shape=(224, 224, 3), params=62_357_608, min_size=53,
     source="derived from Zeiler & Fergus 2013, Fig. 3", test_input_shape=(64, 64, 3),
 )
-def zfnet(*, dropout=0.5, **kwargs):
+def zfnet(*, dropout: float = 0.5, **kwargs: Any) -> Model:
     """ZFNet: AlexNet with 7x7/2 and 5x5/2 first layers (Zeiler & Fergus)."""
     return _build_alexnet(ZFNET_CONVS, dropout=dropout, **kwargs)
 
@@ -72,8 +79,9 @@ def zfnet(*, dropout=0.5, **kwargs):
     source="torchvision alexnet", test_input_shape=(224, 224, 3), checkpoint=TORCHVISION,
     pretrained=[torchvision_source("alexnet_torchvision", "alexnet-owt-7be5be79.pth", 56.522, 79.066)],
 )
-def alexnet_torchvision(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
-                        dropout=0.5):
+def alexnet_torchvision(*, num_classes: int, input_shape: tuple[int, int, int], include_top: bool, pooling: str | None,
+                        classifier_activation: str | Callable | None, name: str,
+                        dropout: float = 0.5) -> Model:
     """AlexNet in torchvision's layout (64-192-384-256-256 filters), so that
     torchvision checkpoints load: layer names are its module paths."""
     inputs = image_input(input_shape)

@@ -5,19 +5,27 @@ has 1.5 billion weights (5.645 GiB of float32), against 1.4 million for the
 four-layer `simple_cnn` on the same images.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Sequence
+
 from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.errors import InvalidArgumentError
 from kcnn.layers import feature_pooling, image_input
 from kcnn.registry import register_model
 
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from keras import Model
+
 
 @register_model(
     input_shape=(224, 224, 3), num_classes=10, params=1_515_392_110, min_size=1,
     source="lecture notes: 3x224x224 -> 10000 -> 1000 -> 100 -> 10", test_input_shape=(8, 8, 3),
 )
-def mlp(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
-        hidden=(10000, 1000, 100)):
+def mlp(*, num_classes: int, input_shape: tuple[int, int, int], include_top: bool, pooling: str | None,
+        classifier_activation: str | Callable | None, name: str,
+        hidden: Sequence[int] = (10000, 1000, 100)) -> Model:
     """Fully connected baseline: flatten, then Dense 10000, 1000, 100, classes."""
     if pooling is not None:
         raise InvalidArgumentError(
@@ -37,8 +45,10 @@ def mlp(*, num_classes, input_shape, include_top, pooling, classifier_activation
     source="lecture notes: 4 convs (8, 24, 32, 48; kernels 5, 5, 3, 3; stride 2) + 200 + 10",
     test_input_shape=(40, 40, 3),
 )
-def simple_cnn(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
-               filters=(8, 24, 32, 48), kernels=(5, 5, 3, 3), hidden=200):
+def simple_cnn(*, num_classes: int, input_shape: tuple[int, int, int], include_top: bool, pooling: str | None,
+               classifier_activation: str | Callable | None, name: str,
+               filters: Sequence[int] = (8, 24, 32, 48), kernels: Sequence[int] = (5, 5, 3, 3),
+               hidden: int = 200) -> Model:
     """The notes' small CNN: four stride-2 convolutions, Dense 200, Dense classes."""
     inputs = image_input(input_shape)
     x = inputs

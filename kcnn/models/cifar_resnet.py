@@ -9,16 +9,23 @@ parameter-free "option A" shortcut (subsample, then zero-pad the channels);
 The paper's table: 0.27M (20 layers), 0.85M (56), 1.7M (110).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.errors import InvalidArgumentError
 from kcnn.layers import channel_axis, classifier_head, image_input, pad_channels, torch_conv
 from kcnn.registry import TORCH_COUNT, register_model
 
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from keras import KerasTensor
+
 SHORTCUTS = ("identity", "projection", None)
 
 
-def cifar_block(x, filters, *, strides, shortcut, name):
+def cifar_block(x: KerasTensor, filters: int, *, strides: int, shortcut: str | None, name: str) -> KerasTensor:
     """Basic block; `shortcut` is "identity" (option A), "projection" (option B) or None (plain)."""
     bn = dict(axis=channel_axis(), epsilon=1e-5)
     residual = x

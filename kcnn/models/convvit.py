@@ -10,10 +10,17 @@ tokens are averaged into the classifier. Everything is a built-in Keras
 layer. Two sizes: `convvit_cifar` for 32x32 and `convvit_small` for 224x224.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import conv_bn_act, image_input
 from kcnn.registry import register_model
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from keras import KerasTensor, Model
 
 CONFIGS = {
     # stem: (filters, stride) per conv; the last filters are the token width.
@@ -22,7 +29,7 @@ CONFIGS = {
 }
 
 
-def transformer_block(x, *, heads, mlp_ratio, dropout, name):
+def transformer_block(x: KerasTensor, *, heads: int, mlp_ratio: int, dropout: float, name: str) -> KerasTensor:
     """Pre-norm encoder block: x + MHA(LN(x)), then x + MLP(LN(x))."""
     width = x.shape[-1]
     y = layers.LayerNormalization(epsilon=1e-6, name=f"{name}_norm1")(x)
@@ -66,13 +73,13 @@ def _build_convvit(config, *, num_classes, input_shape, include_top, pooling, cl
 # that any change to the architecture is deliberate.
 @register_model(input_shape=(32, 32, 3), num_classes=10, params=2_084_554, min_size=4,
                 source="kcnn design (conv stem to 8x8 tokens, 6 blocks of width 192)")
-def convvit_cifar(*, dropout=0.0, **kwargs):
+def convvit_cifar(*, dropout: float = 0.0, **kwargs: Any) -> Model:
     """Conv stem + 6-block transformer (width 192, 3 heads) for 32x32 images."""
     return _build_convvit(CONFIGS["convvit_cifar"], dropout=dropout, **kwargs)
 
 
 @register_model(input_shape=(224, 224, 3), params=5_917_384, min_size=16, test_input_shape=(64, 64, 3),
                 source="kcnn design (conv stem to 14x14 tokens, 8 blocks of width 256)")
-def convvit_small(*, dropout=0.0, **kwargs):
+def convvit_small(*, dropout: float = 0.0, **kwargs: Any) -> Model:
     """Conv stem + 8-block transformer (width 256, 4 heads) for 224x224 images."""
     return _build_convvit(CONFIGS["convvit_small"], dropout=dropout, **kwargs)

@@ -5,13 +5,19 @@ Layer names and creation order match `keras.applications.DenseNet121/169/201`
 files load unchanged. Growth rate 32, bottleneck 4x, compression 0.5.
 """
 
+from __future__ import annotations
+
 import re
+from typing import TYPE_CHECKING, Any
 
 from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import channel_axis, classifier_head, image_input
 from kcnn.registry import register_model
 from kcnn.weights import CheckpointLayout, keras_applications_source, torchvision_source
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from keras import KerasTensor, Model
 
 GROWTH_RATE = 32
 
@@ -36,7 +42,7 @@ def _torchvision_name(key):
 TORCHVISION_CHECKPOINT = CheckpointLayout("torchvision_densenet", _torchvision_name, epsilon=1e-5)
 
 
-def dense_layer(x, growth_rate, *, name):
+def dense_layer(x: KerasTensor, growth_rate: int, *, name: str) -> KerasTensor:
     """BN-ReLU-Conv1x1(4k)-BN-ReLU-Conv3x3(k), concatenated to its input."""
     bn = dict(axis=channel_axis(), epsilon=1.001e-5)
     y = layers.BatchNormalization(name=f"{name}_0_bn", **bn)(x)
@@ -48,7 +54,7 @@ def dense_layer(x, growth_rate, *, name):
     return layers.Concatenate(axis=channel_axis(), name=f"{name}_concat")([x, y])
 
 
-def transition(x, reduction, *, name):
+def transition(x: KerasTensor, reduction: float, *, name: str) -> KerasTensor:
     """BN-ReLU-Conv1x1 (channels x reduction)-AvgPool 2/2."""
     x = layers.BatchNormalization(axis=channel_axis(), epsilon=1.001e-5, name=f"{name}_bn")(x)
     x = layers.Activation("relu", name=f"{name}_relu")(x)
@@ -89,7 +95,7 @@ _DENSENET = dict(input_shape=(224, 224, 3), min_size=32, test_input_shape=(32, 3
                 pretrained=[keras_applications_source("densenet121", "densenet121_weights_tf_dim_ordering_tf_kernels.h5",
                                                       "9d60b8095a5708f2dcce2bca79d332c7", 75.0),
                             _torchvision("densenet121", "densenet121-a639ec97.pth", 74.434, 91.972)])
-def densenet121(**kwargs):
+def densenet121(**kwargs: Any) -> Model:
     """DenseNet-121 (dense blocks 6-12-24-16)."""
     return _build_densenet((6, 12, 24, 16), **kwargs)
 
@@ -98,7 +104,7 @@ def densenet121(**kwargs):
                 pretrained=[keras_applications_source("densenet169", "densenet169_weights_tf_dim_ordering_tf_kernels.h5",
                                                       "d699b8f76981ab1b30698df4c175e90b", 76.2),
                             _torchvision("densenet169", "densenet169-b2777c0a.pth", 75.600, 92.806)])
-def densenet169(**kwargs):
+def densenet169(**kwargs: Any) -> Model:
     """DenseNet-169 (dense blocks 6-12-32-32)."""
     return _build_densenet((6, 12, 32, 32), **kwargs)
 
@@ -107,6 +113,6 @@ def densenet169(**kwargs):
                 pretrained=[keras_applications_source("densenet201", "densenet201_weights_tf_dim_ordering_tf_kernels.h5",
                                                       "1ceb130c1ea1b78c3bf6114dbdfd8807", 77.3),
                             _torchvision("densenet201", "densenet201-c1103571.pth", 76.896, 93.370)])
-def densenet201(**kwargs):
+def densenet201(**kwargs: Any) -> Model:
     """DenseNet-201 (dense blocks 6-12-48-32)."""
     return _build_densenet((6, 12, 48, 32), **kwargs)

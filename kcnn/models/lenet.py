@@ -6,18 +6,26 @@ zero-padded by 2 to the 32x32 the architecture was designed for, which keeps
 the parameter count at 61,706.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
 from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import feature_pooling, image_input
 from kcnn.registry import register_model
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from keras import Model
 
 
 @register_model(
     input_shape=(32, 32, 1), num_classes=10, params=61_706, min_size=12,
     source="LeCun et al. 1998; lecture notes", test_input_shape=(28, 28, 1),
 )
-def lenet5(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
-           activation="relu", pool="max"):
+def lenet5(*, num_classes: int, input_shape: tuple[int, int, int], include_top: bool, pooling: str | None,
+           classifier_activation: str | Callable | None, name: str, activation: str = "relu",
+           pool: str = "max") -> Model:
     """LeNet-5: conv 6@5x5, pool, conv 16@5x5, pool, Dense 120, 84, classes."""
     pooling_layer = {"max": layers.MaxPooling2D, "avg": layers.AveragePooling2D}[pool]
     inputs = image_input(input_shape)

@@ -6,13 +6,19 @@ Layer names and creation order match `keras.applications.MobileNet` and
 files load unchanged. Other `alpha` values build the thinner networks.
 """
 
+from __future__ import annotations
+
 import functools
+from typing import TYPE_CHECKING, Callable
 
 from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import channel_axis, feature_pooling, image_input
 from kcnn.registry import TORCH_COUNT, register_model
 from kcnn.weights import NO_HASH, TF, TORCHVISION, keras_applications_source, torchvision_source
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from keras import KerasTensor, Model
 
 # MobileNet v1: (pointwise filters, stride) of depthwise-separable blocks 1..13.
 V1_BLOCKS = [(64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1), (512, 1), (512, 1),
@@ -22,13 +28,13 @@ V2_STAGES = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96,
              (6, 320, 1, 1)]
 
 
-def make_divisible(value, divisor=8):
+def make_divisible(value: float, divisor: int = 8) -> int:
     """Round channels to a multiple of `divisor`, never more than 10% down."""
     rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def stride2_padding(x, kernel_size=3):
+def stride2_padding(x: KerasTensor, kernel_size: int = 3) -> tuple[tuple[int, int], tuple[int, int]]:
     """keras.applications' `correct_pad`: TF-style "same" padding, made explicit."""
     axis = 2 if keras.config.image_data_format() == "channels_first" else 1
     size = x.shape[axis:axis + 2]
@@ -37,7 +43,7 @@ def stride2_padding(x, kernel_size=3):
     return ((half - adjust[0], half), (half - adjust[1], half))
 
 
-def depthwise_separable_block(x, filters, *, strides, block_id):
+def depthwise_separable_block(x: KerasTensor, filters: int, *, strides: int, block_id: int) -> KerasTensor:
     """Depthwise 3x3 -> BN -> ReLU6 -> pointwise 1x1 -> BN -> ReLU6."""
     if strides == 1:
         padding = "same"
@@ -52,7 +58,8 @@ def depthwise_separable_block(x, filters, *, strides, block_id):
     return layers.ReLU(6.0, name=f"conv_pw_{block_id}_relu")(x)
 
 
-def inverted_residual_block(x, *, expansion, filters, strides, block_id):
+def inverted_residual_block(x: KerasTensor, *, expansion: int, filters: int, strides: int,
+                            block_id: int) -> KerasTensor:
     """Expand 1x1 -> depthwise 3x3 -> linear project 1x1, residual when shapes match."""
     bn = dict(axis=channel_axis(), epsilon=1e-3, momentum=0.999)
     in_channels = x.shape[channel_axis()]
@@ -79,8 +86,9 @@ def inverted_residual_block(x, *, expansion, filters, strides, block_id):
                 source="keras.applications.MobileNet", test_input_shape=(32, 32, 3),
                 pretrained=[keras_applications_source("mobilenet", "mobilenet_1_0_224_tf.h5", None, 70.4, **TF,
                                                       note=NO_HASH)])
-def mobilenet(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
-              alpha=1.0, dropout=1e-3):
+def mobilenet(*, num_classes: int, input_shape: tuple[int, int, int], include_top: bool, pooling: str | None,
+              classifier_activation: str | Callable | None, name: str,
+              alpha: float = 1.0, dropout: float = 1e-3) -> Model:
     """MobileNet v1: a 3x3/2 conv and 13 depthwise-separable blocks."""
     inputs = image_input(input_shape)
     x = layers.Conv2D(int(32 * alpha), 3, strides=2, padding="same", use_bias=False, name="conv1")(inputs)
@@ -105,8 +113,9 @@ def mobilenet(*, num_classes, input_shape, include_top, pooling, classifier_acti
                 pretrained=[keras_applications_source(
                     "mobilenet_v2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5", None, 71.3, **TF,
                     note=NO_HASH)])
-def mobilenet_v2(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
-                 alpha=1.0, dropout=0.0):
+def mobilenet_v2(*, num_classes: int, input_shape: tuple[int, int, int], include_top: bool, pooling: str | None,
+                 classifier_activation: str | Callable | None, name: str,
+                 alpha: float = 1.0, dropout: float = 0.0) -> Model:
     """MobileNet v2: inverted residual blocks with linear bottlenecks."""
     bn = dict(axis=channel_axis(), epsilon=1e-3, momentum=0.999)
     inputs = image_input(input_shape)
@@ -139,8 +148,9 @@ def mobilenet_v2(*, num_classes, input_shape, include_top, pooling, classifier_a
                                        resize_size=232),
                     torchvision_source("mobilenet_v2_torchvision", "mobilenet_v2-b0353104.pth", 71.878, 90.286,
                                        name="imagenet1k_v1")])
-def mobilenet_v2_torchvision(*, num_classes, input_shape, include_top, pooling, classifier_activation, name,
-                             dropout=0.2):
+def mobilenet_v2_torchvision(*, num_classes: int, input_shape: tuple[int, int, int], include_top: bool,
+                             pooling: str | None, classifier_activation: str | Callable | None, name: str,
+                             dropout: float = 0.2) -> Model:
     """MobileNet v2 in torchvision's layout, so that torchvision checkpoints
     load: its module paths as names, symmetric padding, BN epsilon 1e-5."""
     bn = dict(axis=channel_axis(), epsilon=1e-5, momentum=0.9)

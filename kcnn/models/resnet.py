@@ -13,17 +13,24 @@ Two layouts, because two families of published weights exist:
   files load unchanged.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import channel_axis, classifier_head, image_input, torch_conv
 from kcnn.registry import TORCH_COUNT, register_model
 from kcnn.weights import CAFFE, TORCHVISION, keras_applications_source, torchvision_source
 
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from keras import KerasTensor, Model
+
 # ---------------------------------------------------------------------------
 # torchvision layout: basic blocks
 
 
-def basic_block(x, filters, *, strides, name):
+def basic_block(x: KerasTensor, filters: int, *, strides: int, name: str) -> KerasTensor:
     """torchvision's BasicBlock: 3x3 (strided) -> 3x3, projection when the shape changes."""
     shortcut = x
     if strides != 1 or x.shape[channel_axis()] != filters:
@@ -38,7 +45,7 @@ def basic_block(x, filters, *, strides, name):
     return layers.Activation("relu", name=f"{name}_relu2")(x)
 
 
-def torchvision_bottleneck(x, filters, *, strides, name):
+def torchvision_bottleneck(x: KerasTensor, filters: int, *, strides: int, name: str) -> KerasTensor:
     """torchvision's Bottleneck: 1x1 -> 3x3 (strided) -> 1x1 (4x filters), projection when the shape changes."""
     bn = dict(axis=channel_axis(), epsilon=1e-5)
     shortcut = x
@@ -79,7 +86,8 @@ def _build_torchvision_resnet(blocks_per_stage, *, num_classes, input_shape, inc
 # keras.applications layout: bottleneck blocks (names and order are a contract)
 
 
-def bottleneck_block(x, filters, *, strides=1, conv_shortcut=True, name):
+def bottleneck_block(x: KerasTensor, filters: int, *, strides: int = 1, conv_shortcut: bool = True,
+                     name: str) -> KerasTensor:
     """keras.applications' `residual_block_v1`: 1x1 (strided) -> 3x3 -> 1x1 (4x filters)."""
     bn = dict(axis=channel_axis(), epsilon=1.001e-5)
     if conv_shortcut:
@@ -124,14 +132,14 @@ _RESNET = dict(input_shape=(224, 224, 3), min_size=32, test_input_shape=(32, 32,
 
 @register_model(params=11_689_512, counted=TORCH_COUNT, source="torchvision resnet18", checkpoint=TORCHVISION,
                 **_RESNET, pretrained=[torchvision_source("resnet18", "resnet18-f37072fd.pth", 69.758, 89.078)])
-def resnet18(**kwargs):
+def resnet18(**kwargs: Any) -> Model:
     """ResNet-18, torchvision layout (basic blocks 2-2-2-2)."""
     return _build_torchvision_resnet((2, 2, 2, 2), **kwargs)
 
 
 @register_model(params=21_797_672, counted=TORCH_COUNT, source="torchvision resnet34", checkpoint=TORCHVISION,
                 **_RESNET, pretrained=[torchvision_source("resnet34", "resnet34-b627a593.pth", 73.314, 91.420)])
-def resnet34(**kwargs):
+def resnet34(**kwargs: Any) -> Model:
     """ResNet-34, torchvision layout (basic blocks 3-4-6-3)."""
     return _build_torchvision_resnet((3, 4, 6, 3), **kwargs)
 
@@ -139,7 +147,7 @@ def resnet34(**kwargs):
 @register_model(params=25_636_712, source="keras.applications.ResNet50", **_RESNET,
                 pretrained=[keras_applications_source("resnet50", "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
                                                       "2cb95161c43110f7111970584f804107", 74.9, **CAFFE)])
-def resnet50(**kwargs):
+def resnet50(**kwargs: Any) -> Model:
     """ResNet-50, keras.applications layout (bottlenecks 3-4-6-3)."""
     return _build_keras_resnet((3, 4, 6, 3), **kwargs)
 
@@ -147,7 +155,7 @@ def resnet50(**kwargs):
 @register_model(params=44_707_176, source="keras.applications.ResNet101", **_RESNET,
                 pretrained=[keras_applications_source("resnet101", "resnet101_weights_tf_dim_ordering_tf_kernels.h5",
                                                       "f1aeb4b969a6efcfb50fad2f0c20cfc5", 76.4, **CAFFE)])
-def resnet101(**kwargs):
+def resnet101(**kwargs: Any) -> Model:
     """ResNet-101, keras.applications layout (bottlenecks 3-4-23-3)."""
     return _build_keras_resnet((3, 4, 23, 3), **kwargs)
 
@@ -155,7 +163,7 @@ def resnet101(**kwargs):
 @register_model(params=60_419_944, source="keras.applications.ResNet152", **_RESNET,
                 pretrained=[keras_applications_source("resnet152", "resnet152_weights_tf_dim_ordering_tf_kernels.h5",
                                                       "100835be76be38e30d865e96f2aaae62", 76.6, **CAFFE)])
-def resnet152(**kwargs):
+def resnet152(**kwargs: Any) -> Model:
     """ResNet-152, keras.applications layout (bottlenecks 3-8-36-3)."""
     return _build_keras_resnet((3, 8, 36, 3), **kwargs)
 
@@ -171,7 +179,7 @@ def _torchvision_weights(arch, v2, v1):
                 **_RESNET, pretrained=_torchvision_weights("resnet50_torchvision",
                                                            ("resnet50-11ad3fa6.pth", 80.858, 95.434),
                                                            ("resnet50-0676ba61.pth", 76.130, 92.862)))
-def resnet50_torchvision(**kwargs):
+def resnet50_torchvision(**kwargs: Any) -> Model:
     """ResNet-50, torchvision layout (bottlenecks 3-4-6-3, stride on the 3x3), for torchvision's weights."""
     return _build_torchvision_resnet((3, 4, 6, 3), block=torchvision_bottleneck, **kwargs)
 
@@ -180,7 +188,7 @@ def resnet50_torchvision(**kwargs):
                 **_RESNET, pretrained=_torchvision_weights("resnet101_torchvision",
                                                            ("resnet101-cd907fc2.pth", 81.886, 95.780),
                                                            ("resnet101-63fe2227.pth", 77.374, 93.546)))
-def resnet101_torchvision(**kwargs):
+def resnet101_torchvision(**kwargs: Any) -> Model:
     """ResNet-101, torchvision layout (bottlenecks 3-4-23-3, stride on the 3x3), for torchvision's weights."""
     return _build_torchvision_resnet((3, 4, 23, 3), block=torchvision_bottleneck, **kwargs)
 
@@ -189,6 +197,6 @@ def resnet101_torchvision(**kwargs):
                 **_RESNET, pretrained=_torchvision_weights("resnet152_torchvision",
                                                            ("resnet152-f82ba261.pth", 82.284, 96.002),
                                                            ("resnet152-394f9c45.pth", 78.312, 94.046)))
-def resnet152_torchvision(**kwargs):
+def resnet152_torchvision(**kwargs: Any) -> Model:
     """ResNet-152, torchvision layout (bottlenecks 3-8-36-3, stride on the 3x3), for torchvision's weights."""
     return _build_torchvision_resnet((3, 8, 36, 3), block=torchvision_bottleneck, **kwargs)

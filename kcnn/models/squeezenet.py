@@ -6,11 +6,18 @@ torchvision's `ceil_mode=True`. The head is torchvision's: dropout, a 1x1
 convolution to the classes, ReLU, global average pooling.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import channel_axis, feature_pooling, image_input, max_pool_ceil
 from kcnn.registry import register_model
 from kcnn.weights import TORCHVISION, torchvision_source
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from keras import KerasTensor, Model
 
 # torchvision's `features` index: a conv (filters, kernel, stride), "pool", or a
 # Fire module (squeeze, expand 1x1, expand 3x3). Index 1 is the stem's ReLU.
@@ -24,7 +31,7 @@ FEATURES = {
 }
 
 
-def fire(x, squeeze, expand1x1, expand3x3, *, name):
+def fire(x: KerasTensor, squeeze: int, expand1x1: int, expand3x3: int, *, name: str) -> KerasTensor:
     """Fire module: 1x1 squeeze, then 1x1 and 3x3 expands concatenated."""
     x = layers.Conv2D(squeeze, 1, activation="relu", name=f"{name}_squeeze")(x)
     left = layers.Conv2D(expand1x1, 1, activation="relu", name=f"{name}_expand1x1")(x)
@@ -58,7 +65,7 @@ def _build_squeezenet(version, *, num_classes, input_shape, include_top, pooling
 @register_model(input_shape=(224, 224, 3), params=1_248_424, min_size=21,
                 source="torchvision squeezenet1_0", test_input_shape=(64, 64, 3), checkpoint=TORCHVISION,
                 pretrained=[torchvision_source("squeezenet1_0", "squeezenet1_0-b66bff10.pth", 58.092, 80.420)])
-def squeezenet1_0(*, dropout=0.5, **kwargs):
+def squeezenet1_0(*, dropout: float = 0.5, **kwargs: Any) -> Model:
     """SqueezeNet 1.0: 7x7/2 stem, eight Fire modules, conv classifier."""
     return _build_squeezenet("1_0", dropout=dropout, **kwargs)
 
@@ -66,6 +73,6 @@ def squeezenet1_0(*, dropout=0.5, **kwargs):
 @register_model(input_shape=(224, 224, 3), params=1_235_496, min_size=17,
                 source="torchvision squeezenet1_1", test_input_shape=(64, 64, 3), checkpoint=TORCHVISION,
                 pretrained=[torchvision_source("squeezenet1_1", "squeezenet1_1-b8a52dc0.pth", 58.178, 80.624)])
-def squeezenet1_1(*, dropout=0.5, **kwargs):
+def squeezenet1_1(*, dropout: float = 0.5, **kwargs: Any) -> Model:
     """SqueezeNet 1.1: 3x3/2 stem, earlier pooling, 2.4x fewer MACs than 1.0."""
     return _build_squeezenet("1_1", dropout=dropout, **kwargs)

@@ -1,10 +1,17 @@
 """Splitting a model at a block boundary into a frozen bottom and a trainable top (fine-tuning), found from
 the graph: the merge layers after which no later layer reads an earlier tensor."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 from kcnn.errors import InvalidArgumentError
 
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
 
-def cut_points(model):
+
+def cut_points(model: keras.Model) -> list[str]:
     """Names of the merge layers (Add, Concatenate) after which every later
     layer reads only tensors made at or after them: the block boundaries
     where a model can be split in two, from the input to the output."""
@@ -24,7 +31,7 @@ def cut_points(model):
     return points
 
 
-def cut_layer(model, unfreeze):
+def cut_layer(model: keras.Model, unfreeze: int | str) -> str | None:
     """The layer after which the backbone is fine-tuned: the `unfreeze`-th
     block boundary from the top; None for "all"; the last layer for 0."""
     if unfreeze == "all":
@@ -37,7 +44,7 @@ def cut_layer(model, unfreeze):
     return points[-min(unfreeze, len(points))]
 
 
-def split(model, layer_name):
+def split(model: keras.Model, layer_name: str | None) -> tuple[keras.Model, keras.Model]:
     """(bottom, top): `model` up to `layer_name`'s output, and from there to
     the end, reusing its layers. layer_name=None: the bottom passes the
     input through, the top is the whole model."""
@@ -59,5 +66,5 @@ def split(model, layer_name):
     return bottom, keras.Model(start, tensors[id(model.output)], name="top")
 
 
-def top_has_weights(top):
+def top_has_weights(top: keras.Model) -> bool:
     return any(layer.weights for layer in top.layers)

@@ -6,17 +6,24 @@ The `_bn` variants put BatchNormalization after every convolution, as
 torchvision's `vgg*_bn` do (their counts exclude the BN running statistics).
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from kcnn.backends.lazy import keras, layers  # imported when a builder runs: `kcnn list` loads no Keras
 
 from kcnn.layers import channel_axis, flatten_head, image_input
 from kcnn.registry import TORCH_COUNT, register_model
 from kcnn.weights import CAFFE, CheckpointLayout, keras_applications_source, torchvision_source
 
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    from keras import Model
+
 WIDTHS = (64, 128, 256, 512, 512)
 CONVS_PER_BLOCK = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
 
 
-def torchvision_checkpoint(depth, batch_norm):
+def torchvision_checkpoint(depth: int, batch_norm: bool) -> CheckpointLayout:
     """torchvision numbers VGG's `features` in order (conv, [BN], ReLU per
     convolution, a max pool per block); kcnn names them as keras.applications."""
     names, index = {}, 0
@@ -60,14 +67,14 @@ _VGG = dict(input_shape=(224, 224, 3), min_size=32, test_input_shape=(32, 32, 3)
 
 @register_model(params=132_863_336, source="torchvision vgg11", checkpoint=torchvision_checkpoint(11, False), **_VGG,
                 pretrained=[_torchvision(11, False, "vgg11-8a719046.pth", 69.020, 88.628)])
-def vgg11(*, dropout=0.0, **kwargs):
+def vgg11(*, dropout: float = 0.0, **kwargs: Any) -> Model:
     """VGG-11 (configuration A)."""
     return _build_vgg(11, batch_norm=False, dropout=dropout, **kwargs)
 
 
 @register_model(params=133_047_848, source="torchvision vgg13", checkpoint=torchvision_checkpoint(13, False), **_VGG,
                 pretrained=[_torchvision(13, False, "vgg13-19584684.pth", 69.928, 89.246)])
-def vgg13(*, dropout=0.0, **kwargs):
+def vgg13(*, dropout: float = 0.0, **kwargs: Any) -> Model:
     """VGG-13 (configuration B)."""
     return _build_vgg(13, batch_norm=False, dropout=dropout, **kwargs)
 
@@ -77,7 +84,7 @@ def vgg13(*, dropout=0.0, **kwargs):
                                                       "64373286793e3c8b2b4e3219cbf3544b", 71.3, **CAFFE),
                             _torchvision(16, False, "vgg16-397923af.pth", 71.592, 90.382, name="torchvision")],
                 **_VGG)
-def vgg16(*, dropout=0.0, **kwargs):
+def vgg16(*, dropout: float = 0.0, **kwargs: Any) -> Model:
     """VGG-16 (configuration D), keras.applications layout."""
     return _build_vgg(16, batch_norm=False, dropout=dropout, **kwargs)
 
@@ -87,7 +94,7 @@ def vgg16(*, dropout=0.0, **kwargs):
                                                       "cbe5617147190e668d6c5d5026f83318", 71.3, **CAFFE),
                             _torchvision(19, False, "vgg19-dcbb9e9d.pth", 72.376, 90.876, name="torchvision")],
                 **_VGG)
-def vgg19(*, dropout=0.0, **kwargs):
+def vgg19(*, dropout: float = 0.0, **kwargs: Any) -> Model:
     """VGG-19 (configuration E), keras.applications layout."""
     return _build_vgg(19, batch_norm=False, dropout=dropout, **kwargs)
 
@@ -95,7 +102,7 @@ def vgg19(*, dropout=0.0, **kwargs):
 @register_model(params=132_868_840, counted=TORCH_COUNT, source="torchvision vgg11_bn",
                 checkpoint=torchvision_checkpoint(11, True), **_VGG,
                 pretrained=[_torchvision(11, True, "vgg11_bn-6002323d.pth", 70.370, 89.810)])
-def vgg11_bn(*, dropout=0.0, **kwargs):
+def vgg11_bn(*, dropout: float = 0.0, **kwargs: Any) -> Model:
     """VGG-11 with batch normalisation."""
     return _build_vgg(11, batch_norm=True, dropout=dropout, **kwargs)
 
@@ -103,7 +110,7 @@ def vgg11_bn(*, dropout=0.0, **kwargs):
 @register_model(params=133_053_736, counted=TORCH_COUNT, source="torchvision vgg13_bn",
                 checkpoint=torchvision_checkpoint(13, True), **_VGG,
                 pretrained=[_torchvision(13, True, "vgg13_bn-abd245e5.pth", 71.586, 90.374)])
-def vgg13_bn(*, dropout=0.0, **kwargs):
+def vgg13_bn(*, dropout: float = 0.0, **kwargs: Any) -> Model:
     """VGG-13 with batch normalisation."""
     return _build_vgg(13, batch_norm=True, dropout=dropout, **kwargs)
 
@@ -111,7 +118,7 @@ def vgg13_bn(*, dropout=0.0, **kwargs):
 @register_model(params=138_365_992, counted=TORCH_COUNT, source="torchvision vgg16_bn",
                 checkpoint=torchvision_checkpoint(16, True), **_VGG,
                 pretrained=[_torchvision(16, True, "vgg16_bn-6c64b313.pth", 73.360, 91.516)])
-def vgg16_bn(*, dropout=0.0, **kwargs):
+def vgg16_bn(*, dropout: float = 0.0, **kwargs: Any) -> Model:
     """VGG-16 with batch normalisation."""
     return _build_vgg(16, batch_norm=True, dropout=dropout, **kwargs)
 
@@ -119,6 +126,6 @@ def vgg16_bn(*, dropout=0.0, **kwargs):
 @register_model(params=143_678_248, counted=TORCH_COUNT, source="torchvision vgg19_bn",
                 checkpoint=torchvision_checkpoint(19, True), **_VGG,
                 pretrained=[_torchvision(19, True, "vgg19_bn-c79401a0.pth", 74.218, 91.842)])
-def vgg19_bn(*, dropout=0.0, **kwargs):
+def vgg19_bn(*, dropout: float = 0.0, **kwargs: Any) -> Model:
     """VGG-19 with batch normalisation."""
     return _build_vgg(19, batch_norm=True, dropout=dropout, **kwargs)

@@ -160,16 +160,16 @@ class HistoryLog(keras.callbacks.Callback):
         self.keys = keys
         self.rows = []
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict | None = None) -> None:
         self.rows = [row for row in read_history_rows(self.path)
                      if int(row["epoch"]) < self.epoch_offset + self.first_epoch]
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         import time
 
         self._started = time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         import time
 
         logs = {key: value for key, value in (logs or {}).items() if self.keys is None or key in self.keys}
@@ -225,10 +225,10 @@ class RecordedLogs(keras.callbacks.Callback):
         super().__init__()
         self.run, self.folder = run, folder
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.run.record_found(self.folder, "events.out.tfevents.*")
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict | None = None) -> None:
         self.run.record_found(self.folder, "events.out.tfevents.*")
 
 
@@ -262,15 +262,15 @@ class DivergenceGuard(keras.callbacks.Callback):
         self.fix, self.probe, self.probed, self.phase, self.epoch_offset = fix, probe, model, phase, epoch_offset
         self.epoch = 0
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch = epoch
 
-    def on_train_batch_end(self, batch, logs=None):
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         loss = (logs or {}).get("loss")
         if loss is not None and not _sound(loss):
             self._diverged(f"the training loss became {_number(loss)} in batch {batch + 1}")
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         for name in ("loss", "val_loss"):
             value = (logs or {}).get(name)
             if value is not None and not _sound(value):

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING, ContextManager
+from typing import TYPE_CHECKING, Callable, ContextManager, TypeVar
 
 import keras
 
@@ -40,6 +40,8 @@ from kcnn.errors import InvalidArgumentError, KcnnError
 
 if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
     import numpy as np
+
+_T = TypeVar("_T")
 
 TORCHRUN_HINT = "torchrun --nproc_per_node N workflows/train.py --distribute ..."
 
@@ -124,7 +126,7 @@ class Plan:
         is a collective every worker joins (several JAX processes); None: the others save nothing."""
         return None
 
-    def on_chief(self, work):
+    def on_chief(self, work: Callable[[], _T]) -> _T | None:
         """Run `work()` on the chief; the other workers wait for it, and a KcnnError it raises is raised on
         every worker."""
         return work()
@@ -211,7 +213,7 @@ class TorchPlan(Plan):
     def callbacks(self) -> list:
         return [_ChiefMovingStatistics()]
 
-    def on_chief(self, work):
+    def on_chief(self, work: Callable[[], _T]) -> _T | None:
         import torch.distributed as dist
 
         def broadcast(message):
@@ -269,7 +271,7 @@ class JaxPlan(Plan):
     def single_device(self, model: keras.Model) -> keras.Model:
         return _single_device_copy(model)
 
-    def on_chief(self, work):
+    def on_chief(self, work: Callable[[], _T]) -> _T | None:
         if self.workers == 1:
             return work()
         import numpy as np

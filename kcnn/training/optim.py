@@ -144,7 +144,7 @@ class FreezeGroup(keras.callbacks.Callback):
         super().__init__()
         self.optimizer, self.epoch = optimizer, epoch
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if epoch >= self.epoch:
             for velocity in getattr(self.optimizer, "momentums", ()):
                 velocity.assign(ops.zeros(velocity.shape, velocity.dtype))

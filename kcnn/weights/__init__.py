@@ -14,15 +14,20 @@ Each source is declared beside its builder, in the model's family file (timm's `
 shared renamers and `SOURCES`, the table the registrations fill.
 """
 
+from __future__ import annotations
+
 import dataclasses
 import functools
 import json
 import os
 import re
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 from kcnn.weights.checkpoint import TORCHVISION, CheckpointLayout, WeightsError, torchvision_name  # noqa: F401
 from kcnn.weights.transform import EvalTransform  # noqa: F401
+
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import numpy as np
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)  # torchvision / "torch" preprocessing, 0-255 units
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
@@ -79,17 +84,17 @@ class WeightSource:
     interpolation: str = "bilinear"
 
     @property
-    def class_names(self):
+    def class_names(self) -> tuple[str, ...] | None:
         return imagenet_class_names() if self.num_classes == 1000 else None
 
     @property
-    def eval_transform(self):
+    def eval_transform(self) -> EvalTransform:
         """The publisher's evaluation resize and centre crop (`kcnn.weights.EvalTransform`): raw RGB in,
         the model's `input_size` square out (the mean and std are inside the model)."""
         return EvalTransform(resize_size=self.resize_size, crop_size=self.input_size,
                              interpolation=self.interpolation)
 
-    def path(self):
+    def path(self) -> str:
         """The verified local file (downloaded into the Keras cache if needed)."""
         from kcnn.weights import loading
 
@@ -101,8 +106,10 @@ KERAS_TRANSFORM = ("Keras states a single centre crop but not its resize; kcnn e
                    "(shorter side 256, centre 224).")
 
 
-def keras_applications_source(arch, file_name, md5, top1, *, mean=IMAGENET_MEAN, std=IMAGENET_STD, bgr=False,
-                              note=""):
+def keras_applications_source(arch: str, file_name: str, md5: str | None, top1: float, *,
+                              mean: tuple[float, float, float] = IMAGENET_MEAN,
+                              std: tuple[float, float, float] = IMAGENET_STD, bgr: bool = False,
+                              note: str = "") -> WeightSource:
     """The "imagenet" source of an official keras.applications weights file."""
     folder = file_name.split("_")[0] if not arch.startswith("resnet") else "resnet"
     folder = {"mobilenet": "mobilenet" if arch == "mobilenet" else "mobilenet_v2"}.get(folder, folder)
@@ -119,8 +126,10 @@ TORCHVISION_LICENSE = ("BSD-3-Clause (torchvision); torchvision notes that pretr
 TORCHVISION_ACCURACY = "torchvision 0.28 Weights meta (ImageNet-1k validation, the weights' own transform)"
 
 
-def torchvision_source(arch, file_name, top1, top5, *, name="imagenet", layout=TORCHVISION, resize_size=256,
-                       mean=IMAGENET_MEAN, std=IMAGENET_STD, note=""):
+def torchvision_source(arch: str, file_name: str, top1: float, top5: float, *, name: str = "imagenet",
+                       layout: CheckpointLayout = TORCHVISION, resize_size: int = 256,
+                       mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD,
+                       note: str = "") -> WeightSource:
     """A torchvision weights file from download.pytorch.org. torchvision publishes no whole checksum: the
     file name carries the first hex digits of its sha256 (`resnet18-f37072fd.pth`), which torch.hub checks
     and so does kcnn."""
@@ -141,7 +150,7 @@ NO_HASH = "Keras publishes no checksum for this file; it is downloaded as keras.
 SOURCES = {}
 
 
-def register_source(source):
+def register_source(source: WeightSource) -> None:
     if (source.arch, source.name) in SOURCES:
         raise RuntimeError(f"{source.arch} has two {source.name!r} weight sources.")
     SOURCES[(source.arch, source.name)] = source
@@ -163,12 +172,12 @@ def get_source(arch, name) -> WeightSource:
         f"(.weights.h5, .keras, .h5 or a PyTorch .pth/.pt state dict). Received: weights={name!r}")
 
 
-def pretrained_archs():
+def pretrained_archs() -> list[str]:
     return sorted({arch for arch, _ in SOURCES})
 
 
 @functools.lru_cache(maxsize=None)
-def imagenet_class_index():
+def imagenet_class_index() -> dict[int, tuple[str, str]]:
     """{index: (WordNet id, name)} of the 1,000 ImageNet-1k classes, shipped
     with kcnn (Keras' decode_predictions downloads its copy). Regenerate with
     `python -m kcnn.weights.make_imagenet_classes`."""
@@ -177,12 +186,13 @@ def imagenet_class_index():
         return {int(k): tuple(v) for k, v in json.load(f).items()}
 
 
-def imagenet_class_names():
+def imagenet_class_names() -> tuple[str, ...]:
     index = imagenet_class_index()
     return tuple(index[i][1] for i in range(len(index)))
 
 
-def decode_predictions(probabilities, class_names=None, top=5):
+def decode_predictions(probabilities: np.ndarray, class_names: Sequence[str] | None = None,
+                       top: int = 5) -> list[list[tuple[int, str, float]]]:
     """Top-`top` (index, name, probability) for each row of `probabilities`."""
     import numpy as np
 
@@ -192,7 +202,7 @@ def decode_predictions(probabilities, class_names=None, top=5):
     return [[(int(i), class_names[i], float(row[i])) for i in order] for row, order in zip(probabilities, best)]
 
 
-def publisher(source):
+def publisher(source: WeightSource) -> str:
     """Who publishes a source's file, in a few words."""
     if source.origin.startswith(TORCHVISION_URL):
         return "torchvision"
@@ -203,7 +213,7 @@ def publisher(source):
     return source.origin.split("/")[2] if "://" in source.origin else source.origin
 
 
-def pretrained_table():
+def pretrained_table() -> list[tuple[str, ...]]:
     """Every named source as rows of strings (header first): what `kcnn list --pretrained` prints and
     README's table holds."""
     rows = [("architecture", "weights", "publisher", "top-1", "top-5", "input", "evaluation transform",

@@ -2,6 +2,8 @@
 the two names `kcnn.weights.loading` needs, in a module of their own so that loading does not import the
 package that imports it."""
 
+from __future__ import annotations
+
 import dataclasses
 from typing import Callable, Optional
 
@@ -29,7 +31,7 @@ class CheckpointLayout:
     filter: Optional[Callable] = None
 
 
-def torchvision_name(key):
+def torchvision_name(key: str) -> str:
     """`layer2.0.downsample.0` -> `layer2_0_downsample_0`: kcnn's names are torchvision's module paths."""
     return key.replace(".", "_")
 

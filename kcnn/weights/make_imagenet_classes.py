@@ -8,11 +8,13 @@ The source is timm's `imagenet_synsets.txt` (the class order every ImageNet
 checkpoint uses) and `imagenet_synset_to_lemma.txt` (Apache-2.0).
 """
 
+from __future__ import annotations
+
 import json
 import os
 
 
-def main():
+def main() -> None:
     import timm.data
 
     info = os.path.join(os.path.dirname(timm.data.__file__), "_info")

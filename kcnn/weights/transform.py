@@ -6,6 +6,8 @@ Pillow does the resizing, because that is what the publishers' own transforms ru
 The mean and std are not applied here: pretrained kcnn models hold them inside (`include_preprocessing`).
 """
 
+from __future__ import annotations
+
 import dataclasses
 
 from kcnn.errors import InvalidArgumentError
@@ -50,5 +52,5 @@ class EvalTransform:
         image = image.crop((left, top, left + self.crop_size, top + self.crop_size))
         return np.asarray(image, dtype=np.uint8)
 
-    def describe(self):
+    def describe(self) -> str:
         return f"resize {self.resize_size} {self.interpolation}, centre crop {self.crop_size}"
