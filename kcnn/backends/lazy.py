@@ -28,13 +28,13 @@ class LazyModule(types.ModuleType):
 
     def __init__(self, name: str):
         super().__init__(name)
-        self.__dict__["_module"] = None
+        self.__dict__["imported_module"] = None
 
     def _load(self) -> types.ModuleType:
-        module = self.__dict__["_module"]
+        module = self.__dict__["imported_module"]
         if module is None:
             module = importlib.import_module(self.__name__)
-            self.__dict__["_module"] = module
+            self.__dict__["imported_module"] = module
             while _on_import:
                 _on_import.pop(0)()
         return module
@@ -48,7 +48,7 @@ class LazyModule(types.ModuleType):
         return dir(self._load())
 
     def __repr__(self):
-        state = "imported" if self.__dict__["_module"] is not None else "not imported yet"
+        state = "imported" if self.__dict__["imported_module"] is not None else "not imported yet"
         return f"<lazy module {self.__name__!r} ({state})>"
 
 

@@ -101,7 +101,7 @@ class Report:
         return [c for c in self.files if c.status in (MISMATCH, UNREADABLE)]
 
 
-def doctor(data_dir=None, check_backends=True) -> Report:
+def doctor(data_dir: str | None = None, check_backends: bool = True) -> Report:
     """Check this installation; see the module docstring. Downloads nothing."""
     probes = _start_probes() if check_backends else None  # they run while Keras loads and files are hashed
     import keras
@@ -327,7 +327,7 @@ def _check_weights():
 # ---- the report ----------------------------------------------------------------
 
 
-def format_report(report) -> str:
+def format_report(report: Report) -> str:
     lines = [
         f"Python         {report.python}",
         f"kcnn           {report.kcnn}",

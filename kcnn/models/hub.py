@@ -27,16 +27,16 @@ _ARGS = ("num_classes", "input_shape", "include_top", "pooling", "classifier_act
 
 
 def build_from_preset(
-    preset,
+    preset: str,
     *,
-    num_classes=None,
-    input_shape=None,
-    include_top=True,
-    pooling="avg",
-    classifier_activation=None,
-    include_preprocessing=True,
-    name=None,
-    **kwargs,
+    num_classes: int | None = None,
+    input_shape: tuple[int | None, ...] | None = None,
+    include_top: bool = True,
+    pooling: str | None = "avg",
+    classifier_activation: str | None = None,
+    include_preprocessing: bool = True,
+    name: str | None = None,
+    **kwargs: object,
 ) -> "keras.Model":
     """Build a functional model on the backbone of a keras-hub preset.
 

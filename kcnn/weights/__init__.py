@@ -156,7 +156,7 @@ def register_source(source: WeightSource) -> None:
     SOURCES[(source.arch, source.name)] = source
 
 
-def get_source(arch, name) -> WeightSource:
+def get_source(arch: str, name: str) -> WeightSource:
     """The `WeightSource` named `name` for `arch`; a `WeightsError` naming the
     architectures that have it otherwise."""
     if (arch, name) in SOURCES:
