@@ -14,10 +14,12 @@ export KCNN_DATA_DIR ?= $(abspath ../shared/data)
 
 .PHONY: demo tour test test-fast clean browser
 
+# pip -qq: errors only. With one -q, a machine whose pip configuration names find-links folders that are not there
+# printed 143 "Location ... is ignored" warnings, and setuptools 9 lines on editable installs, before the main job.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install -qq --upgrade pip
+	$(PY) -m pip install -qq -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
