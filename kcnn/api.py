@@ -311,19 +311,11 @@ def _no_model(path, pretrained):
     if path in names:
         return (f"{path} has no pretrained weights to predict with; pass a run folder it was trained into (kcnn "
                 f"train --arch {path}), or a model of `kcnn list --pretrained`.")
-    close = difflib.get_close_matches(path, sorted(pretrained), 1, 0.7) or _close_in_parent(path)
+    from kcnn.config import close_folders
+
+    close = difflib.get_close_matches(path, sorted(pretrained), 1, 0.7) or close_folders(path)
     hint = f"; did you mean {close[0]!r}?" if close else "; pass a run folder or a model of `kcnn list --pretrained`."
     return f"There is no run folder {path!r}, and no model with pretrained weights of that name{hint}"
-
-
-def _close_in_parent(path):
-    """The names in `path`'s parent folder closest to its own (difflib), as paths."""
-    parent, name = os.path.split(os.path.normpath(os.path.expanduser(path)))
-    try:
-        entries = [entry for entry in os.listdir(parent or ".") if not entry.startswith(".")]
-    except OSError:
-        return []
-    return [os.path.join(parent, entry) for entry in difflib.get_close_matches(name, entries, 3, 0.6)]
 
 
 def _checked_names(model, class_names):

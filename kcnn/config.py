@@ -58,20 +58,30 @@ def _looks_like_path(text):
     return "/" in text or os.sep in text or text.startswith((".", "~"))
 
 
+def close_folders(given: str) -> list[str]:
+    """The folders beside `given` (a path that is not there) whose names are closest to its own (difflib), spelled
+    as `given` is (its parent as written, its trailing slash): what "did you mean" offers."""
+    parent, name = os.path.split(os.path.normpath(os.path.expanduser(given)))
+    try:
+        entries = sorted(entry for entry in os.listdir(parent or ".") if not entry.startswith(".")
+                         and os.path.isdir(os.path.join(parent or ".", entry)))
+    except OSError:
+        return []
+    written_parent = os.path.dirname(given.rstrip("/" + os.sep))
+    return [os.path.join(written_parent, entry) + ("/" if given.endswith("/") else "")
+            for entry in difflib.get_close_matches(name, entries, 3, 0.6)]
+
+
 def _no_folder(given, folder):
-    """One sentence for a dataset folder that is not there: the closest names in its parent folder (difflib)."""
+    """One sentence for a dataset folder that is not there: the closest names in its parent folder."""
     if os.path.exists(folder):
         return (f"{given!r} is a file, not a folder; pass a folder with one sub-folder of images per class. "
                 f"Received: dataset={given!r}")
-    parent, name = os.path.split(os.path.normpath(folder))
+    parent = os.path.dirname(os.path.normpath(folder))
     if not os.path.isdir(parent or "."):
         return (f"There is no folder {given!r} (nor its parent folder {parent!r}); pass a folder with one sub-folder "
                 f"of images per class. Received: dataset={given!r}")
-    entries = sorted(entry for entry in os.listdir(parent or ".") if os.path.isdir(os.path.join(parent or ".", entry))
-                     and not entry.startswith("."))
-    close = difflib.get_close_matches(name, entries, 3, 0.6)
-    shown = [os.path.join(os.path.dirname(given.rstrip("/" + os.sep)), entry) + ("/" if given.endswith("/") else "")
-             for entry in close]
+    shown = close_folders(given)
     hint = f"did you mean {' or '.join(repr(path) for path in shown)}?" if shown else \
         f"{parent or 'this folder'} has no folder of a close name."
     return f"There is no folder {given!r}; {hint} Received: dataset={given!r}"

@@ -725,6 +725,12 @@ def load_run(path: str | os.PathLike | Run) -> Run:
     kind = special_file(model_path)
     if kind is not None and kind != "a folder":
         raise KcnnError(f"{model_path} is {kind}, not a model file; pass the directory of a finished run.")
+    if not os.path.exists(run_dir or "."):
+        from kcnn.config import close_folders
+
+        close = close_folders(run_dir)
+        hint = f"did you mean {' or '.join(map(repr, close))}?" if close else "pass the directory of a finished run."
+        raise KcnnError(f"There is no run folder {run_dir!r}; {hint}")
     if not os.path.isfile(model_path):
         raise KcnnError(f"{run_dir} holds no model.keras; pass the directory of a finished run.")
     config, class_names = run_config(run_dir)
