@@ -5,6 +5,7 @@ gives, the two phases, the run directory, and the command line."""
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -118,8 +119,12 @@ def test_finetune_an_image_folder_through_the_cli_then_evaluate_and_predict(tmp_
     # the summary says which split each accuracy is on, and what its counts are
     assert "on the validation split, never trained on" in result.stdout
     assert "epochs' val_accuracy" in result.stdout and "not on the held-out ones" in result.stdout
-    assert "32 training images and their 32 mirrored views" in result.stdout
+    assert "32 training images and their 32 mirrored views" in result.stdout  # through the frozen layers
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    fitted = metrics["train_images"] - metrics["validation_images"]  # what fit() trained on: the rest set aside
+    assert metrics["train_images"] == 32 and 0 < metrics["validation_images"] < 32
+    assert re.search(rf"trained on +{fitted} training images and their {fitted} mirrored views\n", result.stdout)
+    assert re.search(rf"epochs' val_accuracy +on {metrics['validation_images']} other training images", result.stdout)
     assert metrics["class_names"] == ["cat", "ship"]
     assert json.loads((run_dir / "config.json").read_text())["class_weight"] == "balanced"
     assert metrics["export"] == str(run_dir / "export" / "1")  # a SavedModel for serving, TF Serving's layout

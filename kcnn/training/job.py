@@ -244,10 +244,12 @@ def summary_table(config: Any, metrics: dict) -> str:
 
         views = " and their views" if config.flip or config.extra_views else ""
         watched = "epochs' val_accuracy"
-        trained = describe_views(metrics["train_images"], config.flip, config.extra_views)
+        # the epochs' validation images are set aside from the training images: the rest is what fit() saw
+        trained = describe_views(metrics["train_images"] - metrics["validation_images"], config.flip,
+                                 config.extra_views)
         lines.append(f"{'trained on':{width}s} {trained}")
-        lines.append(f"{watched:{width}s} on {metrics['validation_images']:,} of those training images "
-                     f"(validation_split {config.validation_split:g}){views}, not on the held-out ones")
+        lines.append(f"{watched:{width}s} on {metrics['validation_images']:,} other training images, set aside "
+                     f"(validation_split {config.validation_split:g}){views}; not on the held-out ones")
     for key, value in metrics.items():
         if key.endswith("_accuracy") and key != "per_class_accuracy" and isinstance(value, float):
             lines.append(f"{key:{width}s} {value:.4f}")
